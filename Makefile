@@ -1,0 +1,27 @@
+# `make test` and `make demo` work on a fresh clone: they create .venv when missing and install into it.
+# torch 2.14.1 / torchvision 0.29.1 come from this machine's local wheel store; never ask for newer.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.pixeldit-installed
+DEMO   ?= runs/demo
+
+.PHONY: test demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=23" "setuptools>=64" wheel
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	bash scripts/demo.sh $(DEMO)
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_forward.py
+
+clean:
+	rm -rf build dist *.egg-info runs/demo

@@ -1,0 +1,252 @@
+"""The one config system: YAML preset -> frozen dataclasses -> dotted overrides (`train.lr=1e-5`).
+
+Unknown keys are errors everywhere (in a preset file and on the command line), values are checked
+against the field's type, and the resolved config is what gets printed and saved.
+"""
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from .errors import PixelDiTError
+
+
+#################################################################################
+#                                 Sections                                      #
+#################################################################################
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str = "PixelDiT-XL/16"          # registry entry (see `pixeldit flops --help` for the list)
+    num_classes: int = 1000               # class-conditional only; id num_classes is the null class
+
+
+@dataclass(frozen=True)
+class DataSection:
+    path: str = ""                        # ImageFolder, EDM2 zip/folder with dataset.json, or image+.txt folder
+    resolution: int = 256                 # training resolution (square; T2I stage 2 buckets around it)
+    multi_aspect: bool = False            # T2I aspect-ratio bucketing
+    flip: bool = False                    # the release uses no augmentation
+    num_workers: int = 8
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    steps: int = 400_000                  # optimizer steps in total
+    global_batch: int = 256
+    micro_batch: int = 32                 # per process per forward; accumulation keeps global_batch
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    lr_drop_step: int = 0                 # 0: never; else lr -> lr_drop_to from this step on
+    lr_drop_to: float = 1e-5
+    warmup_steps: int = 0
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    grad_clip_drop_step: int = 0          # 0: never; else clip -> grad_clip_drop_to from this step on
+    grad_clip_drop_to: float = 0.5
+    ema_decay: float = 0.9999             # updated every optimizer step, no warm-up (as released)
+    cond_drop: float = 0.1                # class (or caption) dropout for CFG
+    time_shift: float = 1.0               # c2i: t' = t / (t + (1 - t)·s) on logit-normal t
+    repa_weight: float = 0.5
+    repa_block: int = 8                   # 1-based patch block whose output is aligned (T2I: 6)
+    repa_encoder: str = ""                # local DINOv2 ViT-B/14 directory (transformers format)
+    precision: str = "bf16"               # CUDA autocast; the CPU always trains in fp32
+    grad_checkpointing: bool = False
+    compile: bool = False
+    seed: int = 0
+    log_every: int = 100
+    sample_every: int = 10_000
+    ckpt_every: int = 10_000
+    keep_last: int = 2
+    keep_every: int = 100_000
+    max_nonfinite: int = 10               # stop after this many non-finite steps in a row
+
+
+@dataclass(frozen=True)
+class SampleSection:
+    solver: str = "flowdpm"
+    steps: int = 100
+    cfg: float = 2.75
+    interval: tuple[float, float] = (0.1, 0.9)  # guidance on for lo < t < hi, t: 0 noise -> 1 data
+    shift: float = 1.0                    # in the c2i convention for both models
+    height: int = 0                       # 0: data.resolution
+    width: int = 0
+    seed: int = 0
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class TextSection:
+    encoder: str = ""                     # local Gemma-2-2b-it directory
+    max_length: int = 300
+    negative_prompt: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    preset: str = ""
+    description: str = ""
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    sample: SampleSection = field(default_factory=SampleSection)
+    text: TextSection = field(default_factory=TextSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+#################################################################################
+#                       Building from dicts, with checks                        #
+#################################################################################
+
+
+def _coerce(value, tp, where: str):
+    """Check/convert one value to the annotated type; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise PixelDiTError(f"{where} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise PixelDiTError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PixelDiTError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PixelDiTError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)):
+            raise PixelDiTError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config type {tp} at {where}")
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise PixelDiTError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise PixelDiTError(
+            f"unknown config key {where + '.' if where else ''}{unknown[0]}",
+            f"valid keys here: {', '.join(sorted(names))}",
+        )
+    kw = {}
+    for name, value in data.items():
+        tp, key = hints[name], f"{where}.{name}" if where else name
+        kw[name] = _build(tp, value, key) if dataclasses.is_dataclass(tp) else _coerce(value, tp, key)
+    return cls(**kw)
+
+
+def config_from_dict(data: dict) -> Config:
+    return _build(Config, data, "")
+
+
+#################################################################################
+#                          Presets and overrides                                #
+#################################################################################
+
+
+def presets_dir() -> Path:
+    """`pixeldit_cli/presets` in an installed wheel, `presets/` at the root of a checkout."""
+    here = Path(__file__).resolve().parent
+    installed = here / "presets"
+    return installed if any(installed.glob("*.yaml")) else here.parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def load_preset(name_or_path: str) -> Config:
+    """A preset by name (`xl256`) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        path = presets_dir() / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise PixelDiTError(f"unknown preset {name_or_path!r}", f"use one of: {', '.join(preset_names())}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise PixelDiTError(f"preset {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data.setdefault("preset", path.stem)
+    return config_from_dict(data)
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """['--train.lr', '1e-5', 'sample.cfg=3'] -> {'train.lr': '1e-5', 'sample.cfg': '3'}."""
+    out, i = {}, 0
+    while i < len(args):
+        a = args[i].lstrip("-")
+        if "=" in a:
+            k, v = a.split("=", 1)
+            i += 1
+        elif i + 1 < len(args):
+            k, v = a, args[i + 1]
+            i += 2
+        else:
+            raise PixelDiTError(f"override {args[i]!r} has no value", "write --section.key VALUE or section.key=VALUE")
+        out[k] = v
+    return out
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, typing.Any]) -> Config:
+    """Dotted overrides; string values are parsed as YAML scalars/lists ('1e-5', '[0.1, 0.9]', 'true')."""
+    data = cfg.to_dict()
+    for key, raw in overrides.items():
+        parts = key.split(".")
+        node = data
+        for j, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                raise PixelDiTError(f"unknown config key {key!r}", "run `pixeldit train --help` for the sections; keys are in the preset files")
+            if j < len(parts) - 1:
+                node = node[part]
+        value = raw
+        if isinstance(raw, str):
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                value = raw
+            if value is None:
+                value = raw
+        if isinstance(node[parts[-1]], dict):
+            raise PixelDiTError(f"{key!r} is a section, not a value", "override one of its keys, e.g. train.lr")
+        if isinstance(node[parts[-1]], str) and not isinstance(value, str):
+            value = raw if isinstance(raw, str) else str(value)
+        node[parts[-1]] = value
+    return config_from_dict(data)
+
+
+def resolve(preset: str, overrides: dict | None = None) -> Config:
+    return apply_overrides(load_preset(preset), overrides or {})
+
+
+def to_yaml(cfg: Config) -> str:
+    def plain(o):
+        if isinstance(o, dict):
+            return {k: plain(v) for k, v in o.items()}
+        if isinstance(o, tuple):
+            return [plain(v) for v in o]
+        return o
+
+    return yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)

@@ -1,0 +1,268 @@
+"""Checkpoint formats -> one network: read, infer the architecture from shapes, convert to safetensors, load.
+
+Formats understood (auto-detected):
+  official c2i Lightning `.ckpt`  state_dict with `denoiser.` (raw), `ema_denoiser.` (EMA, sampled with),
+                                  `diffusion_trainer.proj.` (REPA projector, training only)
+  official T2I `.pth`             {"state_dict": {"core.*", "_repa_projector.*"}} (or a flat FSDP dict)
+  our training checkpoints        {"format": "pixeldit-train", "model", "ema", "model_config", ...}
+  our safetensors                 the network's keys, config in the metadata
+  a flat state dict               the network's keys, nothing else
+
+Safety: pickles load with torch.load(weights_only=True); one that needs code is refused unless the caller
+passes unsafe_pickle=True. Memory: zip checkpoints are memory-mapped, so an 800M-parameter file is not
+held three times while it is converted.
+"""
+
+import json
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import PixelDiTError
+from .models.config import ModelConfig
+from .models.registry import build_model
+
+TRAIN_FORMAT = "pixeldit-train"
+
+
+@dataclass
+class KeyReport:
+    source_format: str = ""
+    weights: str = ""
+    used: list = field(default_factory=list)
+    dropped: dict = field(default_factory=dict)      # key group -> reason (training-only, raw weights, ...)
+    unexpected: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"format: {self.source_format}, weights: {self.weights}", f"used: {len(self.used)} tensors"]
+        for reason, keys in self.dropped.items():
+            out.append(f"dropped ({reason}): {len(keys)} tensors")
+        out.append(f"unexpected: {len(self.unexpected)}" + (f" ({', '.join(self.unexpected[:5])})" if self.unexpected else ""))
+        return out + self.notes
+
+
+#################################################################################
+#                               Reading files                                   #
+#################################################################################
+
+
+def _kind_of_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:1] == b"\x80":
+        return "pickle"
+    return "unknown"
+
+
+def read_state(path: str | os.PathLike, unsafe_pickle: bool = False):
+    """Whatever the file holds: a dict for torch checkpoints, (tensors, metadata) for safetensors."""
+    path = Path(path)
+    if not path.exists():
+        raise PixelDiTError(f"checkpoint {path} does not exist", "check the path")
+    if path.is_dir():
+        raise PixelDiTError(f"checkpoint {path} is a directory, not a file", "pass the .ckpt/.pth/.pt/.safetensors file")
+    kind = _kind_of_file(path)
+    if kind == "safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own error type for bad headers / short files
+            raise PixelDiTError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]})", "is the file complete?") from None
+        return tensors, meta
+    if kind not in ("zip", "pickle"):
+        raise PixelDiTError(f"{path} is not a checkpoint (not a torch zip, pickle or safetensors file)", "pass a .ckpt/.pth/.pt/.safetensors file")
+    if kind == "zip":
+        try:
+            zipfile.ZipFile(path).testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise PixelDiTError(f"{path} is truncated or corrupt ({e})", "re-download or re-copy the file") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not unsafe_pickle, mmap=kind == "zip")
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise PixelDiTError(
+                f"{path} contains pickled code, which is refused by default",
+                "pass --unsafe-pickle only if you trust where the file came from",
+            ) from None
+        raise PixelDiTError(f"{path} is not a readable checkpoint ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise PixelDiTError(f"{path} is truncated or not a checkpoint ({str(e).splitlines()[0]})", "re-download or re-copy the file") from None
+
+
+#################################################################################
+#                       Architecture from tensor shapes                         #
+#################################################################################
+
+
+def _need(sd: dict, key: str):
+    if key not in sd:
+        raise PixelDiTError(f"cannot infer the architecture: tensor {key!r} is missing", "is this a PixelDiT checkpoint?")
+    return sd[key].shape
+
+
+def _depth(sd: dict, prefix: str) -> int:
+    idx = {int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix) and k[len(prefix):].split(".")[0].isdigit()}
+    if not idx:
+        raise PixelDiTError(f"cannot infer the architecture: no {prefix}N tensors", "is this a PixelDiT checkpoint?")
+    return max(idx) + 1
+
+
+def infer_config(sd: dict) -> ModelConfig:
+    """ModelConfig from a network state dict's shapes alone (official-compat.md §3.1)."""
+    t2i = "y_embedder.proj.weight" in sd or "y_pos_embedding" in sd
+    D = _need(sd, "s_embedder.proj.weight")[0]
+    d, C = _need(sd, "pixel_embedder.proj.weight")
+    p = round((_need(sd, "s_embedder.proj.weight")[1] / C) ** 0.5)
+    qn = "patch_blocks.0.attn.q_norm_x.weight" if t2i else "patch_blocks.0.attn.q_norm.weight"
+    A = _need(sd, "pixel_blocks.0.compress_to_attn.weight")[0]
+    kw = dict(
+        kind="t2i" if t2i else "c2i", in_channels=C, patch_size=p, hidden_size=D, num_heads=D // _need(sd, qn)[0],
+        patch_depth=_depth(sd, "patch_blocks."), pixel_depth=_depth(sd, "pixel_blocks."), pixel_hidden=d,
+        pixel_attn_hidden=A, pixel_heads=A // _need(sd, "pixel_blocks.0.attn.q_norm.weight")[0],
+        mlp_hidden=_need(sd, "patch_blocks.0.mlp_x.w1.weight" if t2i else "patch_blocks.0.mlp.w1.weight")[0],
+    )
+    if t2i:
+        kw.update(text_dim=_need(sd, "y_embedder.proj.weight")[1], text_len=_need(sd, "y_pos_embedding")[1])
+    else:
+        kw.update(num_classes=_need(sd, "y_embedder.embedding_table.weight")[0] - 1)
+    try:
+        return ModelConfig(**kw)
+    except ValueError as e:
+        raise PixelDiTError(f"cannot infer the architecture: {e}") from None
+
+
+def check_state(sd: dict, cfg: ModelConfig) -> None:
+    """Every tensor the network needs is there with the right shape; nothing else is. Names the culprits."""
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in build_model(cfg, init=False).state_dict().items()}
+    missing = [k for k in expected if k not in sd]
+    wrong = [f"{k} {tuple(sd[k].shape)} (expected {tuple(expected[k])})" for k in expected if k in sd and sd[k].shape != expected[k]]
+    extra = [k for k in sd if k not in expected]
+    if missing:
+        raise PixelDiTError(f"checkpoint is missing {len(missing)} tensor(s): {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+    if wrong:
+        raise PixelDiTError(f"checkpoint has {len(wrong)} tensor(s) of the wrong shape: {', '.join(wrong[:3])}{' ...' if len(wrong) > 3 else ''}")
+    if extra:
+        raise PixelDiTError(f"checkpoint has {len(extra)} unexpected tensor(s): {', '.join(extra[:4])}", "is this a PixelDiT checkpoint of a known layout?")
+
+
+#################################################################################
+#                      Any format -> (network state, config)                    #
+#################################################################################
+
+
+def _strip(sd: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def extract(obj, weights: str = "ema", source: str = "checkpoint") -> tuple[dict, ModelConfig, KeyReport]:
+    """Network tensors, architecture and a key report from whatever `read_state` returned."""
+    if weights not in ("ema", "raw"):
+        raise PixelDiTError(f"unknown weights {weights!r}", "use ema or raw")
+    rep = KeyReport(weights=weights)
+    cfg = None
+    if isinstance(obj, tuple):  # safetensors
+        sd, meta = obj
+        rep.source_format = "safetensors"
+        if "pixeldit_config" in meta:
+            cfg = ModelConfig.from_dict(json.loads(meta["pixeldit_config"]))
+            rep.weights = meta.get("weights", weights)
+    elif isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT:
+        rep.source_format = "pixeldit training checkpoint"
+        sd = obj["ema" if weights == "ema" else "model"]
+        cfg = ModelConfig.from_dict(obj["model_config"])
+        rep.dropped.update({"training state": [k for k in obj if k not in ("ema", "model")]})
+        rep.dropped["the other weights"] = list(obj["model" if weights == "ema" else "ema"])
+    elif isinstance(obj, dict):
+        full = obj.get("state_dict", obj)
+        if not isinstance(full, dict) or not all(isinstance(v, torch.Tensor) for v in full.values()):
+            raise PixelDiTError(f"{source} holds no state dict of tensors", "is this a PixelDiT checkpoint?")
+        if any(k.startswith(("ema_denoiser.", "denoiser.")) for k in full):
+            rep.source_format = "official class-conditional (Lightning)"
+            keep = "ema_denoiser." if weights == "ema" else "denoiser."
+            sd = _strip(full, keep)
+            if not sd:
+                raise PixelDiTError(f"{source} has no {keep}* tensors", "try --weights raw" if weights == "ema" else "try --weights ema")
+            rep.dropped["the other weights"] = [k for k in full if k.startswith("denoiser." if keep == "ema_denoiser." else "ema_denoiser.")]
+            rep.dropped["training only (REPA projector)"] = [k for k in full if k.startswith("diffusion_trainer.")]
+            rest = [k for k in full if not k.startswith(("denoiser.", "ema_denoiser.", "diffusion_trainer."))]
+        elif any(k.startswith("core.") for k in full):
+            rep.source_format = "official text-to-image"
+            use = full
+            if weights == "ema" and isinstance(obj.get("state_dict_ema"), dict):
+                use = obj["state_dict_ema"]
+            elif weights == "ema":
+                rep.notes.append("no EMA weights in this file (the release trains without EMA): using state_dict, as the official inference does")
+            sd = _strip(use, "core.")
+            rep.dropped["training only (REPA projector)"] = [k for k in use if k.startswith("_repa_projector.")]
+            rep.dropped["unused position table"] = [k for k in use if k in ("pos_embed", "core.pos_embed")]
+            sd.pop("pos_embed", None)
+            rest = [k for k in use if not k.startswith(("core.", "_repa_projector.")) and k != "pos_embed"]
+        else:
+            rep.source_format = "flat state dict"
+            sd = dict(full)
+            rest = []
+        rep.unexpected = rest
+        if rest:
+            raise PixelDiTError(f"{source} has {len(rest)} unexpected tensor(s): {', '.join(rest[:4])}", "is this a PixelDiT checkpoint?")
+    else:
+        raise PixelDiTError(f"{source} holds a {type(obj).__name__}, not a checkpoint dict")
+    if cfg is None:
+        cfg = infer_config(sd)
+    check_state(sd, cfg)
+    rep.used = list(sd)
+    rep.dropped = {k: v for k, v in rep.dropped.items() if v}
+    return sd, cfg, rep
+
+
+#################################################################################
+#                           convert and load_model                              #
+#################################################################################
+
+
+def convert(src, dst, weights: str = "ema", force: bool = False, unsafe_pickle: bool = False) -> KeyReport:
+    """Write the network of `src` (any understood format) to `dst` as safetensors with its config."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and not force:
+        raise PixelDiTError(f"{dst} already exists", "pass --force to overwrite it")
+    if dst.resolve() == src.resolve():
+        raise PixelDiTError("destination is the source file", "choose another DST")
+    sd, cfg, rep = extract(read_state(src, unsafe_pickle), weights, str(src))
+    meta = {
+        "format": "pixeldit",
+        "pixeldit_config": json.dumps(cfg.to_dict()),
+        "weights": rep.weights,
+        "source": src.name,
+        "source_format": rep.source_format,
+    }
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    # contiguous() is a no-op for the usual case; memory-mapped sources are copied once, here.
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata=meta)
+    os.replace(tmp, dst)
+    return rep
+
+
+def load_model(path, weights: str = "ema", device="cpu", dtype=torch.float32, unsafe_pickle: bool = False):
+    """The network of any understood checkpoint, strict, in eval mode, with `.config` (a ModelConfig)."""
+    sd, cfg, rep = extract(read_state(path, unsafe_pickle), weights, str(path))
+    with torch.device("meta"):
+        model = build_model(cfg, init=False)
+    # Fresh, aligned copies, one tensor at a time: safetensors and mmap'd files hand back buffers at
+    # arbitrary offsets, and BLAS picks different (slower, differently rounded) kernels for those.
+    state = {k: sd.pop(k).to(dtype=dtype, copy=True) for k in list(sd)}
+    model.load_state_dict(state, strict=True, assign=True)
+    model.key_report = rep
+    return model.to(device).eval()

@@ -1,0 +1,166 @@
+"""FLOPs in the paper's convention (Table 16; official-compat.md §7), counted analytically, by hooks, and measured.
+
+Convention: every nn.Linear costs 2·n·in·out (n = input rows), every attention 4·B·N²·C (QKᵀ + AV;
+for T2I over the joint text+image sequence). Nothing else counts: norms, RoPE, softmax, activations,
+modulation, residuals, embedding lookups. Analytic counts are instant even for XL/8 at 1024².
+"""
+
+import time
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .models.config import ModelConfig
+
+
+#################################################################################
+#                               Closed form                                     #
+#################################################################################
+
+
+def analytic_flops(cfg: ModelConfig, height: int, width: int, batch: int = 1, text_len: int | None = None) -> dict:
+    """FLOPs of one forward by component, plus 'total'. T2I counts `text_len` text tokens (default: the window)."""
+    p, C, D, d, A, F_ = cfg.patch_size, cfg.in_channels, cfg.hidden_size, cfg.pixel_hidden, cfg.pixel_attn_hidden, cfg.mlp_hidden
+    HW, L, P = height * width, (height // p) * (width // p), p * p
+    Ly = (cfg.text_len if text_len is None else min(text_len, cfg.text_len)) if cfg.kind == "t2i" else 0
+    N = L + Ly                                       # tokens in one patch-level attention
+    streams = 2 if cfg.kind == "t2i" else 1          # MM-DiT: image and text Linears
+    parts = {
+        "embedders": 2 * L * (C * P) * D + 2 * 256 * D + 2 * D * D + 2 * (2 * HW * C * d) + 2 * Ly * cfg.text_dim * D,
+        # per patch block: adaLN on one vector per image (per stream), qkv + proj on all N tokens, attention, SwiGLU
+        "patch_blocks": cfg.patch_depth * (
+            streams * 2 * 6 * D * D + 2 * N * D * 3 * D + 2 * N * D * D + 4 * N * N * D + 3 * 2 * N * D * F_
+        ),
+        # per PiT block: pixel-wise adaLN on every patch token, compaction, attention on L tokens, pixel MLP
+        "pixel_blocks": cfg.pixel_depth * (
+            2 * L * D * 6 * P * d + 2 * 2 * L * P * d * A + 2 * L * A * 3 * A + 2 * L * A * A + 4 * L * L * A
+            + 2 * 2 * HW * d * 4 * d
+        ),
+    }
+    parts = {k: v * batch for k, v in parts.items()}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+#################################################################################
+#                        Hook counter (the official method)                     #
+#################################################################################
+
+
+@contextmanager
+def count_by_hooks(model: nn.Module):
+    """Count FLOPs of whatever runs inside the block: Linear hooks + a wrapped SDPA. Yields a dict."""
+    tally = {"linear": 0, "attention": 0}
+
+    def on_linear(mod, inputs, _out):
+        x = inputs[0]
+        tally["linear"] += 2 * (x.numel() // mod.in_features) * mod.in_features * mod.out_features
+
+    real_sdpa = F.scaled_dot_product_attention
+
+    def sdpa(q, k, v, *args, **kw):
+        B, h, Nq, Dh = q.shape
+        tally["attention"] += 2 * B * h * Nq * k.shape[2] * Dh + 2 * B * h * Nq * k.shape[2] * v.shape[-1]
+        return real_sdpa(q, k, v, *args, **kw)
+
+    handles = [m.register_forward_hook(on_linear) for m in model.modules() if isinstance(m, nn.Linear)]
+    F.scaled_dot_product_attention = sdpa
+    try:
+        yield tally
+    finally:
+        F.scaled_dot_product_attention = real_sdpa
+        for h in handles:
+            h.remove()
+        tally["total"] = tally["linear"] + tally["attention"]
+
+
+def example_inputs(cfg: ModelConfig, height: int, width: int, batch: int = 1, text_len: int | None = None, seed: int = 0):
+    """The counter's inputs: t = 0.5 (·1000 for T2I), class 0 or random text states."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, cfg.in_channels, height, width, generator=g)
+    if cfg.kind == "c2i":
+        return x, torch.full((batch,), 0.5), torch.zeros(batch, dtype=torch.long)
+    Ly = cfg.text_len if text_len is None else text_len
+    return x, torch.full((batch,), 500.0), torch.randn(batch, Ly, cfg.text_dim, generator=g)
+
+
+#################################################################################
+#                      Measured throughput on this machine                      #
+#################################################################################
+
+
+def matmul_rate(n: int = 2048, repeats: int = 5, dtype=torch.float32) -> float:
+    """Best-of-`repeats` GFLOP/s of an n×n×n matmul: the machine's own reference rate."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def measure_forward(model: nn.Module, inputs, flops: int, repeats: int = 3) -> dict:
+    """Time `repeats` forwards (after one warm-up) and report the best as GFLOP/s."""
+    times = []
+    with torch.inference_mode():
+        model(*inputs)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(*inputs)
+            times.append(time.perf_counter() - t0)
+    best = min(times)
+    return {"seconds_best": best, "seconds_median": sorted(times)[len(times) // 2], "gflops_per_s": flops / best / 1e9}
+
+
+#################################################################################
+#                        The `pixeldit flops` entry point                       #
+#################################################################################
+
+
+def run_flops(res=None, height=None, width=None, patch=None, model=None, preset=None, batch=1,
+              text_len=None, measure=False, repeats=3) -> dict:
+    """Resolve model and size (flags > preset > XL/16 @ 256), count, optionally measure. Returns a dict."""
+    import re
+
+    from .config import load_preset
+    from .errors import PixelDiTError
+    from .models.registry import build_model, count_params, model_config
+
+    name, default_res, overrides = "PixelDiT-XL/16", 256, {}
+    if preset:
+        cfg = load_preset(preset)
+        name, default_res = cfg.model.name, cfg.data.resolution
+        overrides = {"num_classes": cfg.model.num_classes} if model_config(name).kind == "c2i" else {}
+    if model:
+        name, overrides = model, {}
+    if patch is not None:
+        name = re.sub(r"(/\d+)?$", f"/{patch}", name, count=1)
+    mcfg = model_config(name, **overrides)
+    H = height or res or default_res
+    W = width or res or default_res
+    for side in (H, W):
+        if side <= 0 or side % mcfg.patch_size:
+            raise PixelDiTError(f"image size {H}x{W} is not a positive multiple of the patch size {mcfg.patch_size}",
+                                f"use sizes divisible by {mcfg.patch_size}")
+    with torch.device("meta"):
+        params = count_params(build_model(mcfg, init=False))
+    parts = analytic_flops(mcfg, H, W, batch, text_len)
+    result = {
+        "model": name, "height": H, "width": W, "batch": batch, "params": params,
+        "gflops": parts["total"] / 1e9,
+        "breakdown_gflops": {k: v / 1e9 for k, v in parts.items() if k != "total"},
+    }
+    if mcfg.kind == "t2i":
+        result["text_tokens"] = mcfg.text_len if text_len is None else min(text_len, mcfg.text_len)
+    if measure:
+        net = build_model(mcfg, init=False).eval()
+        m = measure_forward(net, example_inputs(mcfg, H, W, batch, text_len), parts["total"], repeats)
+        m["matmul_gflops_per_s"] = matmul_rate()
+        m["efficiency"] = m["gflops_per_s"] / m["matmul_gflops_per_s"]
+        m["threads"] = torch.get_num_threads()
+        result["measured"] = m
+    return result

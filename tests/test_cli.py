@@ -1,0 +1,83 @@
+"""The CLI: help with examples, every command registered, one-line errors with non-zero exits, JSON output."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pixeldit_cli.cli import app
+
+runner = CliRunner()
+COMMANDS = ["train", "sample", "edit", "eval-fid", "flops", "convert"]
+
+
+def run(*args):
+    return runner.invoke(app, list(args))
+
+
+def test_every_command_registered_with_examples_in_help():
+    top = run("--help")
+    assert top.exit_code == 0
+    for cmd in COMMANDS:
+        assert cmd in top.output
+        h = run(cmd, "--help")
+        assert h.exit_code == 0 and "Example" in h.output, cmd
+
+
+@pytest.mark.parametrize("cmd", ["train", "edit", "eval-fid"])
+def test_unbuilt_commands_say_so_and_exit_2(cmd):
+    r = run(cmd, "--anything", "1")
+    assert r.exit_code == 2 and "not built yet" in r.output
+
+
+def test_flops_card_example_json():
+    r = run("flops", "--res", "1024", "--patch", "16", "--json")
+    assert r.exit_code == 0
+    d = json.loads(r.output)
+    assert d["model"] == "PixelDiT-XL/16" and round(d["gflops"], 2) == 7147.18 and d["params"] == 797_383_203
+
+
+def test_flops_human_output_and_non_square():
+    r = run("flops", "--model", "PixelDiT-B/16", "--height", "256", "--width", "512", "--batch", "2")
+    assert r.exit_code == 0 and "184,749,155" in r.output and "256x512" in r.output
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["flops", "--res", "100"], "not a positive multiple of the patch size 16"),
+    (["flops", "--model", "PixelDiT-Huge/16"], "unknown model 'PixelDiT-Huge/16'"),
+    (["flops", "--preset", "nope"], "unknown preset 'nope'"),
+])
+def test_flops_bad_input_one_line(args, msg):
+    r = run(*args)
+    assert r.exit_code == 1 and msg in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_convert_cli_and_refusals(fixtures, tmp_path):
+    dst = tmp_path / "c2i.safetensors"
+    r = run("convert", str(fixtures / "official_c2i_small.ckpt"), str(dst))
+    assert r.exit_code == 0 and "used: 53 tensors" in r.output and "training only (REPA projector)): 6" in r.output
+    before = dst.read_bytes()
+    r = run("convert", str(fixtures / "official_t2i_small.pth"), str(dst))
+    assert r.exit_code == 1 and "already exists" in r.output and dst.read_bytes() == before
+    r = run("convert", str(fixtures / "official_c2i_small.ckpt"), str(dst), "--force", "--weights", "raw")
+    assert r.exit_code == 0 and dst.read_bytes() != before
+    r = run("convert", str(fixtures / "official_c2i_small.ckpt"), str(tmp_path / "x.safetensors"), "--weights", "best")
+    assert r.exit_code == 1 and "unknown weights 'best'" in r.output
+
+
+def test_real_process_prints_one_line_and_no_traceback(tmp_path):
+    """Through `python -m pixeldit_cli` (the torchrun entry point), as a user sees it."""
+    bad = tmp_path / "junk.ckpt"
+    bad.write_bytes(b"\x00" * 100)
+    p = subprocess.run([sys.executable, "-m", "pixeldit_cli", "convert", str(bad), str(tmp_path / "o.safetensors")],
+                       capture_output=True, text=True)
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr.strip().startswith("error:") and "is not a checkpoint" in p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = subprocess.run([sys.executable, "-m", "pixeldit_cli", "--", "flops", "--model", "PixelDiT-S/4", "--res", "32", "--json"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and json.loads(p.stdout)["height"] == 32
