@@ -22,6 +22,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_forward.py
+	$(PY) benchmarks/bench_sample.py
 
 clean:
 	rm -rf build dist *.egg-info runs/demo

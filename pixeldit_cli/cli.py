@@ -141,11 +141,104 @@ def train(ctx: typer.Context):
     not_built("train", 4)
 
 
-@app.command(**_later, epilog="Example:\n\n  pixeldit sample --ckpt xl256.safetensors --class 291 --n 64")
+@app.command(
+    epilog="Examples:\n\n"
+    "  pixeldit sample --ckpt xl256.safetensors --class 291 --n 64\n\n"
+    "  pixeldit sample --ckpt xl256.safetensors --class goldfish --class lion --n 16 --steps 50\n\n"
+    "  pixeldit sample --preset xl512 --ckpt xl512.safetensors --classes balanced --n 50000 --npz\n\n"
+    "  pixeldit sample --ckpt xl256.safetensors --n 1000 --nproc 8          # 8 worker processes\n\n"
+    "  torchrun --nproc_per_node=8 -m pixeldit_cli -- sample --ckpt xl256.safetensors --n 50000 --npz\n\n"
+    "Times are in the class-conditional convention for both models (t = 0 noise, t = 1 data): guidance "
+    "acts for LO < t < HI, and --shift s maps t to t/(t + (1-t)s). With torchrun, put `--` before "
+    "`sample` (torchrun would read --n as its own --nnodes). Re-running a command resumes it."
+)
 @friendly
-def sample(ctx: typer.Context):
-    """Sample images from a checkpoint (not built yet)."""
-    not_built("sample", 3)
+def sample(
+    ckpt: Path = typer.Option(..., "--ckpt", help="Weights: our .safetensors / training .pt, or an official .ckpt.", rich_help_panel="Model"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Sampling defaults of a preset (default: the xl256 release settings).", rich_help_panel="Model"),
+    weights: str = typer.Option("ema", "--weights", help="ema or raw (checkpoints that hold both).", rich_help_panel="Model"),
+    classes: Optional[list[str]] = typer.Option(None, "--class", help="Class id or ImageNet name; repeat for several (cycled).", rich_help_panel="Sampling"),
+    class_mode: str = typer.Option("uniform", "--classes", help="Without --class: uniform (random per index) or balanced (n/classes each, in order).", rich_help_panel="Sampling"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Text-to-image prompt (T2I checkpoints).", rich_help_panel="Sampling"),
+    n: int = typer.Option(64, "--n", help="Number of images.", rich_help_panel="Sampling"),
+    seed: int = typer.Option(0, "--seed", help="Sample i uses seed + i.", rich_help_panel="Sampling"),
+    solver: Optional[str] = typer.Option(None, "--solver", help="flowdpm | euler | heun | dpm++2m.", rich_help_panel="Sampling"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Solver steps (= network calls).", rich_help_panel="Sampling"),
+    shift: Optional[float] = typer.Option(None, "--shift", help="Time shift s (c2i convention).", rich_help_panel="Sampling"),
+    height: Optional[int] = typer.Option(None, "--height", help="Image height (multiple of p).", rich_help_panel="Sampling"),
+    width: Optional[int] = typer.Option(None, "--width", help="Image width (multiple of p).", rich_help_panel="Sampling"),
+    cfg: Optional[float] = typer.Option(None, "--cfg", help="Guidance scale (1 = off).", rich_help_panel="Guidance"),
+    cfg_interval: Optional[tuple[float, float]] = typer.Option(None, "--cfg-interval", help="LO HI: guide only for LO < t < HI.", rich_help_panel="Guidance"),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward (does not change the images).", rich_help_panel="Distributed"),
+    nproc: int = typer.Option(1, "--nproc", help="Start this many worker processes here (torchrun not needed).", rich_help_panel="Distributed"),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16.", rich_help_panel="Distributed"),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the network.", rich_help_panel="Distributed"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: named after every knob).", rich_help_panel="Output"),
+    npz: bool = typer.Option(False, "--npz", help="Also write an ADM samples.npz (arr_0 uint8 NHWC, arr_1 labels).", rich_help_panel="Output"),
+):
+    """Sample images: per-index PNGs, grid.png, results.json (and samples.npz)."""
+    from .config import load_preset
+    from .sample import SampleJob, imagenet_names, parse_class, run, validate
+
+    if nproc > 1:
+        return launch_workers(nproc)
+    if not ckpt.exists():
+        raise PixelDiTError(f"checkpoint {ckpt} does not exist", "check the --ckpt path")
+    from .convert import load_model
+    from .sample import init_distributed
+
+    _, _, device = init_distributed()
+    model = load_model(ckpt, weights=weights, device=device)
+    mc = model.config
+    if mc.kind == "t2i" and classes:
+        raise PixelDiTError("--class was given but this is a text-to-image checkpoint", "use --prompt")
+    if mc.kind == "c2i" and prompt:
+        raise PixelDiTError("--prompt was given but this is a class-conditional checkpoint", "use --class")
+    base = load_preset(preset or "xl256")
+    sc = base.sample
+    res = base.data.resolution if preset else 256
+    names = imagenet_names() if mc.num_classes == 1000 else None
+    ids = tuple(parse_class(c, mc.num_classes, names) for c in classes or [])
+    job = SampleJob(
+        ckpt=str(ckpt), n=n, out=str(out_dir or ""), classes=ids, mode=class_mode,
+        solver=solver or sc.solver, steps=steps if steps is not None else sc.steps,
+        cfg=cfg if cfg is not None else sc.cfg, interval=tuple(cfg_interval) if cfg_interval else sc.interval,
+        shift=shift if shift is not None else sc.shift, height=height or sc.height or res,
+        width=width or sc.width or res, seed=seed, batch_size=batch_size, precision=precision,
+        npz=npz, compile=compile, weights=weights,
+    )
+    if not ids and class_mode not in ("uniform", "balanced"):
+        raise PixelDiTError(f"unknown --classes mode {class_mode!r}", "use uniform or balanced, or give --class")
+    validate(job, mc)
+    result = run(job, model=model)
+    if result:
+        out.print(f"{n} images in {result['settings']['out']}  (NFE per sample {result['nfe_per_sample']}, "
+                  f"{result['generated_this_run']} generated, {result['resumed_from_disk']} already on disk)", highlight=False,
+                  soft_wrap=True)
+
+
+def launch_workers(nproc: int):
+    """Re-run this command in `nproc` processes through torch.distributed's launcher (what torchrun uses)."""
+    import uuid
+
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    argv = sys.argv[1:]
+    for i, a in enumerate(argv):
+        if a == "--nproc":
+            del argv[i: i + 2]
+            break
+        if a.startswith("--nproc="):
+            del argv[i]
+            break
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
+    try:
+        elastic_launch(config, sys.executable)("-m", "pixeldit_cli", *argv)
+    except Exception as e:  # ChildFailedError: a worker already printed its own one-line error
+        raise PixelDiTError(f"{nproc} worker processes did not all finish ({type(e).__name__})") from None
 
 
 @app.command(**_later, epilog="Example:\n\n  pixeldit edit cat.png --src tabby --tgt tiger --ckpt xl256.safetensors")
