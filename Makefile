@@ -17,7 +17,13 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-demo: $(STAMP)
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+$(FASHION):
+	# Fashion-MNIST from Debian (MIT, 31 MB); needs root, as on the project's machines
+	apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
+
+demo: $(STAMP) $(FASHION)
 	bash scripts/demo.sh $(DEMO)
 
 bench: $(STAMP)

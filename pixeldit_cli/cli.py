@@ -134,11 +134,44 @@ def convert(
 _later = dict(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 
 
-@app.command(**_later, epilog="Example:\n\n  pixeldit train --preset xl256 --out runs/xl256")
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog="Examples:\n\n"
+    "  pixeldit train --preset smoke --out runs/smoke                     # CPU, Fashion-MNIST, minutes\n\n"
+    "  pixeldit train --preset xl256 --out runs/xl256 --data.path /data/imagenet256 --repa-encoder dinov2-base\n\n"
+    "  torchrun --nproc_per_node=8 -m pixeldit_cli -- train --preset xl256 --out runs/xl256 --data.path /data/in256\n\n"
+    "  pixeldit train --preset smoke --out runs/smoke --steps 4000 --train.lr 1e-4   # continue, longer\n\n"
+    "Any preset value is a dotted override: --train.lr 1e-5, --data.path DIR, --sample.cfg 2.0. The "
+    "resolved config is printed, saved as OUT/config.yaml and in every checkpoint. Re-running the same "
+    "command resumes from OUT/checkpoints/last.pt (--resume auto)."
+)
 @friendly
-def train(ctx: typer.Context):
-    """Train a PixelDiT (not built yet)."""
-    not_built("train", 4)
+def train(
+    ctx: typer.Context,
+    preset: str = typer.Option(..., "--preset", help="A preset name (see presets/) or a YAML file."),
+    out_dir: Path = typer.Option(..., "--out", help="Run folder: config.yaml, metrics.jsonl, checkpoints/, samples/."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Total optimizer steps (overrides train.steps)."),
+    resume: str = typer.Option("auto", "--resume", help="auto (OUT/checkpoints/last.pt if any), none, or a checkpoint path."),
+    repa_encoder: Optional[str] = typer.Option(None, "--repa-encoder", help="Local DINOv2 ViT-B/14 folder (transformers format)."),
+    nproc: int = typer.Option(1, "--nproc", help="Start this many worker processes here (torchrun not needed)."),
+):
+    """Train a class-conditional PixelDiT with the release's recipe (rectified flow, REPA, EMA)."""
+    from .config import parse_overrides, resolve
+    from .train import train as run_training
+
+    if nproc > 1:
+        return launch_workers(nproc)
+    overrides = parse_overrides(list(ctx.args))
+    if steps is not None:
+        overrides["train.steps"] = steps
+    if repa_encoder is not None:
+        overrides["train.repa_encoder"] = repa_encoder
+    cfg = resolve(preset, overrides)
+    summary = run_training(cfg, out_dir, resume="" if resume == "none" else resume)
+    if summary.get("last"):
+        last = summary["last"]
+        out.print(f"step {summary['step']}: loss {last['loss']:.4f} ({summary['trained_steps']} steps in "
+                  f"{summary['seconds']:.0f} s) -> {out_dir}/checkpoints/last.pt", highlight=False, soft_wrap=True)
 
 
 @app.command(

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# make demo: what runs on a CPU today. Until `pixeldit train` lands (issue 4) the demo uses the tiny,
-# randomly initialised official-format checkpoint in tests/fixtures: the grid it samples is structured
-# noise, not pictures — it shows the pipeline (convert -> load -> FlowDPM with CFG -> PNGs/grid/npz).
+# make demo: train the smoke preset on real Fashion-MNIST (CPU, ~7-10 min), then sample a labelled grid.
+# Re-running resumes / reuses what is already there.
 set -euo pipefail
 OUT=${1:-runs/demo}
 PY=${PY:-.venv/bin/python}
 mkdir -p "$OUT"
-echo "== FLOPs of the paper's models (Table 16 convention)"
+echo "== FLOPs of the paper's XL/16 at 256² (Table 16 convention)"
 $PY -m pixeldit_cli flops --res 256 --patch 16
-$PY -m pixeldit_cli flops --model PixelDiT-T2I --res 1024
-echo "== convert an official-format checkpoint (tiny random fixture) to safetensors"
-$PY -m pixeldit_cli convert tests/fixtures/official_c2i_small.ckpt "$OUT/c2i_small.safetensors" --force
-echo "== sample a class-labelled grid from it (FlowDPM, CFG 2.75 in [0.1, 0.9], 32x32)"
+echo "== train PixelDiT-S/4 on Fashion-MNIST 32x32 (preset smoke: 2000 steps of 64 images)"
+$PY -m pixeldit_cli train --preset smoke --out "$OUT/train"
+echo "== EMA weights -> safetensors"
+$PY -m pixeldit_cli convert "$OUT/train/checkpoints/last.pt" "$OUT/smoke.safetensors" --force
+echo "== sample a class-labelled grid: 10 classes x 8 (FlowDPM 50 steps, CFG 2 in [0.1, 1])"
+CLASSES=""
+for c in 0 1 2 3 4 5 6 7 8 9; do CLASSES="$CLASSES --class $c"; done
 rm -rf "$OUT/samples"
-$PY -m pixeldit_cli sample --ckpt "$OUT/c2i_small.safetensors" --class 0 --class 1 --class 2 --class 3 --class 4 \
-    --n 20 --steps 50 --height 32 --width 32 --out "$OUT/samples" --npz
-echo "grid: $OUT/samples/grid.png   results: $OUT/samples/results.json"
+$PY -m pixeldit_cli sample --preset smoke --ckpt "$OUT/smoke.safetensors" $CLASSES --n 80 --out "$OUT/samples" --npz
+echo "columns, left to right: T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot"
+echo "grid: $OUT/samples/grid.png   training curve: $OUT/train/metrics.jsonl"

@@ -12,6 +12,7 @@ null class used for classifier-free guidance.
 """
 
 import torch
+import torch.utils.checkpoint
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -108,7 +109,8 @@ class PixelDiT(nn.Module):
         self.pixel_blocks = nn.ModuleList(
             [PiTBlock(D, d, p * p, cfg.pixel_attn_hidden, cfg.pixel_heads) for _ in range(cfg.pixel_depth)]
         )
-        self._tables = {}  # (kind, H, W, dtype, device) -> RoPE / sin-cos tables; not state
+        self._tables = {}  # (H, W, dtype, device) -> RoPE / sin-cos tables; not state
+        self.grad_checkpointing = False  # recompute block activations in backward (training memory)
 
     def initialize_weights(self):
         """The official fresh-training init (official-compat.md §2.4); loading weights overrides it."""
@@ -123,16 +125,25 @@ class PixelDiT(nn.Module):
             nn.init.zeros_(block.adaLN_modulation[0].weight)
             nn.init.zeros_(block.adaLN_modulation[0].bias)
 
+    def _run(self, block, *args):
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
     def tables(self, H: int, W: int, dtype, device):
         """RoPE for the patch grid (patch and pixel head dims) and the pixel sin-cos table, cached per size."""
         key = (H, W, dtype, device)
         if key not in self._tables:
-            cfg, p = self.config, self.config.patch_size
-            rope_s = rope_2d(cfg.head_dim, H // p, W // p, device)
-            rope_x = rope_2d(cfg.pixel_attn_hidden // cfg.pixel_heads, H // p, W // p, device)
-            pos = pixel_sincos(H, W, cfg.pixel_hidden, dtype, device).view(H, W, cfg.pixel_hidden)
-            self._tables[key] = (rope_s, rope_x, pos)
+            with torch.inference_mode(False), torch.no_grad():  # usable by later training forwards
+                self._tables[key] = self._make_tables(H, W, dtype, device)
         return self._tables[key]
+
+    def _make_tables(self, H, W, dtype, device):
+        cfg, p = self.config, self.config.patch_size
+        rope_s = rope_2d(cfg.head_dim, H // p, W // p, device)
+        rope_x = rope_2d(cfg.pixel_attn_hidden // cfg.pixel_heads, H // p, W // p, device)
+        pos = pixel_sincos(H, W, cfg.pixel_hidden, dtype, device).view(H, W, cfg.pixel_hidden)
+        return rope_s, rope_x, pos
 
     def forward(self, x, t, y, return_patch_tokens_at: int = 0):
         """Optionally also return the patch tokens after block `return_patch_tokens_at` (1-based; REPA)."""
@@ -148,7 +159,7 @@ class PixelDiT(nn.Module):
         s = self.s_embedder(patchify(x, p))                           # (B, L, D)
         aligned = None
         for i, block in enumerate(self.patch_blocks, start=1):
-            s = block(s, c, rope_s)
+            s = self._run(block, s, c, rope_s)
             if i == return_patch_tokens_at:
                 aligned = s
         L = s.shape[1]
@@ -158,6 +169,6 @@ class PixelDiT(nn.Module):
         X = self.pixel_embedder(x.permute(0, 2, 3, 1)) + pos          # (B, H, W, d)
         X = pixel_tokens(X, p)                                        # (B·L, p², d)
         for block in self.pixel_blocks:
-            X = block(X, s_cond, B, rope_x)
+            X = self._run(block, X, s_cond, B, rope_x)
         out = unpatchify_pixels(self.final_layer(X), B, H, W, p)     # (B, C, H, W)
         return (out, aligned) if return_patch_tokens_at else out

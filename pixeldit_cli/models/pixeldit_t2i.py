@@ -7,6 +7,7 @@ text positions are attended to (they carry real Gemma states).
 """
 
 import torch
+import torch.utils.checkpoint
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -131,6 +132,7 @@ class PixelDiTT2I(nn.Module):
         )
         self.final_layer = FinalLayer(d, C)
         self._tables = {}
+        self.grad_checkpointing = False  # recompute block activations in backward (training memory)
 
     def initialize_weights(self):
         """Fresh-training init as released (§4.3.8): unlike c2i, the AdaLN layers are *not* zeroed."""
@@ -142,16 +144,26 @@ class PixelDiTT2I(nn.Module):
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
+    def _run(self, block, *args):
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
     def tables(self, H: int, W: int, Lt: int, dtype, device):
+        """Image RoPE (patch and pixel head dims), text RoPE and the pixel sin-cos table, cached per size."""
         key = (H, W, Lt, dtype, device)
         if key not in self._tables:
-            cfg, p = self.config, self.config.patch_size
-            rope_s = rope_2d(cfg.head_dim, H // p, W // p, device)
-            rope_t = rope_1d(cfg.head_dim, Lt, device)
-            rope_x = rope_2d(cfg.pixel_attn_hidden // cfg.pixel_heads, H // p, W // p, device)
-            pos = pixel_sincos(H, W, cfg.pixel_hidden, dtype, device).view(H, W, cfg.pixel_hidden)
-            self._tables[key] = (rope_s, rope_t, rope_x, pos)
+            with torch.inference_mode(False), torch.no_grad():  # usable by later training forwards
+                self._tables[key] = self._make_tables(H, W, Lt, dtype, device)
         return self._tables[key]
+
+    def _make_tables(self, H, W, Lt, dtype, device):
+        cfg, p = self.config, self.config.patch_size
+        rope_s = rope_2d(cfg.head_dim, H // p, W // p, device)
+        rope_t = rope_1d(cfg.head_dim, Lt, device)
+        rope_x = rope_2d(cfg.pixel_attn_hidden // cfg.pixel_heads, H // p, W // p, device)
+        pos = pixel_sincos(H, W, cfg.pixel_hidden, dtype, device).view(H, W, cfg.pixel_hidden)
+        return rope_s, rope_t, rope_x, pos
 
     def forward(self, x, t, y, return_patch_tokens_at: int = 0):
         B, C, H, W = x.shape
@@ -169,7 +181,7 @@ class PixelDiTT2I(nn.Module):
         u = self.y_embedder(y) + self.y_pos_embedding[:, :Lt]         # (B, Lt, D)
         aligned = None
         for i, block in enumerate(self.patch_blocks, start=1):
-            s, u = block(s, u, c, rope_s, rope_t)
+            s, u = self._run(block, s, u, c, rope_s, rope_t)
             if i == return_patch_tokens_at:
                 aligned = s
         L = s.shape[1]
@@ -178,6 +190,6 @@ class PixelDiTT2I(nn.Module):
         # ---- pixel level: identical to the class-conditional model ---------------------------------
         X = pixel_tokens(self.pixel_embedder(x.permute(0, 2, 3, 1)) + pos, p)
         for block in self.pixel_blocks:
-            X = block(X, s_cond, B, rope_x)
+            X = self._run(block, X, s_cond, B, rope_x)
         out = unpatchify_pixels(self.final_layer(X), B, H, W, p)
         return (out, aligned) if return_patch_tokens_at else out

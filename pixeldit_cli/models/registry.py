@@ -21,6 +21,7 @@ SIZES = {
                 pixel_attn_hidden=1152, pixel_heads=16),
     # CPU sizes (not in the paper): the `smoke` preset and tests.
     "S": dict(patch_depth=4, pixel_depth=1, hidden_size=128, num_heads=4, num_classes=10),
+    "XS": dict(patch_depth=2, pixel_depth=1, hidden_size=32, num_heads=2, num_classes=10),
     "T2I-S": dict(kind="t2i", patch_depth=2, pixel_depth=1, hidden_size=64, num_heads=4,
                   pixel_attn_hidden=48, pixel_heads=3, text_dim=64, text_len=32),
 }

@@ -1,0 +1,80 @@
+"""Training checkpoints: complete, boring, atomic.
+
+`checkpoints/{step:07d}.pt` and `checkpoints/last.pt` hold model, EMA, REPA projector, optimizer, step,
+RNG states of every rank, the resolved config, the model config and the class map — loadable with
+torch.load(weights_only=True). Each file is written to a temporary name, fsynced, then renamed, so a
+process killed mid-write (even by SIGKILL) leaves the previous checkpoint intact.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..convert import TRAIN_FORMAT
+from ..errors import PixelDiTError
+
+
+def _atomic_save(obj, path: Path):
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        _test_kill_hook(f, path.name)
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _test_kill_hook(f, name: str):
+    """Tests only: PIXELDIT_TEST_KILL_IN_SAVE=0000004.pt SIGKILLs the process halfway through writing that file."""
+    if os.environ.get("PIXELDIT_TEST_KILL_IN_SAVE") == name:
+        import signal
+
+        f.truncate(max(1, f.tell() // 2))
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def save(state: dict, ckpt_dir: Path, step: int, keep_last: int, keep_every: int) -> Path:
+    """Write {step:07d}.pt, point last.pt at it (hard link, renamed into place), apply retention."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / f"{step:07d}.pt"
+    _atomic_save(state, path)
+    tmp = ckpt_dir / ".last.pt.link"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # filesystems without hard links: a second atomic copy
+        _atomic_save(state, tmp)
+    os.replace(tmp, ckpt_dir / "last.pt")
+    steps = sorted(int(p.stem) for p in ckpt_dir.glob("[0-9]*.pt"))
+    keep = set(steps[-keep_last:]) if keep_last > 0 else set()
+    for s in steps:
+        if s not in keep and not (keep_every and s % keep_every == 0) and s != step:
+            (ckpt_dir / f"{s:07d}.pt").unlink(missing_ok=True)
+    return path
+
+
+def find_resume(resume: str, out: Path):
+    """'auto' -> out/checkpoints/last.pt if present (else None); a path -> that path."""
+    if not resume:
+        return None
+    if resume == "auto":
+        last = out / "checkpoints" / "last.pt"
+        return last if last.exists() else None
+    p = Path(resume)
+    if not p.exists():
+        raise PixelDiTError(f"--resume {p} does not exist", "pass a checkpoint path, or --resume auto")
+    return p
+
+
+def load(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, garbage, pickled code: all mean "not this file"
+        others = sorted(p.name for p in path.parent.glob("[0-9]*.pt") if p.resolve() != path.resolve())
+        hint = f"the other checkpoints are untouched ({', '.join(others[-3:])}); pass one with --resume PATH" if others else "start without --resume"
+        raise PixelDiTError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__})", hint) from None
+    if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
+        raise PixelDiTError(f"{path} is not a pixeldit training checkpoint", "to start from released weights use `pixeldit convert` first")
+    return state

@@ -1,0 +1,249 @@
+"""`pixeldit train`: the class-conditional recipe of the release, on one CPU process or many GPUs.
+
+One optimizer step = one global batch (global_batch images, split over world × accumulation micro-
+batches). AdamW, LR and clip schedules, EMA every step, REPA, non-finite guard, metrics.jsonl, a
+fixed-noise sample grid, atomic checkpoints and exact resume. Exactness comes from two rules: the data
+of step s is a function of (seed, s) (StepSampler), and every random draw of a sample is a function of
+(seed, s, global slot) (objective.draw) — so neither resuming nor the number of processes changes them.
+"""
+
+import contextlib
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import Config, to_yaml
+from ..errors import PixelDiTError
+from ..models.registry import build_model, count_params, model_config
+from ..sample import barrier, init_distributed, noise_for, to_uint8
+from ..solvers import solve
+from . import checkpoint
+from .data import StepSampler, collate, open_dataset
+from .objective import DinoEncoder, Projector, draw, flow_loss
+
+
+def lr_at(tc, step: int) -> float:
+    lr = tc.lr_drop_to if tc.lr_drop_step and step >= tc.lr_drop_step else tc.lr
+    if tc.warmup_steps and step < tc.warmup_steps:
+        lr *= (step + 1) / tc.warmup_steps
+    return lr
+
+
+def clip_at(tc, step: int) -> float:
+    return tc.grad_clip_drop_to if tc.grad_clip_drop_step and step >= tc.grad_clip_drop_step else tc.grad_clip
+
+
+@torch.no_grad()
+def ema_update(ema_params, params, decay: float):
+    """ema ← decay·ema + (1 − decay)·param (no warm-up, no bias correction, as released)."""
+    torch._foreach_mul_(ema_params, decay)
+    torch._foreach_add_(ema_params, params, alpha=1 - decay)
+
+
+def grid_labels(num_classes: int, per_class: int = 4) -> list[int]:
+    if num_classes <= 16:
+        return [c for c in range(num_classes) for _ in range(per_class)]
+    return [88, 207, 279, 291, 360, 387, 388, 417, 812, 974, 980, 33, 1, 130, 250, 949][: min(16, num_classes)]
+
+
+def validate(cfg: Config, world: int):
+    tc = cfg.train
+    if tc.steps < 1:
+        raise PixelDiTError(f"train.steps must be at least 1, got {tc.steps}")
+    if tc.micro_batch < 1 or tc.global_batch < 1:
+        raise PixelDiTError("train.global_batch and train.micro_batch must be positive")
+    if tc.global_batch % (world * tc.micro_batch):
+        raise PixelDiTError(
+            f"global batch {tc.global_batch} is not divisible by world size {world} × micro-batch {tc.micro_batch}",
+            "choose --train.global_batch / --train.micro_batch so that global = world × micro × accumulation")
+    if tc.optimizer != "adamw":
+        raise PixelDiTError(f"optimizer {tc.optimizer!r} is not available", "use adamw")
+    if not 0 <= tc.cond_drop < 1:
+        raise PixelDiTError(f"train.cond_drop must be in [0, 1), got {tc.cond_drop}")
+
+
+def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict:
+    """Run (or continue) training; returns a summary. Rank 0 writes everything under `out`."""
+    out = Path(out)
+    rank, world, device = init_distributed()
+    tc = cfg.train
+    validate(cfg, world)
+    mcfg = model_config(cfg.model.name, num_classes=cfg.model.num_classes)
+    if mcfg.kind == "t2i":
+        raise PixelDiTError("text-to-image training needs the Gemma-2 text pipeline, which is not built yet (issue 7)", exit_code=2)
+    if cfg.data.resolution % mcfg.patch_size:
+        raise PixelDiTError(f"data.resolution {cfg.data.resolution} is not a multiple of the patch size {mcfg.patch_size}")
+    if tc.repa_weight > 0 and not 1 <= tc.repa_block <= mcfg.patch_depth:
+        raise PixelDiTError(f"train.repa_block {tc.repa_block} is outside 1..{mcfg.patch_depth}")
+    autocast = torch.bfloat16 if (device.type == "cuda" and tc.precision == "bf16") else None
+
+    # ---- state: fresh, or everything from the checkpoint ------------------------------------------------
+    resume_path = checkpoint.find_resume(resume, out)
+    if resume_path is None and resume in ("", "none") and (out / "checkpoints" / "last.pt").exists():
+        raise PixelDiTError(f"{out} already holds a training run", "continue it with --resume auto, or choose another --out")
+    state = checkpoint.load(resume_path) if resume_path else None
+    if state is not None and state["model_config"] != mcfg.to_dict():
+        raise PixelDiTError(f"{resume_path} was trained with another architecture", "use the run's own preset, or another --out")
+
+    ds = open_dataset(cfg.data.path, cfg.data.resolution, mcfg.num_classes)
+    torch.manual_seed(tc.seed)  # the initial weights are a function of the seed
+    model = build_model(mcfg).to(device)
+    model.grad_checkpointing = tc.grad_checkpointing
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    encoder = projector = None
+    if tc.repa_weight > 0:
+        encoder = DinoEncoder(tc.repa_encoder).to(device)
+        projector = Projector(mcfg.hidden_size, mcfg.hidden_size, encoder.dim).to(device)
+    params = list(model.parameters()) + (list(projector.parameters()) if projector else [])
+    opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, eps=1e-8)
+    step, skipped = 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        if projector is not None and state.get("projector"):
+            projector.load_state_dict(state["projector"])
+        opt.load_state_dict(state["optimizer"])
+        step, skipped = state["step"], state.get("nonfinite_skipped", 0)
+        rng = state.get("rng", [])
+        if rank < len(rng):
+            torch.set_rng_state(rng[rank])
+
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if tc.compile:
+        net = torch.compile(net)
+    per_rank = tc.global_batch // world
+    accum = per_rank // tc.micro_batch
+    sampler = StepSampler(len(ds), tc.global_batch, tc.micro_batch, rank, world, tc.seed, step, tc.steps)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                                         collate_fn=collate, pin_memory=device.type == "cuda")
+    null = mcfg.num_classes
+
+    # ---- bookkeeping ------------------------------------------------------------------------------
+    class_names = list(getattr(ds, "classes", []))
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(to_yaml(cfg))
+        metrics_path = out / "metrics.jsonl"
+        if metrics_path.exists():  # drop lines from a killed run's future (logged after its last checkpoint)
+            keep = [l for l in metrics_path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
+            metrics_path.write_text("".join(k + "\n" for k in keep))
+        n_params = count_params(model)
+        print(f"PixelDiT {cfg.model.name}: {n_params:,} params | global batch {tc.global_batch} = {world} proc × "
+              f"{tc.micro_batch} × {accum} accum | lr {tc.lr:g} | steps {step} -> {tc.steps} | "
+              f"{'resumed from ' + str(resume_path) if state else 'fresh'} | {device} {'bf16' if autocast else 'fp32'}", flush=True)
+    fixed_labels = grid_labels(null)
+    fixed_noise = noise_for(range(len(fixed_labels)), 10_000 + tc.seed, (mcfg.in_channels, cfg.data.resolution, cfg.data.resolution))
+
+    def save_state():
+        rng = [torch.get_rng_state()]
+        if world > 1:
+            rng = [None] * world
+            torch.distributed.all_gather_object(rng, torch.get_rng_state())
+        if rank == 0:
+            st = {"format": checkpoint.TRAIN_FORMAT, "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
+                  "projector": projector.state_dict() if projector else {}, "optimizer": opt.state_dict(),
+                  "model_config": mcfg.to_dict(), "config": json.loads(json.dumps(cfg.to_dict())), "rng": rng,
+                  "class_names": class_names, "nonfinite_skipped": skipped,
+                  "data_position": {"step": step, "epoch": step // sampler.per_epoch, "batch_in_epoch": step % sampler.per_epoch}}
+            checkpoint.save(st, out / "checkpoints", step, tc.keep_last, tc.keep_every)
+        barrier(world)
+
+    def sample_grid():
+        if rank != 0:
+            return
+        sc = cfg.sample
+        imgs, _ = solve(ema, fixed_noise.to(device), torch.tensor(fixed_labels, device=device), solver=sc.solver,
+                        steps=min(sc.steps, 50), cfg=sc.cfg, interval=sc.interval, shift=sc.shift)
+        from torchvision.io import write_png
+        from torchvision.utils import make_grid
+
+        per_row = 4 * 2 if null <= 16 else 4
+        (out / "samples").mkdir(exist_ok=True)
+        write_png(make_grid(to_uint8(imgs).cpu(), nrow=per_row, padding=2, pad_value=255), str(out / "samples" / f"{step:07d}.png"))
+
+    bar = None
+    if progress and rank == 0:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+        task = bar.add_task("", total=tc.steps, completed=step, info="")
+        bar.start()
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    it = iter(loader)
+    model.train()
+    in_a_row, last_log = 0, None
+    t_log, wait_log, imgs_log = time.perf_counter(), 0.0, 0
+    start_step, t_start = step, time.perf_counter()
+    try:
+        while step < tc.steps:
+            lr, clip = lr_at(tc, step), clip_at(tc, step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            slots, _ = sampler.slots(step)
+            opt.zero_grad(set_to_none=True)
+            sums = torch.zeros(3, device=device)
+            for k in range(accum):
+                t0 = time.perf_counter()
+                u8, y = next(it)
+                wait_log += time.perf_counter() - t0
+                u8, y = u8.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                x = (u8.float() / 255 - 0.5) / 0.5
+                noise, t, drop = draw(tc.seed, step, slots[k * tc.micro_batch: (k + 1) * tc.micro_batch],
+                                      tuple(x.shape[1:]), tc.cond_drop, tc.time_shift)
+                noise, t, drop = noise.to(device), t.to(device), drop.to(device)
+                target = encoder(u8.float() / 255) if encoder is not None else None
+                sync = contextlib.nullcontext() if (world == 1 or k == accum - 1) else net.no_sync()
+                with sync:
+                    loss, lf, lr_ = flow_loss(net, x, y, t, noise, drop, null, projector, target,
+                                              tc.repa_block, tc.repa_weight, autocast)
+                    (loss * (tc.micro_batch / per_rank)).backward()
+                sums += torch.stack([loss.detach(), lf, lr_]) * (tc.micro_batch / per_rank)
+            gnorm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+            if world > 1:
+                torch.distributed.all_reduce(sums)
+                sums /= world
+            finite = bool(torch.isfinite(sums[0]) and torch.isfinite(gnorm))
+            if finite:
+                opt.step()
+                ema_update(list(ema.parameters()), list(model.parameters()), tc.ema_decay)
+                in_a_row = 0
+            else:
+                opt.zero_grad(set_to_none=True)
+                skipped += 1
+                in_a_row += 1
+                if in_a_row >= tc.max_nonfinite:
+                    raise PixelDiTError(f"stopping at step {step}: {in_a_row} non-finite losses or gradients in a row",
+                                        "lower the learning rate, or resume from an earlier checkpoint")
+            step += 1
+            imgs_log += tc.global_batch
+
+            if rank == 0 and (step % tc.log_every == 0 or step == tc.steps):
+                now = time.perf_counter()
+                rec = {"step": step, "loss": sums[0].item(), "loss_flow": sums[1].item(), "loss_repa": sums[2].item(),
+                       "grad_norm": gnorm.item(), "lr": lr, "grad_clip": clip, "img_per_s": imgs_log / (now - t_log),
+                       "data_wait": wait_log / (now - t_log), "nonfinite_skipped": skipped}
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                last_log, t_log, wait_log, imgs_log = rec, now, 0.0, 0
+                if bar is not None:
+                    bar.update(task, completed=step, info=f"loss {rec['loss']:.4f} repa {rec['loss_repa']:.3f} "
+                               f"|g| {rec['grad_norm']:.2f} lr {lr:.1e} {rec['img_per_s']:.1f} img/s wait {100 * rec['data_wait']:.0f}%")
+            elif bar is not None:
+                bar.update(task, completed=step)
+            if tc.sample_every and step % tc.sample_every == 0:
+                model.eval()
+                sample_grid()
+                model.train()
+            if step % tc.ckpt_every == 0 or step == tc.steps:
+                save_state()
+    finally:
+        if bar is not None:
+            bar.stop()
+    return {"step": step, "trained_steps": step - start_step, "seconds": time.perf_counter() - t_start,
+            "last": last_log, "nonfinite_skipped": skipped, "out": str(out)}

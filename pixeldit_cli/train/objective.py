@@ -1,0 +1,157 @@
+"""The class-conditional training objective, exactly as the release computes one step (official-compat.md §6).
+
+Rectified flow in pixel space, c2i convention (t = 1 data):
+    t = shift(sigmoid(n)), n ~ N(0, 1)              logit-normal, then t' = t / (t + (1 − t)·s)
+    x_t = t·x + (1 − t)·ε,  target v = x − ε,       loss_flow = mean((net(x_t, t, y') − v)²)
+    y' = null class with probability 0.1             (classifier-free guidance dropout)
+REPA: the patch tokens after block 8 go through a 3-layer MLP and are pulled towards frozen DINOv2
+patch features: loss_repa = mean(1 − cos), total = loss_flow + λ·loss_repa with λ = 0.5.
+
+Randomness is drawn per sample from a generator seeded by (seed, step, global sample slot): never the
+clock, never a global RNG — so a resumed run and a run on more processes draw the same numbers.
+"""
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+#################################################################################
+#                               Per-sample draws                                #
+#################################################################################
+
+
+def slot_generator(seed: int, step: int, slot: int) -> torch.Generator:
+    """A CPU generator for one sample slot of one optimizer step."""
+    state = np.random.SeedSequence([seed, step, slot]).generate_state(2, np.uint32)
+    return torch.Generator("cpu").manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def draw(seed: int, step: int, slots, shape, drop_prob: float, time_shift: float):
+    """Noise (B, *shape), t (B,) and the class-drop mask (B,) for the given global slots."""
+    noise, base, drop = [], [], []
+    for j in slots:
+        g = slot_generator(seed, step, j)
+        base.append(torch.randn(1, generator=g))
+        drop.append(torch.rand(1, generator=g) < drop_prob)
+        noise.append(torch.randn(*shape, generator=g))
+    t = torch.sigmoid(torch.cat(base))
+    return torch.stack(noise), shift_t(t, time_shift), torch.cat(drop)
+
+
+def shift_t(t, s: float):
+    return t / (t + (1 - t) * s)
+
+
+#################################################################################
+#                                   REPA                                        #
+#################################################################################
+
+
+class Projector(nn.Module):
+    """Linear -> SiLU -> Linear -> SiLU -> Linear; nested like the release (keys proj.0.{0,2,4})."""
+
+    def __init__(self, dim: int, hidden: int, out: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Sequential(
+            nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out)))
+
+    def forward(self, h):
+        return self.proj(h)
+
+
+def align_tokens(h, n_target: int, grid_hw=None):
+    """Model tokens (B, L, C) to n_target tokens on a square grid: average-pool down, bilinear up."""
+    B, L, C = h.shape
+    if L == n_target:
+        return h
+    side, tside = round(L**0.5), round(n_target**0.5)
+    if side * side != L or tside * tside != n_target:
+        raise ValueError(f"REPA token counts {L} and {n_target} are not both square")
+    x = h.transpose(1, 2).reshape(B, C, side, side)
+    if n_target < L:
+        x = F.adaptive_avg_pool2d(x, (tside, tside))
+    else:
+        x = F.interpolate(x, size=(tside, tside), mode="bilinear", align_corners=False)
+    return x.reshape(B, C, n_target).transpose(1, 2)
+
+
+def repa_loss(projected, target):
+    """mean(1 − cos) over the feature dim (eps 1e-8), token counts aligned first."""
+    projected = align_tokens(projected, target.shape[1])
+    return (1 - F.cosine_similarity(projected, target, dim=-1, eps=1e-8)).mean()
+
+
+class DinoEncoder(nn.Module):
+    """Frozen DINOv2 (transformers `Dinov2Model`) -> normalised patch tokens (x_norm_patchtokens).
+
+    Input: images in [0, 1]. ImageNet normalisation *then* bicubic resize to (int(14·H/16), int(14·W/16)),
+    as the release does — so a 256 px image gives 16×16 = 256 tokens, matching PixelDiT/16's grid.
+    """
+
+    MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+    def __init__(self, path: str):
+        super().__init__()
+        from ..errors import PixelDiTError
+
+        try:
+            from transformers import Dinov2Model
+        except ImportError:
+            raise PixelDiTError("REPA needs transformers", "pip install 'pixeldit[repa]', or set --train.repa_weight 0") from None
+        import os
+
+        if not path:
+            raise PixelDiTError("REPA is on but no DINOv2 encoder was given",
+                                "pass --repa-encoder DIR (a local facebook/dinov2-base), or --train.repa_weight 0")
+        local = os.path.isdir(path)
+        if not local and not os.environ.get("PIXELDIT_ALLOW_DOWNLOAD"):
+            raise PixelDiTError(f"REPA encoder {path!r} is not a local directory",
+                                "pass the folder of a saved Dinov2Model (nothing is downloaded unless PIXELDIT_ALLOW_DOWNLOAD=1)")
+        try:
+            self.net = Dinov2Model.from_pretrained(path, local_files_only=local).eval().requires_grad_(False)
+        except (OSError, ValueError) as e:
+            raise PixelDiTError(f"cannot load the REPA encoder from {path}: {str(e).splitlines()[0]}") from None
+        self.dim = self.net.config.hidden_size
+        self.register_buffer("mean", torch.tensor(self.MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.STD).view(1, 3, 1, 1), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, raw):
+        H, W = raw.shape[-2:]
+        x = (raw - self.mean) / self.std
+        x = F.interpolate(x, size=(int(14 * H / 16), int(14 * W / 16)), mode="bicubic", align_corners=False)
+        return self.net(pixel_values=x).last_hidden_state[:, 1:]  # after the final LayerNorm, CLS dropped
+
+
+#################################################################################
+#                                 One step's loss                               #
+#################################################################################
+
+
+def flow_loss(net, x, y, t, noise, drop, null_class: int, projector=None, repa_target=None,
+              repa_block: int = 0, repa_weight: float = 0.0, autocast=None):
+    """Loss of one (micro-)batch given all its random draws. Returns (total, flow, repa) as fp32 scalars."""
+    y = torch.where(drop, torch.full_like(y, null_class), y)
+    tb = t.view(-1, *([1] * (x.dim() - 1)))
+    x_t = tb * x + (1 - tb) * noise
+    v = x - noise
+    use_repa = repa_weight > 0 and projector is not None and repa_target is not None
+    ctx = torch.autocast(x.device.type, dtype=autocast) if autocast is not None else _null()
+    with ctx:
+        out = net(x_t, t, y, return_patch_tokens_at=repa_block) if use_repa else net(x_t, t, y)
+        if use_repa:
+            out, h = out
+            proj = projector(h)
+    loss_flow = ((out.float() - v) ** 2).mean()
+    loss_repa = repa_loss(proj.float(), repa_target.float()) if use_repa else torch.zeros((), device=x.device)
+    return loss_flow + repa_weight * loss_repa, loss_flow.detach(), loss_repa.detach()
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
