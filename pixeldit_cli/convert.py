@@ -39,6 +39,7 @@ class KeyReport:
     dropped: dict = field(default_factory=dict)      # key group -> reason (training-only, raw weights, ...)
     unexpected: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    class_names: list = field(default_factory=list)    # from training checkpoints (e.g. Fashion-MNIST's)
 
     def lines(self) -> list[str]:
         out = [f"format: {self.source_format}, weights: {self.weights}", f"used: {len(self.used)} tensors"]
@@ -179,9 +180,11 @@ def extract(obj, weights: str = "ema", source: str = "checkpoint") -> tuple[dict
         if "pixeldit_config" in meta:
             cfg = ModelConfig.from_dict(json.loads(meta["pixeldit_config"]))
             rep.weights = meta.get("weights", weights)
+        rep.class_names = json.loads(meta.get("class_names", "[]"))
     elif isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT:
         rep.source_format = "pixeldit training checkpoint"
-        sd = obj["ema" if weights == "ema" else "model"]
+        sd = dict(obj["ema" if weights == "ema" else "model"])
+        rep.class_names = list(obj.get("class_names") or [])
         cfg = ModelConfig.from_dict(obj["model_config"])
         rep.dropped.update({"training state": [k for k in obj if k not in ("ema", "model")]})
         rep.dropped["the other weights"] = list(obj["model" if weights == "ema" else "ema"])
@@ -247,6 +250,8 @@ def convert(src, dst, weights: str = "ema", force: bool = False, unsafe_pickle: 
         "source": src.name,
         "source_format": rep.source_format,
     }
+    if rep.class_names:
+        meta["class_names"] = json.dumps(rep.class_names)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
     # contiguous() is a no-op for the usual case; memory-mapped sources are copied once, here.
@@ -265,4 +270,5 @@ def load_model(path, weights: str = "ema", device="cpu", dtype=torch.float32, un
     state = {k: sd.pop(k).to(dtype=dtype, copy=True) for k in list(sd)}
     model.load_state_dict(state, strict=True, assign=True)
     model.key_report = rep
+    model.class_names = rep.class_names or None
     return model.to(device).eval()

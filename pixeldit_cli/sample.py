@@ -274,7 +274,7 @@ def run(job: SampleJob, model=None, progress=True) -> dict:
         raise PixelDiTError(f"unknown precision {precision!r}", "use auto, fp32 or bf16")
     autocast = torch.bfloat16 if precision == "bf16" else None
 
-    names = imagenet_names() if cfg.num_classes == 1000 else None
+    names = getattr(model, "class_names", None) or (imagenet_names() if cfg.num_classes == 1000 else None)
     out = Path(job.out or default_out(job))
     identity = dict(job.identity(), num_classes=cfg.num_classes)
     run_file = out / "run.json"

@@ -57,3 +57,28 @@ class ConstantX0T2I(torch.nn.Module):
     def forward(self, x, t, y):
         sigma = (t.double() / 1000.0).view(-1, 1, 1, 1)
         return ((x.double() - y.double().view(-1, 1, 1, 1)) / sigma).to(x.dtype)
+
+
+class GMMFlow(torch.nn.Module):
+    """Class-conditional Gaussian mixtures in 2-D (as images (B, 2, 1, 1)), closed-form c2i velocity.
+
+    Class k's data: equal-weight modes modes[k] with std s. Posterior weights over modes given x_t use
+    x_t | mode ~ N(t·mu, var_t); the velocity is the posterior mix of the per-mode Gaussian velocities.
+    """
+
+    def __init__(self, modes, s=1.0):
+        super().__init__()
+        self.modes = [torch.tensor(m, dtype=torch.float64) for m in modes]  # per class (K, 2)
+        self.s = s
+        self.config = SimpleNamespace(kind="c2i", num_classes=len(modes) - 1, patch_size=1)
+
+    def forward(self, x, t, y):
+        out = []
+        for xi, ti, yi in zip(x.double().view(-1, 2), t.double(), y.tolist()):
+            mus = self.modes[yi]
+            var = ti**2 * self.s**2 + (1 - ti) ** 2
+            logw = -((xi - ti * mus) ** 2).sum(-1) / (2 * var)
+            w = torch.softmax(logw, 0)
+            v = mus + (ti * self.s**2 - (1 - ti)) / var * (xi - ti * mus)  # (K, 2)
+            out.append((w[:, None] * v).sum(0))
+        return torch.stack(out).view(-1, 2, 1, 1).to(x.dtype)

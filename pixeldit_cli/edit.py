@@ -1,0 +1,263 @@
+"""FlowEdit on PixelDiT (Kulikov et al., 2025; facts in flowedit.md), and background-preservation metrics.
+
+Inversion-free editing: integrate dZ = [v_tar(Z + Ẑ_src − X) − v_src(Ẑ_src)] dτ from the source image,
+where Ẑ_src = τ·X + (1 − τ)·ε is a fresh noisy version of the source at every step (shared by both
+branches, so the noise cancels). In the project's convention (τ = 0 noise, τ = 1 data, v = x − ε) the
+update is z ← z + (τ_next − τ)·(v_tar − v_src): FlowEdit's two sign flips cancel.
+
+  n_max   edited steps counted from the data end (FlowEdit's index i = T − k); editing starts at
+          τ = grid[T − n_max]. n_max = 0 returns the source.
+  n_min   the last n_min steps are plain target sampling from a re-noised edit (stronger edits).
+  n_avg   noise draws averaged per step.
+Pixel space means no VAE round trip: with source == target and equal guidance the output is the input,
+bit for bit (the velocity difference is exactly zero).
+"""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .solvers import Velocity, c2i_grid
+
+
+#################################################################################
+#                                  FlowEdit                                     #
+#################################################################################
+
+
+def edit_steps(steps: int, n_max: int, n_min: int = 0, shift: float = 1.0):
+    """(edited (τ, τ_next) pairs, tail pairs, the grid). Edited dts sum to 1 − τ_start when n_min = 0."""
+    grid = c2i_grid(steps, shift)
+    first, switch = steps - n_max, steps - n_min
+    pairs = [(k, k + 1) for k in range(first, switch)]
+    tail = [(k, k + 1) for k in range(switch, steps)]
+    return pairs, tail, grid
+
+
+def _noise(seed: int, step: int, draw: int, shape, device):
+    s = np.random.SeedSequence([seed, step, draw, 0xED17]).generate_state(2, np.uint32)
+    g = torch.Generator("cpu").manual_seed(int(s[0]) << 31 | int(s[1]) >> 1)
+    return torch.randn(*shape, generator=g).to(device)
+
+
+def flowedit(model, x_src, src, tgt, *, steps: int = 50, n_max: int = 33, n_min: int = 0, n_avg: int = 1,
+             src_cfg: float = 1.5, tgt_cfg: float = 4.0, shift: float = 1.0, seed: int = 0, uncond=None, autocast=None):
+    """Edit images x_src (B, C, H, W) in [-1, 1] from condition `src` to `tgt`; returns (edited, stats).
+
+    src / tgt: class ids (B,) or text states for T2I; uncond: the null condition (class-conditional: the
+    null class by default). Guidance is applied at every step (no interval).
+    """
+    if not 0 <= n_min <= n_max <= steps:
+        raise ValueError(f"need 0 <= n_min <= n_max <= steps, got n_min {n_min}, n_max {n_max}, steps {steps}")
+    if n_avg < 1:
+        raise ValueError(f"n_avg must be >= 1, got {n_avg}")
+    always = (-math.inf, math.inf)
+    v_src = Velocity(model, src, uncond, src_cfg, always, autocast)
+    v_tgt = Velocity(model, tgt, uncond, tgt_cfg, always, autocast)
+    same = src_cfg == tgt_cfg and src.shape == tgt.shape and torch.equal(src, tgt)
+    pairs, tail, grid = edit_steps(steps, n_max, n_min, shift)
+    ts, tv = grid.to(x_src.device), grid.tolist()
+    x = x_src.float()
+    z = x.clone()
+    evals = 0
+    with torch.inference_mode():
+        for k, k1 in pairs:
+            dv = torch.zeros_like(z)
+            for j in range(n_avg):
+                eps = _noise(seed, k, j, z.shape, z.device)
+                z_src = ts[k] * x + (1 - ts[k]) * eps
+                z_tgt = z_src + (z - x)  # exactly z_src while the edit is still zero
+                a = v_src(z_src, tv[k], ts[k])
+                b = a if same and torch.equal(z_tgt, z_src) else v_tgt(z_tgt, tv[k], ts[k])
+                dv = dv + (b - a)
+            z = z + (ts[k1] - ts[k]) * (dv / n_avg)
+        if tail:  # re-noise the edit to the switch time, then sample with the target alone
+            k0 = tail[0][0]
+            eps = _noise(seed, k0, n_avg, z.shape, z.device)
+            z = (ts[k0] * x + (1 - ts[k0]) * eps) + (z - x)
+            for k, k1 in tail:
+                z = z + (ts[k1] - ts[k]) * v_tgt(z, tv[k], ts[k])
+    evals = v_src.stats.evals + v_tgt.stats.evals
+    return z, {"network_evaluations_per_image": evals, "edited_steps": len(pairs), "tail_steps": len(tail),
+               "start_time_noise_convention": 1 - tv[steps - n_max]}
+
+
+#################################################################################
+#                        Background-preservation metrics                        #
+#################################################################################
+
+
+def _gauss(size=11, sigma=1.5):
+    g = torch.exp(-((torch.arange(size, dtype=torch.float64) - size // 2) ** 2) / (2 * sigma**2))
+    g = g / g.sum()
+    return torch.outer(g, g)
+
+
+def ssim_map(a, b, data_range: float = 1.0):
+    """SSIM map (Wang et al. 2004: Gaussian window 11, σ 1.5, K1 0.01, K2 0.03), per pixel, mean over channels.
+
+    a, b: (C, H, W) in [0, data_range]. Zero-padded borders ('same' size), so the map covers every pixel.
+    """
+    C1, C2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    a, b = a.double().unsqueeze(1), b.double().unsqueeze(1)                        # (C, 1, H, W)
+    w = _gauss().to(a).view(1, 1, 11, 11)
+    pad = lambda t: F.pad(t, (5, 5, 5, 5), mode="reflect") if min(t.shape[-2:]) > 5 else F.pad(t, (5, 5, 5, 5), mode="replicate")
+    mu_a, mu_b = F.conv2d(pad(a), w), F.conv2d(pad(b), w)
+    saa = F.conv2d(pad(a * a), w) - mu_a**2
+    sbb = F.conv2d(pad(b * b), w) - mu_b**2
+    sab = F.conv2d(pad(a * b), w) - mu_a * mu_b
+    m = ((2 * mu_a * mu_b + C1) * (2 * sab + C2)) / ((mu_a**2 + mu_b**2 + C1) * (saa + sbb + C2))
+    return m.mean(0)[0]                                                              # (H, W)
+
+
+def background_metrics(src_u8, out_u8, region):
+    """MSE (images in [0, 1]) and mean SSIM over pixels where `region` (H, W bool, True = edited) is False."""
+    bg = ~region
+    if not bg.any():
+        raise ValueError("the edit region covers the whole image; there is no background to measure")
+    a, b = src_u8.double() / 255, out_u8.double() / 255
+    mse = ((a - b) ** 2).mean(0)[bg].mean().item()
+    ssim = ssim_map(a, b)[bg].mean().item()
+    return {"background_mse": mse, "background_ssim": ssim, "background_fraction": bg.double().mean().item()}
+
+
+def bbox_region(h: int, w: int, box):
+    x0, y0, x1, y1 = box
+    r = torch.zeros(h, w, dtype=torch.bool)
+    r[max(0, y0): min(h, y1), max(0, x0): min(w, x1)] = True
+    return r
+
+
+#################################################################################
+#                       The `pixeldit edit` job (files in, files out)           #
+#################################################################################
+
+
+def read_rgb(path):
+    """(uint8 (3, H, W), note) — gray / RGBA inputs are converted, and the note says so."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    from .errors import PixelDiTError
+
+    try:
+        data = read_file(str(path))
+        raw = decode_image(data, mode=ImageReadMode.UNCHANGED)
+        img = decode_image(data, mode=ImageReadMode.RGB)
+    except (RuntimeError, OSError, ValueError) as e:
+        raise PixelDiTError(f"{path} is not a readable image ({str(e).splitlines()[0][:80]})", "pass a PNG or JPEG file") from None
+    note = {1: "grayscale input converted to RGB", 2: "grayscale+alpha input converted to RGB (alpha dropped)",
+            4: "RGBA input converted to RGB (alpha dropped)"}.get(raw.shape[0], "")
+    return img, note
+
+
+def fit_image(img, p: int, how: str):
+    """Make H and W multiples of p: centre 'crop', replicate-'pad' (undone after the edit), or 'resize'."""
+    from .errors import PixelDiTError
+
+    _, H, W = img.shape
+    if how == "crop":
+        h, w = H // p * p, W // p * p
+        if h == 0 or w == 0:
+            raise PixelDiTError(f"image {W}x{H} is smaller than one {p}x{p} patch", "use --fit pad or --fit resize")
+        top, left = (H - h) // 2, (W - w) // 2
+        return img[:, top: top + h, left: left + w], dict(fit="crop", box=[left, top, left + w, top + h])
+    if how == "pad":
+        h, w = -(-H // p) * p, -(-W // p) * p
+        out = F.pad(img[None].float(), (0, w - W, 0, h - H), mode="replicate")[0].to(torch.uint8)
+        return out, dict(fit="pad", pad=[0, w - W, 0, h - H])
+    if how == "resize":
+        from torchvision.transforms.v2.functional import resize
+
+        h, w = max(p, round(H / p) * p), max(p, round(W / p) * p)
+        return resize(img, [h, w], antialias=True), dict(fit="resize", size=[w, h])
+    raise PixelDiTError(f"unknown --fit {how!r}", "use crop, pad or resize")
+
+
+def unfit(img, info, H: int, W: int):
+    return img[:, :H, :W] if info["fit"] == "pad" else img
+
+
+def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=50, n_max=33, n_min=0, n_avg=1, src_cfg=1.5, tgt_cfg=4.0,
+             shift=1.0, seed=0, num_seeds=1, fit="crop", mask=None, bbox=None, model=None) -> dict:
+    """Edit one image file; writes edited*.png, strip.png and results.json into `out`."""
+    import json
+    import os
+    from pathlib import Path
+
+    from torchvision.io import write_png
+
+    from .convert import load_model
+    from .errors import PixelDiTError
+    from .sample import file_sha256, imagenet_names, parse_class, to_uint8
+
+    image, out = Path(image), Path(out)
+    if not image.is_file():
+        raise PixelDiTError(f"input image {image} does not exist")
+    if not 0 <= n_min <= n_max <= steps:
+        raise PixelDiTError(f"need 0 <= --n-min <= --n-max <= --steps (got {n_min}, {n_max}, {steps})",
+                            "--n-max counts edited steps from the data end; it cannot exceed --steps")
+    if n_avg < 1 or num_seeds < 1:
+        raise PixelDiTError("--n-avg and --num-seeds must be at least 1")
+    names = [f"edited_seed{seed + k}.png" for k in range(num_seeds)] if num_seeds > 1 else ["edited.png"]
+    for n in names + ["strip.png"]:
+        if (out / n).resolve() == image.resolve():
+            raise PixelDiTError(f"the output {out / n} would overwrite the input image", "choose another --out")
+    img, note = read_rgb(image)
+    _, H0, W0 = img.shape
+    region = None
+    if mask is not None:
+        m, _ = read_rgb(mask)
+        if m.shape[1:] != img.shape[1:]:
+            raise PixelDiTError(f"mask is {m.shape[2]}x{m.shape[1]} but the image is {W0}x{H0}", "the mask must have the image's size")
+        region = m.float().mean(0) > 127.5
+    elif bbox is not None:
+        region = bbox_region(H0, W0, bbox)
+
+    if model is None:
+        model = load_model(ckpt)
+    cfg = model.config
+    if cfg.kind == "t2i":
+        raise PixelDiTError("prompt-to-prompt editing needs the Gemma-2 text pipeline, which is not built yet (issue 7)", exit_code=2)
+    class_names = getattr(model, "class_names", None) or (imagenet_names() if cfg.num_classes == 1000 else None)
+    c_src, c_tgt = parse_class(src, cfg.num_classes, class_names), parse_class(tgt, cfg.num_classes, class_names)
+    fitted, info = fit_image(img, cfg.patch_size, fit)
+    x = (fitted.float() / 255 - 0.5) / 0.5  # the training normalisation
+
+    out.mkdir(parents=True, exist_ok=True)
+    edits, stats = [], None
+    for k in range(num_seeds):
+        z, stats = flowedit(model, x[None], torch.tensor([c_src]), torch.tensor([c_tgt]), steps=steps, n_max=n_max,
+                            n_min=n_min, n_avg=n_avg, src_cfg=src_cfg, tgt_cfg=tgt_cfg, shift=shift, seed=seed + k)
+        e = unfit(to_uint8(z)[0], info, H0, W0) if fit == "pad" else to_uint8(z)[0]
+        write_png(e, str(out / names[k]))
+        edits.append(e)
+    src_shown = unfit(fitted, info, H0, W0) if fit == "pad" else fitted
+    sep = torch.full((3, src_shown.shape[1], 2), 255, dtype=torch.uint8)
+    write_png(torch.cat([t for e in [src_shown, *edits] for t in (e, sep)][:-1], dim=2), str(out / "strip.png"))
+
+    metrics = None
+    if region is not None:
+        if fit == "crop":
+            l, t, r, b = info["box"]
+            region = region[t:b, l:r]
+        elif fit == "resize":
+            from torchvision.transforms.v2.functional import InterpolationMode, resize
+            region = resize(region[None].float(), [fitted.shape[1], fitted.shape[2]], interpolation=InterpolationMode.NEAREST)[0] > 0.5
+        metrics = [dict(seed=seed + k, **background_metrics(src_shown, e, region)) for k, e in enumerate(edits)]
+    result = {
+        "input": str(image.resolve()), "input_note": note, "checkpoint": str(Path(ckpt).resolve()) if ckpt else None,
+        "checkpoint_sha256": file_sha256(ckpt) if ckpt and Path(ckpt).is_file() else None,
+        "source": {"class": c_src, "name": class_names[c_src] if class_names else None, "cfg": src_cfg},
+        "target": {"class": c_tgt, "name": class_names[c_tgt] if class_names else None, "cfg": tgt_cfg},
+        "steps": steps, "n_max": n_max, "n_min": n_min, "n_avg": n_avg, "shift": shift, "seed": seed,
+        "num_seeds": num_seeds, "fit": info, "size": [int(fitted.shape[2]), int(fitted.shape[1])],
+        "outputs": names, "strip": "strip.png", **stats,
+        "region": ({"mask": str(mask)} if mask is not None else {"bbox": list(bbox)} if bbox is not None else None),
+        "background": metrics,
+    }
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out / "results.json")
+    return result
