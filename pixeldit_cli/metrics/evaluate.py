@@ -1,0 +1,201 @@
+"""`pixeldit eval-fid`: ADM-protocol FID / sFID / IS / precision / recall of a sample set against a reference.
+
+ADM's rules, kept: a file's stored mu/sigma/mu_s/sigma_s are used instead of its images for FID/sFID;
+precision/recall always use reference *images* (10K in ADM's batches); IS uses the samples in file
+order. A metric the inputs cannot support is skipped with its reason, never a crash. Reference
+features are cached by (file hash, weights hash, feature version).
+"""
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import PixelDiTError
+from .inception import load_inception
+from .npz import FolderImages, NpzImages, open_images
+from .scores import frechet_distance, inception_score, looks_sorted, precision_recall, statistics
+
+FEATURE_VERSION = "tf1-bilinear/x-128d128/pool3+mixed6d.1x1[:7]nhwc/v1"
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 24):
+                h.update(block)
+    return h.hexdigest()
+
+
+def extract(source, net, batch_size: int = 64, device="cpu", progress=None, label="features"):
+    """pool3 (N, 2048) float32, spatial (N, 2023) float32 and logits (N, 1008) or None, in file order.
+
+    Under torchrun each rank takes a contiguous share and rank 0 re-assembles them in order."""
+    from ..sample import dist_env
+
+    rank, world, _ = dist_env()
+    n = len(source)
+    lo, hi = rank * n // world, (rank + 1) * n // world
+    pool, spatial, logits = [], [], []
+    task = progress.add_task(label, total=hi - lo) if progress is not None else None
+    with torch.inference_mode():
+        for batch in source.batches(batch_size, lo, hi):
+            x = torch.from_numpy(np.array(batch)).to(device).permute(0, 3, 1, 2).float()
+            out = net(x)
+            pool.append(out["pool3"].cpu().numpy())
+            spatial.append(out["spatial"].cpu().numpy())
+            if out["logits"] is not None:
+                logits.append(out["logits"].cpu().numpy())
+            if task is not None:
+                progress.advance(task, len(batch))
+    part = {"pool3": np.concatenate(pool), "spatial": np.concatenate(spatial), "logits": np.concatenate(logits) if logits else None}
+    if world > 1:
+        parts = [None] * world
+        torch.distributed.all_gather_object(parts, part)
+        part = {k: (np.concatenate([p[k] for p in parts]) if parts[0][k] is not None else None) for k in part}
+    return part
+
+
+def _check_images(source, what):
+    if len(source) < 2:
+        raise PixelDiTError(f"{what} has {len(source)} image(s); statistics need at least 2")
+
+
+def reference_stats(path: Path, net, weights_hash: str, batch_size, device, cache_dir, progress):
+    """(ref dict with pool3 / mu / sigma / mu_s / sigma_s where available, skipped reasons, ref hash)."""
+    src = open_images(path, require_images=False)
+    ref_hash = file_hash(path)
+    key = hashlib.sha256(f"{ref_hash}/{weights_hash}/{FEATURE_VERSION}".encode()).hexdigest()[:24]
+    cache = Path(cache_dir) / f"ref-{key}.npz" if cache_dir else None
+    out = {}
+    if cache is not None and cache.exists():
+        with np.load(cache) as z:
+            out = {k: z[k] for k in z.files}
+    else:
+        stored = {k: src.array(k) for k in ("mu", "sigma", "mu_s", "sigma_s")} if isinstance(src, NpzImages) else {}
+        for k, v in stored.items():
+            if v is not None:
+                if not np.isfinite(v).all():
+                    raise PixelDiTError(f"reference {path}: '{k}' contains NaN or infinity")
+                out[k] = v.astype(np.float64)
+        if len(src):
+            _check_images(src, f"reference {path}")
+            feats = extract(src, net, batch_size, device, progress, "reference")
+            out["pool3"] = feats["pool3"]  # precision/recall always use the reference images
+            if "mu" not in out:              # ADM: stored statistics win; otherwise measure the images
+                out["mu"], out["sigma"] = statistics(feats["pool3"])
+                out["mu_s"], out["sigma_s"] = statistics(feats["spatial"])
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(cache.name + ".tmp.npz")
+            np.savez(tmp, **out)
+            os.replace(tmp, cache)
+    return out, ref_hash
+
+
+def evaluate(samples, ref, inception=None, inception_sha256=None, batch_size: int = 64, pr_mode: str = "fp16",
+             fid_method: str = "scipy", cache_dir=None, device=None, progress=True) -> dict:
+    from ..sample import init_distributed
+
+    rank, world, dev = init_distributed()
+    device = device or dev
+    if device.type == "cuda":  # TF32 changes features at ~1e-3
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    net, winfo = load_inception(inception, inception_sha256)
+    net = net.to(device)
+    samples, ref = Path(samples), Path(ref)
+    if not ref.exists():
+        raise PixelDiTError(f"reference {ref} does not exist")
+    src = open_images(samples)
+    if isinstance(src, NpzImages) and src.array("mu") is None or isinstance(src, FolderImages):
+        _check_images(src, f"samples {samples}")
+
+    bar = None
+    if progress and rank == 0:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        bar.start()
+    t0 = time.perf_counter()
+    skipped, notes = {}, []
+    try:
+        r, ref_hash = reference_stats(ref, net, winfo["sha256"], batch_size, device, cache_dir, bar)
+        stored_mu = src.array("mu") if isinstance(src, NpzImages) else None
+        feats = extract(src, net, batch_size, device, bar, "samples")
+    finally:
+        if bar is not None:
+            bar.stop()
+    if rank != 0:
+        return {}
+
+    res = {"n": int(len(src)), "resolution": list(src.shape[1:3]), "fid": None, "sfid": None, "is": None,
+           "precision": None, "recall": None}
+    if stored_mu is not None:
+        notes.append("the sample file holds mu/sigma: FID/sFID use them, as ADM does")
+        m1, s1 = stored_mu, src.array("sigma")
+        ms1, ss1 = src.array("mu_s"), src.array("sigma_s")
+    else:
+        m1, s1 = statistics(feats["pool3"])
+        ms1, ss1 = statistics(feats["spatial"])
+    if "mu" in r:
+        res["fid"] = frechet_distance(m1, s1, r["mu"], r["sigma"], method=fid_method)
+    else:
+        skipped["fid"] = "the reference has neither mu/sigma nor images"
+    if "mu_s" in r and ms1 is not None:
+        res["sfid"] = frechet_distance(ms1, ss1, r["mu_s"], r["sigma_s"], method=fid_method)
+    else:
+        skipped["sfid"] = "the reference lacks mu_s/sigma_s (and holds stored mu, so its images are not re-measured)" \
+            if "mu" in r else "no spatial statistics"
+    if feats["logits"] is not None:
+        res["is"] = inception_score(feats["logits"])
+        labels = src.array("arr_1") if isinstance(src, NpzImages) else None
+        if labels is not None and looks_sorted(labels):
+            notes.append("arr_1 labels come in long runs: ADM's ordered 5000-image IS splits will understate IS")
+    else:
+        skipped["is"] = "these Inception weights have no 1008-way classifier (pass --inception pt_inception-2015-12-05)"
+    if "pool3" in r and len(r["pool3"]) > 3 and len(feats["pool3"]) > 3:
+        res["precision"], res["recall"] = precision_recall(r["pool3"], feats["pool3"], mode=pr_mode)
+    else:
+        skipped["precision/recall"] = "the reference holds no images (ADM uses its 10K arr_0)" if "pool3" not in r else "need more than 3 images on each side"
+    res.update({
+        "samples": str(samples), "reference": str(ref), "reference_sha256": ref_hash,
+        "inception": winfo, "protocol": {"resize": "TF1 bilinear to 299 (no half-pixel, no antialias)",
+                                          "normalise": "(x - 128) / 128", "fid": f"pool3, {fid_method} sqrtm",
+                                          "sfid": "Mixed_6d.branch1x1[:7], NHWC", "is": "1008 bias-free logits, 5000-image splits in order",
+                                          "precision_recall": f"k=3, tiles 10000, {pr_mode} distances",
+                                          "feature_version": FEATURE_VERSION},
+        "skipped": skipped, "notes": notes, "seconds": round(time.perf_counter() - t0, 2), "world_size": world,
+    })
+    return res
+
+
+def make_reference(source, out, inception=None, inception_sha256=None, ref_images: int = 10000, batch_size: int = 64,
+                   force: bool = False, progress=True) -> dict:
+    """An ADM reference batch: arr_0 = the first `ref_images` images, mu/sigma/mu_s/sigma_s over all of them."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise PixelDiTError(f"{out} already exists", "pass --force to overwrite it")
+    if out.suffix != ".npz":
+        raise PixelDiTError(f"{out} must end in .npz")
+    src = open_images(source)
+    _check_images(src, str(source))
+    net, winfo = load_inception(inception, inception_sha256)
+    feats = extract(src, net, batch_size)
+    mu, sigma = statistics(feats["pool3"])
+    mu_s, sigma_s = statistics(feats["spatial"])
+    k = min(ref_images, len(src))
+    images = np.concatenate(list(src.batches(256, 0, k)))
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez(tmp, arr_0=images, mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s)
+    os.replace(tmp, out)
+    return {"out": str(out), "images_in_arr_0": k, "statistics_over": len(src), "inception": winfo}

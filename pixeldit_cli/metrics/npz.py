@@ -1,0 +1,132 @@
+"""ADM-format .npz I/O without loading 39 GB: stream `arr_0` (uint8 NHWC) in batches; read PNG folders too.
+
+An npz is a zip of .npy members. `arr_0.npy`'s header gives dtype/shape/order; the raw bytes that follow
+are read a batch at a time (deflated members decompress while reading). Small keys (mu, sigma, …)
+load normally.
+"""
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PixelDiTError
+
+
+def _read_header(f):
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f)
+    try:  # v3 (utf-8 field names) has no public reader
+        from numpy.lib._format_impl import _read_array_header
+    except ImportError:
+        from numpy.lib.format import _read_array_header
+    return _read_array_header(f, version)
+
+
+class NpzImages:
+    """Iterate batches of uint8 (B, H, W, 3) from an ADM npz's arr_0, in file order."""
+
+    def __init__(self, path, require_images: bool = True):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise PixelDiTError(f"{self.path} does not exist")
+        try:
+            self.zf = zipfile.ZipFile(self.path)
+        except zipfile.BadZipFile:
+            raise PixelDiTError(f"{self.path} is not an .npz file (not a zip archive)") from None
+        names = self.zf.namelist()
+        self.keys = [n[:-4] for n in names if n.endswith(".npy")]
+        if "arr_0.npy" not in names and not require_images and "mu.npy" in names:
+            self.shape, self.offset = (0, 0, 0, 3), 0  # a statistics-only reference
+            return
+        if "arr_0.npy" not in names:
+            raise PixelDiTError(f"{self.path} has no arr_0 (keys: {', '.join(self.keys) or 'none'})",
+                                "ADM files keep images in arr_0 as uint8 NHWC")
+        with self.zf.open("arr_0.npy") as f:
+            shape, fortran, dtype = _read_header(f)
+            self.offset = f.tell()
+        if dtype != np.uint8:
+            raise PixelDiTError(f"{self.path}: arr_0 is {dtype}, expected uint8 images in 0..255",
+                                "float images must be converted with the release's rounding: clip((x + 1)·127.5 + 0.5, 0, 255)")
+        if len(shape) != 4 or shape[-1] != 3:
+            raise PixelDiTError(f"{self.path}: arr_0 has shape {shape}, expected (N, H, W, 3) RGB")
+        if fortran:
+            raise PixelDiTError(f"{self.path}: arr_0 is Fortran-ordered", "save it C-ordered (np.ascontiguousarray)")
+        self.shape = shape
+
+    def __len__(self):
+        return self.shape[0]
+
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None):
+        n, h, w, c = self.shape
+        stop = n if stop is None else min(stop, n)
+        per = h * w * c
+        with self.zf.open("arr_0.npy") as f:
+            f.seek(self.offset + start * per)  # seekable for stored members; deflated ones re-read
+            for i in range(start, stop, batch_size):
+                k = min(batch_size, stop - i)
+                buf = f.read(k * per)
+                if len(buf) != k * per:
+                    raise PixelDiTError(f"{self.path} is truncated (arr_0 ends before image {i + len(buf) // per})")
+                yield np.frombuffer(buf, dtype=np.uint8).reshape(k, h, w, c)
+
+    def array(self, key: str):
+        if key + ".npy" not in self.zf.namelist():
+            return None
+        with self.zf.open(key + ".npy") as f:
+            return np.lib.format.read_array(f)
+
+
+class FolderImages:
+    """A folder of PNG/JPEG images (our `sample` output), sorted by name, as uint8 NHWC batches."""
+
+    EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in self.EXT and p.name != "grid.png")
+        if not self.files:
+            raise PixelDiTError(f"{self.path} holds no images")
+        first = self._read(self.files[0])
+        self.shape = (len(self.files), *first.shape)
+        self.keys = []
+
+    @staticmethod
+    def _read(p):
+        from torchvision.io import ImageReadMode, decode_image, read_file
+
+        return decode_image(read_file(str(p)), mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
+
+    def __len__(self):
+        return len(self.files)
+
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None):
+        stop = len(self.files) if stop is None else min(stop, len(self.files))
+        for i in range(start, stop, batch_size):
+            imgs = [self._read(p) for p in self.files[i: min(i + batch_size, stop)]]
+            if any(im.shape != imgs[0].shape for im in imgs) or imgs[0].shape != self.shape[1:]:
+                raise PixelDiTError(f"{self.path}: images have different sizes", "all samples must share one size")
+            yield np.stack(imgs)
+
+    def array(self, key):
+        return None
+
+
+def open_images(path, require_images: bool = True):
+    p = Path(path)
+    if p.is_dir():
+        return FolderImages(p)
+    if not p.exists():
+        raise PixelDiTError(f"{p} does not exist")
+    return NpzImages(p, require_images)
+
+
+def write_npz(path, images, **arrays):
+    """Write an ADM-compatible npz: arr_0 uint8 NHWC plus extra arrays (mu, sigma, ...)."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise PixelDiTError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+    np.savez(path, arr_0=images, **arrays)
