@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# make demo: train the smoke preset on real Fashion-MNIST (CPU, ~7-10 min), then sample a labelled grid.
-# Re-running resumes / reuses what is already there.
+# make demo: train the smoke preset on real Fashion-MNIST (CPU, ~10 min), sample a labelled grid, score it
+# against held-out test images, and edit a real test sneaker into an ankle boot. Re-running resumes.
 set -euo pipefail
 OUT=${1:-runs/demo}
 PY=${PY:-.venv/bin/python}
@@ -11,10 +11,15 @@ echo "== train PixelDiT-S/4 on Fashion-MNIST 32x32 (preset smoke: 2000 steps of 
 $PY -m pixeldit_cli train --preset smoke --out "$OUT/train"
 echo "== EMA weights -> safetensors"
 $PY -m pixeldit_cli convert "$OUT/train/checkpoints/last.pt" "$OUT/smoke.safetensors" --force
-echo "== sample a class-labelled grid: 10 classes x 8 (FlowDPM 50 steps, CFG 2 in [0.1, 1])"
+echo "== sample a class-labelled grid (FlowDPM 50 steps, CFG 2 in [0.1, 1]): one row per seed, one column per class"
 CLASSES=""
 for c in 0 1 2 3 4 5 6 7 8 9; do CLASSES="$CLASSES --class $c"; done
-rm -rf "$OUT/samples"
-$PY -m pixeldit_cli sample --preset smoke --ckpt "$OUT/smoke.safetensors" $CLASSES --n 80 --out "$OUT/samples" --npz
-echo "columns, left to right: T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot"
-echo "grid: $OUT/samples/grid.png   training curve: $OUT/train/metrics.jsonl"
+$PY -m pixeldit_cli sample --preset smoke --ckpt "$OUT/smoke.safetensors" $CLASSES --n 200 --out "$OUT/samples" --npz
+echo "columns: T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot"
+echo "== FID against 500 held-out test images (fallback Inception features; N = 200 is a pipeline check, biased high)"
+$PY scripts/fashion_export.py "$OUT/data" --n 500
+$PY -m pixeldit_cli eval-fid "$OUT/samples/samples.npz" "$OUT/data/fashion_test.npz" --sqrtm eigh --no-cache
+echo "== FlowEdit a real test sneaker into an ankle boot (background metrics outside the central box)"
+$PY -m pixeldit_cli edit "$OUT/data/sneaker.png" --src Sneaker --tgt "Ankle boot" --ckpt "$OUT/smoke.safetensors" \
+    --steps 50 --n-max 35 --src-cfg 1.5 --tgt-cfg 3 --num-seeds 3 --bbox 2 2 30 30 --out "$OUT/edit"
+echo "grid: $OUT/samples/grid.png  strip: $OUT/edit/strip.png  curve: $OUT/train/metrics.jsonl"
