@@ -181,6 +181,10 @@ def train(
     "  pixeldit sample --preset xl512 --ckpt xl512.safetensors --classes balanced --n 50000 --npz\n\n"
     "  pixeldit sample --ckpt xl256.safetensors --n 1000 --nproc 8          # 8 worker processes\n\n"
     "  torchrun --nproc_per_node=8 -m pixeldit_cli -- sample --ckpt xl256.safetensors --n 50000 --npz\n\n"
+    "  pixeldit sample --ckpt t2i1024.safetensors --text-encoder gemma-2-2b-it --prompt 'a red fox in snow' --n 4\n\n"
+    "  pixeldit sample --preset t2i512-stage2 --ckpt t2i.safetensors --text-encoder gemma-2-2b-it --prompts p.txt --cfg 3.5 --steps 50\n\n"
+    "Text-to-image defaults are the paper's (t2i1024: DPM-Solver++ 2M, 25 steps, CFG 4.5, shift 4, 1024²); "
+    "the release's own inference default is --cfg 3.5 --steps 50. "
     "Times are in the class-conditional convention for both models (t = 0 noise, t = 1 data): guidance "
     "acts for LO < t < HI, and --shift s maps t to t/(t + (1-t)s). With torchrun, put `--` before "
     "`sample` (torchrun would read --n as its own --nnodes). Re-running a command resumes it."
@@ -192,7 +196,10 @@ def sample(
     weights: str = typer.Option("ema", "--weights", help="ema or raw (checkpoints that hold both).", rich_help_panel="Model"),
     classes: Optional[list[str]] = typer.Option(None, "--class", help="Class id or ImageNet name; repeat for several (cycled).", rich_help_panel="Sampling"),
     class_mode: str = typer.Option("uniform", "--classes", help="Without --class: uniform (random per index) or balanced (n/classes each, in order).", rich_help_panel="Sampling"),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="Text-to-image prompt (T2I checkpoints).", rich_help_panel="Sampling"),
+    prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="Text-to-image prompt; repeat for several (cycled).", rich_help_panel="Text"),
+    prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="A text file with one prompt per line.", rich_help_panel="Text"),
+    negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="Negative prompt (default: the empty prompt).", rich_help_panel="Text"),
+    text_encoder: Optional[Path] = typer.Option(None, "--text-encoder", help="Local Gemma-2-2b-it directory (T2I).", rich_help_panel="Text"),
     n: int = typer.Option(64, "--n", help="Number of images.", rich_help_panel="Sampling"),
     seed: int = typer.Option(0, "--seed", help="Sample i uses seed + i.", rich_help_panel="Sampling"),
     solver: Optional[str] = typer.Option(None, "--solver", help="flowdpm | euler | heun | dpm++2m.", rich_help_panel="Sampling"),
@@ -225,11 +232,19 @@ def sample(
     mc = model.config
     if mc.kind == "t2i" and classes:
         raise PixelDiTError("--class was given but this is a text-to-image checkpoint", "use --prompt")
-    if mc.kind == "c2i" and prompt:
+    prompts = list(prompt or [])
+    if prompts_file is not None:
+        if not prompts_file.is_file():
+            raise PixelDiTError(f"prompt file {prompts_file} does not exist")
+        lines = [l.strip() for l in prompts_file.read_text().splitlines() if l.strip()]
+        if not lines:
+            raise PixelDiTError(f"prompt file {prompts_file} holds no prompts", "one prompt per line")
+        prompts += lines
+    if mc.kind == "c2i" and prompts:
         raise PixelDiTError("--prompt was given but this is a class-conditional checkpoint", "use --class")
-    base = load_preset(preset or "xl256")
+    base = load_preset(preset or ("t2i1024" if mc.kind == "t2i" else "xl256"))
     sc = base.sample
-    res = base.data.resolution if preset else 256
+    res = base.data.resolution if preset or mc.kind == "t2i" else 256
     names = getattr(model, "class_names", None) or (imagenet_names() if mc.num_classes == 1000 else None)
     ids = tuple(parse_class(c, mc.num_classes, names) for c in classes or [])
     job = SampleJob(
@@ -238,12 +253,16 @@ def sample(
         cfg=cfg if cfg is not None else sc.cfg, interval=tuple(cfg_interval) if cfg_interval else sc.interval,
         shift=shift if shift is not None else sc.shift, height=height or sc.height or res,
         width=width or sc.width or res, seed=seed, batch_size=batch_size, precision=precision,
-        npz=npz, compile=compile, weights=weights,
+        npz=npz, compile=compile, weights=weights, prompts=tuple(prompts),
+        negative_prompt=negative_prompt if negative_prompt is not None else base.text.negative_prompt,
+        text_encoder=str(text_encoder or base.text.encoder or ""),
     )
     if not ids and class_mode not in ("uniform", "balanced"):
         raise PixelDiTError(f"unknown --classes mode {class_mode!r}", "use uniform or balanced, or give --class")
     validate(job, mc)
     result = run(job, model=model)
+    for t in (result or {}).get("truncated_prompts") or []:
+        err.print(f"note: prompt truncated to the {mc.text_len}-token window: {t[:60]!r}", highlight=False)
     if result:
         out.print(f"{n} images in {result['settings']['out']}  (NFE per sample {result['nfe_per_sample']}, "
                   f"{result['generated_this_run']} generated, {result['resumed_from_disk']} already on disk)", highlight=False,

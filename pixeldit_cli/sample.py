@@ -119,11 +119,14 @@ class SampleJob:
     npz: bool = False
     compile: bool = False
     weights: str = "ema"
+    prompts: tuple = ()          # text-to-image: cycled over indices like classes
+    negative_prompt: str = ""
+    text_encoder: str = ""       # local Gemma-2-2b-it directory
 
     def identity(self) -> dict:
         """What determines the images (a re-run must match it to resume into the same folder)."""
         d = asdict(self)
-        for k in ("out", "batch_size", "npz", "compile", "n"):
+        for k in ("out", "batch_size", "npz", "compile", "n", "text_encoder"):
             d.pop(k)
         d["ckpt"] = os.path.abspath(self.ckpt)
         return json.loads(json.dumps(d))  # tuples as lists, so it compares equal to what run.json holds
@@ -211,8 +214,23 @@ def _read_png(path: Path):
     return decode_png(read_file(str(path)), ImageReadMode.RGB)
 
 
+def slug(text: str, n: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "empty"
+
+
+def png_name(i: int, prompt: str | None = None) -> str:
+    """000042.png for classes; 000042-a-red-fox.png for prompts (index first, so sorting keeps order)."""
+    return f"{i:06d}.png" if prompt is None else f"{i:06d}-{slug(prompt)}.png"
+
+
+def png_path(out: Path, i: int):
+    hits = sorted(out.glob(f"{i:06d}*.png"))
+    return hits[0] if hits else None
+
+
 def existing(out: Path, n: int) -> set[int]:
-    return {i for i in range(n) if (out / f"{i:06d}.png").exists()}
+    have = {int(p.name[:6]) for p in out.glob("[0-9][0-9][0-9][0-9][0-9][0-9]*.png") if p.name[:6].isdigit()}
+    return {i for i in have if i < n}
 
 
 def write_grid(out: Path, n: int, k: int = 64):
@@ -220,19 +238,19 @@ def write_grid(out: Path, n: int, k: int = 64):
     from torchvision.utils import make_grid
 
     k = min(n, k)
-    imgs = torch.stack([_read_png(out / f"{i:06d}.png") for i in range(k)])
+    imgs = torch.stack([_read_png(png_path(out, i)) for i in range(k)])
     grid = make_grid(imgs, nrow=max(1, math.ceil(math.sqrt(k))), padding=2, pad_value=255)
     write_png(grid, str(out / "grid.png"))
 
 
 def write_npz(out: Path, n: int, labels: list[int]):
     """ADM samples.npz (arr_0 uint8 NHWC, arr_1 labels), streamed through a memory map, never all in RAM."""
-    first = _read_png(out / "000000.png")
+    first = _read_png(png_path(out, 0))
     H, W = first.shape[1:]
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         arr = np.lib.format.open_memmap(Path(tmp) / "arr_0.npy", mode="w+", dtype=np.uint8, shape=(n, H, W, 3))
         for i in range(n):
-            arr[i] = _read_png(out / f"{i:06d}.png").permute(1, 2, 0).numpy()
+            arr[i] = _read_png(png_path(out, i)).permute(1, 2, 0).numpy()
         arr.flush()
         del arr
         np.save(Path(tmp) / "arr_1.npy", np.asarray(labels, dtype=np.int64))
@@ -265,8 +283,17 @@ def run(job: SampleJob, model=None, progress=True) -> dict:
     validate(job, cfg)
     if job.classes and max(job.classes) >= cfg.num_classes:
         raise PixelDiTError(f"class id {max(job.classes)} is out of range for a model with {cfg.num_classes} classes")
+    encoder = None
     if cfg.kind == "t2i":
-        raise PixelDiTError("text-to-image sampling needs the Gemma-2 text pipeline, which is not built yet (issue 7)", exit_code=2)
+        if not job.prompts:
+            raise PixelDiTError("this is a text-to-image checkpoint: give --prompt or --prompts FILE")
+        if not job.text_encoder:
+            raise PixelDiTError("text-to-image sampling needs the Gemma-2 text encoder", "pass --text-encoder DIR (gemma-2-2b-it)")
+        from .text import TextEncoder
+
+        encoder = TextEncoder(job.text_encoder, device=device, max_length=cfg.text_len, expected_dim=cfg.text_dim)
+    elif job.prompts:
+        raise PixelDiTError("--prompt was given but this is a class-conditional checkpoint", "use --class")
     precision = job.precision if job.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     if precision == "bf16" and device.type == "cpu":
         raise PixelDiTError("bf16 on this CPU runs matmuls ~500x slower than fp32", "use --precision fp32 (the default on CPU)")
@@ -310,12 +337,17 @@ def run(job: SampleJob, model=None, progress=True) -> dict:
         for b in range(0, len(mine), job.batch_size):
             idx = mine[b: b + job.batch_size]
             x = noise_for(idx, job.seed, (cfg.in_channels, job.height, job.width)).to(device)
-            y = torch.tensor(labels_for(idx, classes=list(job.classes), mode=job.mode, n=job.n,
-                                        num_classes=cfg.num_classes, seed=job.seed), device=device)
-            imgs, stats = solve(net, x, y, None, solver=job.solver, steps=job.steps, cfg=job.cfg,
+            if encoder is not None:
+                texts = [job.prompts[i % len(job.prompts)] for i in idx]
+                y, uncond = encoder.encode(texts).to(device), encoder.null(job.negative_prompt).to(device)
+            else:
+                texts, uncond = [None] * len(idx), None
+                y = torch.tensor(labels_for(idx, classes=list(job.classes), mode=job.mode, n=job.n,
+                                            num_classes=cfg.num_classes, seed=job.seed), device=device)
+            imgs, stats = solve(net, x, y, uncond, solver=job.solver, steps=job.steps, cfg=job.cfg,
                                 interval=job.interval, shift=job.shift, autocast=autocast)
-            for i, img in zip(idx, to_uint8(imgs)):
-                _write_png(img, out / f"{i:06d}.png")
+            for i, img, text in zip(idx, to_uint8(imgs), texts):
+                _write_png(img, out / png_name(i, text))
             if bar is not None:
                 done_here = b + len(idx)
                 rate = done_here * world / (time.perf_counter() - t0)
@@ -328,11 +360,15 @@ def run(job: SampleJob, model=None, progress=True) -> dict:
 
     result = {}
     if rank == 0:
-        missing = [i for i in range(job.n) if not (out / f"{i:06d}.png").exists()]
+        have = existing(out, job.n)
+        missing = [i for i in range(job.n) if i not in have]
         if missing:
             raise PixelDiTError(f"{len(missing)} samples are missing after the run (first: {missing[0]})", "re-run the same command to finish")
-        all_labels = labels_for(range(job.n), classes=list(job.classes), mode=job.mode, n=job.n,
-                                num_classes=cfg.num_classes, seed=job.seed)
+        if encoder is not None:  # arr_1 holds the prompt index
+            all_labels = [i % len(job.prompts) for i in range(job.n)]
+        else:
+            all_labels = labels_for(range(job.n), classes=list(job.classes), mode=job.mode, n=job.n,
+                                    num_classes=cfg.num_classes, seed=job.seed)
         write_grid(out, job.n)
         if job.npz:
             write_npz(out, job.n, all_labels)
@@ -341,7 +377,10 @@ def run(job: SampleJob, model=None, progress=True) -> dict:
         result = {
             "settings": dict(asdict(job), out=str(out), precision=precision),
             "num_classes": cfg.num_classes,
-            "class_names": [names[c] for c in sorted(set(all_labels))][:20] if names else None,
+            "class_names": [names[c] for c in sorted(set(all_labels))][:20] if names and encoder is None else None,
+            "prompts": list(job.prompts) if encoder is not None else None,
+            "negative_prompt": job.negative_prompt if encoder is not None else None,
+            "truncated_prompts": encoder.truncated if encoder is not None else None,
             "nfe_per_sample": stats.evals,            # network evaluations actually made per sample
             "network_calls_per_batch": stats.calls,
             "guided_steps": sum(stats.guided_steps),
@@ -371,7 +410,8 @@ def _dry_stats(job, cfg):
         def forward(self, x, t, y):
             return torch.zeros_like(x)
 
-    _, st = solve(Zero(), torch.zeros(1, 1, 1, 1), torch.zeros(1, dtype=torch.long), None, solver=job.solver,
+    cond = torch.zeros(1, dtype=torch.long) if cfg.kind == "c2i" else torch.zeros(1, 1, 1)
+    _, st = solve(Zero(), torch.zeros(1, 1, 1, 1), cond, None if cfg.kind == "c2i" else cond, solver=job.solver,
                   steps=job.steps, cfg=job.cfg, interval=job.interval, shift=job.shift)
     return st
 

@@ -1,0 +1,97 @@
+"""The T2I release's text pipeline: Gemma-2-2b-it (transformers) -> 300 text states of width 2304.
+
+Exactly the release's prompt handling (official-compat.md §4.4):
+  * positive prompts get the 8-line "complex human instruction" (CHI) prefix, the user prompt appended
+    right after its last line "User Prompt: "; the padded sequence is n_chi + 300 − 2 tokens long
+    (n_chi counts BOS); the encoder runs over all of it, and BOS plus the *last 299* positions are kept;
+  * the null / negative prompt has no prefix and no selection: 300 tokens, all kept;
+  * padding is on the right and real: no attention mask reaches the network, so pad states are features;
+  * the feature is Gemma's last hidden state after its final norm (the bare decoder's output).
+Nothing is downloaded: the encoder is a local directory (an HF id only with PIXELDIT_ALLOW_DOWNLOAD=1).
+"""
+
+import os
+import re
+
+import torch
+
+from .errors import PixelDiTError
+
+CHI_PROMPT = [
+    'Given a user prompt, generate an "Enhanced prompt" that provides detailed visual descriptions suitable for image generation. Evaluate the level of detail in the user prompt:',
+    "- If the prompt is simple, focus on adding specifics about colors, shapes, sizes, textures, and spatial relationships to create vivid and concrete scenes.",
+    "- If the prompt is already detailed, refine and enhance the existing details slightly without overcomplicating.",
+    "Here are examples of how to transform or refine prompts:",
+    "- User Prompt: A cat sleeping -> Enhanced: A small, fluffy white cat curled up in a round shape, sleeping peacefully on a warm sunny windowsill, surrounded by pots of blooming red flowers.",
+    "- User Prompt: A busy city street -> Enhanced: A bustling city street scene at dusk, featuring glowing street lamps, a diverse crowd of people in colorful clothing, and a double-decker bus passing by towering glass skyscrapers.",
+    "Please generate only the enhanced description for the prompt below and avoid including any additional commentary or evaluations:",
+    "User Prompt: ",
+]
+
+
+def clean_prompt(prompt: str) -> str:
+    """The release cuts anything from --aspect_ratio / --ar / --hw on, then strips whitespace."""
+    return re.split(r"--aspect_ratio|--ar|--hw", prompt)[0].strip()
+
+
+class TextEncoder:
+    """encode(prompts) -> (B, L, D) with L = max_length; null(negative) -> (1, L, D), computed once."""
+
+    def __init__(self, path, device="cpu", dtype=torch.float32, max_length: int = 300, expected_dim: int | None = None,
+                 system_prompt: list[str] | None = None):
+        try:
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError:
+            raise PixelDiTError("the text encoder needs transformers", "pip install 'pixeldit[text]'") from None
+        path = str(path)
+        local = os.path.isdir(path)
+        if not local and not os.environ.get("PIXELDIT_ALLOW_DOWNLOAD"):
+            raise PixelDiTError(f"text encoder {path!r} is not a local directory",
+                                "pass --text-encoder DIR with Gemma-2-2b-it (nothing is downloaded unless PIXELDIT_ALLOW_DOWNLOAD=1)")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+            model = AutoModel.from_pretrained(path, local_files_only=local, torch_dtype=dtype)
+        except (OSError, ValueError) as e:
+            raise PixelDiTError(f"cannot load the text encoder from {path}: {str(e).splitlines()[0]}") from None
+        self.model = (model.get_decoder() if hasattr(model, "get_decoder") and model.get_decoder() is not None else model)
+        self.model = self.model.to(device).eval().requires_grad_(False)
+        self.tokenizer.padding_side = "right"
+        self.dim = self.model.config.hidden_size
+        if expected_dim is not None and expected_dim != self.dim:
+            raise PixelDiTError(f"the text encoder gives {self.dim}-wide states but the checkpoint expects {expected_dim}",
+                                "use the encoder the checkpoint was trained with (Gemma-2-2b-it: 2304)")
+        if len(self.tokenizer) > self.model.config.vocab_size:
+            raise PixelDiTError(f"tokenizer ({len(self.tokenizer)} tokens) and model (vocab {self.model.config.vocab_size}) do not match")
+        self.device, self.max_length = device, max_length
+        self.chi = "\n".join(system_prompt if system_prompt is not None else CHI_PROMPT)
+        self.n_chi = len(self.tokenizer.encode(self.chi))  # includes BOS
+        self._null, self._cache = {}, {}
+        self.truncated = []
+
+    @torch.no_grad()
+    def _states(self, texts, max_len):
+        tok = self.tokenizer(texts, max_length=max_len, padding="max_length", truncation=True, return_tensors="pt")
+        out = self.model(input_ids=tok.input_ids.to(self.device), attention_mask=tok.attention_mask.to(self.device))
+        return out.last_hidden_state.float()
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """Positive prompts with the CHI prefix: BOS + the last max_length − 1 of n_chi + max_length − 2 states."""
+        prompts = [clean_prompt(p) for p in prompts]
+        todo = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if todo:
+            max_len = self.n_chi + self.max_length - 2
+            full = [self.chi + p for p in todo]
+            for p, f in zip(todo, full):
+                if len(self.tokenizer.encode(f)) > max_len:
+                    self.truncated.append(p)
+            h = self._states(full, max_len)
+            select = [0] + list(range(max_len - (self.max_length - 1), max_len))
+            for p, e in zip(todo, h[:, select]):
+                self._cache[p] = e
+        return torch.stack([self._cache[p] for p in prompts])
+
+    def null(self, negative: str = "") -> torch.Tensor:
+        """The unconditional embedding: the (negative) prompt alone, no prefix, all max_length states."""
+        if negative not in self._null:
+            self._null[negative] = self._states([negative], self.max_length)
+        return self._null[negative]

@@ -1,0 +1,117 @@
+"""The T2I text pipeline on a tiny random Gemma-2 (real transformers loading code), and prompt sampling end to end."""
+
+import json
+import re
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from conftest import randomize
+from pixeldit_cli import build_model
+from pixeldit_cli.cli import app
+from pixeldit_cli.errors import PixelDiTError
+from pixeldit_cli.text import CHI_PROMPT, TextEncoder, clean_prompt
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def gemma(tmp_path_factory):
+    """A word-level tokenizer that adds BOS (as Gemma's does) and a 1-layer Gemma-2, saved like a real one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import Gemma2Config, Gemma2Model, PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("gemma")
+    words = sorted(set(re.findall(r"\w+|[^\w\s]", " ".join(CHI_PROMPT) + " a red fox in snow blue bird over sea")))
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{w: i + 4 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                            unk_token="<unk>").save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = Gemma2Config(vocab_size=len(vocab), hidden_size=12, intermediate_size=24, num_hidden_layers=1,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=512,
+                       pad_token_id=0, bos_token_id=2, eos_token_id=1)
+    Gemma2Model(cfg).save_pretrained(d)
+    return d
+
+
+def direct(enc, texts, max_len):
+    tok = enc.tokenizer(texts, max_length=max_len, padding="max_length", truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        return enc.model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).last_hidden_state
+
+
+def test_window_rules(gemma):
+    enc = TextEncoder(gemma, max_length=6)
+    assert enc.n_chi == len(enc.tokenizer.encode("\n".join(CHI_PROMPT))) and enc.n_chi > 100
+    e = enc.encode(["a red fox"])
+    assert e.shape == (1, 6, 12)
+    L = enc.n_chi + 6 - 2                        # the padded length: n_chi + max_length − 2
+    full = direct(enc, ["\n".join(CHI_PROMPT) + "a red fox"], L)[0]
+    assert torch.equal(e[0, 0], full[0])         # BOS ...
+    assert torch.equal(e[0, 1:], full[L - 5:])   # ... plus the last max_length − 1 positions
+    null = enc.null("")
+    want = direct(enc, [""], 6)                  # no system prompt, no selection: BOS + 5 pads
+    assert torch.equal(null, want) and null.shape == (1, 6, 12)
+    assert not torch.allclose(null[0], enc.encode([""])[0])  # the system prompt stays out of the null embedding
+    assert enc.null("") is null                  # computed once
+
+
+def test_truncation_is_recorded_and_prompts_cleaned(gemma):
+    enc = TextEncoder(gemma, max_length=6)
+    enc.encode(["a red fox in snow over sea blue bird"])  # longer than the 5 kept prompt positions
+    assert enc.truncated == ["a red fox in snow over sea blue bird"]
+    assert clean_prompt("  a red fox --ar 16:9") == "a red fox"
+
+
+def test_bad_encoders(gemma, tmp_path):
+    with pytest.raises(PixelDiTError, match="12-wide states but the checkpoint expects 2304"):
+        TextEncoder(gemma, expected_dim=2304)
+    with pytest.raises(PixelDiTError, match="is not a local directory"):
+        TextEncoder(tmp_path / "missing")
+
+
+@pytest.fixture(scope="module")
+def t2i(tmp_path_factory):
+    d = tmp_path_factory.mktemp("t2i")
+    m = randomize(build_model("PixelDiT-T2I-S/4", hidden_size=32, num_heads=2, pixel_attn_hidden=24, pixel_heads=3,
+                              text_dim=12, text_len=6), 0)
+    save_file(m.state_dict(), str(d / "t2i.safetensors"), metadata={"pixeldit_config": json.dumps(m.config.to_dict())})
+    return d / "t2i.safetensors"
+
+
+def test_prompt_sampling_end_to_end(gemma, t2i, tmp_path):
+    (tmp_path / "p.txt").write_text("a red fox\n\nblue bird over sea\n")
+    r = runner.invoke(app, ["sample", "--ckpt", str(t2i), "--text-encoder", str(gemma), "--prompts", str(tmp_path / "p.txt"),
+                            "--n", "3", "--steps", "3", "--height", "8", "--width", "16", "--out", str(tmp_path / "o"), "--npz"])
+    assert r.exit_code == 0, r.output
+    names = sorted(p.name for p in (tmp_path / "o").glob("0*.png"))
+    assert names == ["000000-a-red-fox.png", "000001-blue-bird-over-sea.png", "000002-a-red-fox.png"]
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["prompts"] == ["a red fox", "blue bird over sea"] and res["settings"]["solver"] == "dpm++2m"
+    assert res["nfe_per_sample"] == 6  # 3 DPM-Solver++ steps, CFG 4.5 on each: doubled evaluations
+    # the same command resumes instead of regenerating
+    again = runner.invoke(app, ["sample", "--ckpt", str(t2i), "--text-encoder", str(gemma), "--prompts", str(tmp_path / "p.txt"),
+                                "--n", "3", "--steps", "3", "--height", "8", "--width", "16", "--out", str(tmp_path / "o")])
+    assert again.exit_code == 0 and "0 generated, 3 already on disk" in again.output
+
+
+@pytest.mark.parametrize("args,msg", [
+    ([], "give --prompt or --prompts"),
+    (["--prompt", "a red fox", "--height", "10"], "not a multiple of the patch size 4"),
+    (["--prompts", "EMPTY"], "holds no prompts"),
+    (["--prompt", "a red fox", "--text-encoder", "NOPE"], "is not a local directory"),
+    (["--class", "3"], "text-to-image checkpoint"),
+])
+def test_prompt_sampling_bad_input(gemma, t2i, tmp_path, args, msg):
+    (tmp_path / "empty.txt").write_text("\n \n")
+    args = [str(tmp_path / "empty.txt") if a == "EMPTY" else str(tmp_path / "nope") if a == "NOPE" else a for a in args]
+    base = ["sample", "--ckpt", str(t2i), "--n", "1", "--steps", "2", "--height", "8", "--width", "8", "--out", str(tmp_path / "x")]
+    if "--text-encoder" not in args:
+        base += ["--text-encoder", str(gemma)]
+    r = runner.invoke(app, base + args)
+    assert r.exit_code == 1 and msg in r.output and "Traceback" not in r.output, r.output
