@@ -141,6 +141,7 @@ _later = dict(context_settings={"allow_extra_args": True, "ignore_unknown_option
     "  pixeldit train --preset xl256 --out runs/xl256 --data.path /data/imagenet256 --repa-encoder dinov2-base\n\n"
     "  torchrun --nproc_per_node=8 -m pixeldit_cli -- train --preset xl256 --out runs/xl256 --data.path /data/in256\n\n"
     "  pixeldit train --preset smoke --out runs/smoke --steps 4000 --train.lr 1e-4   # continue, longer\n\n"
+    "  pixeldit train --preset t2i512-stage1 --out runs/t2i --data.path captions/ --text-encoder gemma-2-2b-it --repa-encoder dinov2-base\n\n"
     "Any preset value is a dotted override: --train.lr 1e-5, --data.path DIR, --sample.cfg 2.0. The "
     "resolved config is printed, saved as OUT/config.yaml and in every checkpoint. Re-running the same "
     "command resumes from OUT/checkpoints/last.pt (--resume auto)."
@@ -153,9 +154,10 @@ def train(
     steps: Optional[int] = typer.Option(None, "--steps", help="Total optimizer steps (overrides train.steps)."),
     resume: str = typer.Option("auto", "--resume", help="auto (OUT/checkpoints/last.pt if any), none, or a checkpoint path."),
     repa_encoder: Optional[str] = typer.Option(None, "--repa-encoder", help="Local DINOv2 ViT-B/14 folder (transformers format)."),
+    text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="T2I: local Gemma-2-2b-it folder."),
     nproc: int = typer.Option(1, "--nproc", help="Start this many worker processes here (torchrun not needed)."),
 ):
-    """Train a class-conditional PixelDiT with the release's recipe (rectified flow, REPA, EMA)."""
+    """Train PixelDiT with the release's recipe: class-conditional (REPA, EMA) or text-to-image stages."""
     from .config import parse_overrides, resolve
     from .train import train as run_training
 
@@ -166,6 +168,8 @@ def train(
         overrides["train.steps"] = steps
     if repa_encoder is not None:
         overrides["train.repa_encoder"] = repa_encoder
+    if text_encoder is not None:
+        overrides["text.encoder"] = text_encoder
     cfg = resolve(preset, overrides)
     summary = run_training(cfg, out_dir, resume="" if resume == "none" else resume)
     if summary.get("last"):

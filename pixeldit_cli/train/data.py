@@ -254,3 +254,101 @@ class StepSampler(torch.utils.data.Sampler):
 def collate(batch):
     imgs = torch.stack([b[0] for b in batch])
     return imgs, torch.tensor([b[1] for b in batch], dtype=torch.long)
+
+
+#################################################################################
+#                   Text-to-image: captions and aspect-ratio buckets            #
+#################################################################################
+
+
+def aspect_buckets(res: int, p: int = 16, ratios=(0.5, 0.5625, 0.6667, 0.75, 0.8, 1.0, 1.25, 1.3333, 1.5, 1.7778, 2.0)):
+    """(h, w) buckets of about res² pixels, multiples of p, for height/width ratios `ratios`."""
+    out = []
+    for r in ratios:
+        h = max(p, round(res * math.sqrt(r) / p) * p)
+        w = max(p, round(res / math.sqrt(r) / p) * p)
+        out.append((h, w))
+    return sorted(set(out))
+
+
+def resize_center_crop(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The T2I pipeline: bilinear resize so the image covers (h, w), then a centre crop."""
+    from torchvision.transforms.v2.functional import center_crop, resize
+
+    H, W = img.shape[1:]
+    scale = max(h / H, w / W)
+    img = resize(img, [max(h, round(H * scale)), max(w, round(W * scale))], antialias=True)
+    return center_crop(img, [h, w])
+
+
+class CaptionDataset(torch.utils.data.Dataset):
+    """Images with captions: a folder of image + same-stem .txt files, or a .jsonl of {"image", "caption"}."""
+
+    def __init__(self, path, resolution: int, multi_aspect: bool = False, patch: int = 16):
+        path = Path(path)
+        if not path.exists():
+            raise PixelDiTError(f"caption dataset {path} does not exist", "check --data.path")
+        if path.is_file() and path.suffix == ".jsonl":
+            rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+            self.items = [(path.parent / r["image"], str(r["caption"])) for r in rows]
+        elif path.is_dir():
+            imgs = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXT)
+            self.items = [(p, p.with_suffix(".txt").read_text().strip()) for p in imgs if p.with_suffix(".txt").exists()]
+        else:
+            raise PixelDiTError(f"{path} is neither a folder of images with .txt captions nor a .jsonl manifest")
+        if not self.items:
+            raise PixelDiTError(f"{path} holds no captioned images", "each image needs a same-name .txt file")
+        self.resolution = resolution
+        self.buckets = aspect_buckets(resolution, patch) if multi_aspect else [(resolution, resolution)]
+        self.bucket_of = []
+        from PIL import Image
+
+        for p, _ in self.items:  # assign every image to the bucket nearest its aspect ratio (log scale)
+            with Image.open(p) as im:
+                w, h = im.size
+            self.bucket_of.append(min(range(len(self.buckets)), key=lambda b: abs(math.log(h / w) - math.log(self.buckets[b][0] / self.buckets[b][1]))))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        path, caption = self.items[i]
+        h, w = self.buckets[self.bucket_of[i]]
+        return resize_center_crop(decode(path.read_bytes()), h, w), caption
+
+
+class BucketStepSampler(StepSampler):
+    """Like StepSampler, but every global batch comes from one aspect-ratio bucket.
+
+    Epoch e: a permutation from seed + e is split by bucket (order kept), each bucket is cut into full
+    global batches, and the batches are shuffled with seed + e. Step s is batch s of that sequence."""
+
+    def __init__(self, bucket_of, global_batch, micro_batch, rank, world, seed, start_step, total_steps):
+        self.bucket_of = list(bucket_of)
+        super().__init__(len(self.bucket_of), global_batch, micro_batch, rank, world, seed, start_step, total_steps)
+        self.per_epoch = int(sum(int(c) // global_batch for c in np.bincount(self.bucket_of)))
+        if self.per_epoch == 0:
+            raise PixelDiTError(f"no aspect-ratio bucket holds a full global batch of {global_batch} images",
+                                "lower --train.global_batch or add images")
+        self._batches_epoch, self._batches = None, None
+
+    def batches(self, epoch: int):
+        if self._batches_epoch != epoch:
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+            out = []
+            for b in sorted(set(self.bucket_of)):
+                members = [i for i in perm if self.bucket_of[i] == b]
+                out += [members[k: k + self.G] for k in range(0, len(members) - self.G + 1, self.G)]
+            order = torch.randperm(len(out), generator=torch.Generator().manual_seed(self.seed + epoch + 7919)).tolist()
+            self._batches, self._batches_epoch = [out[k] for k in order], epoch
+        return self._batches
+
+    def slots(self, step: int):
+        per_rank = self.G // self.world
+        epoch, pos = divmod(step, self.per_epoch)
+        batch = self.batches(epoch)[pos]
+        return list(range(self.rank * per_rank, (self.rank + 1) * per_rank)), batch[self.rank * per_rank: (self.rank + 1) * per_rank]
+
+
+def collate_captions(batch):
+    return torch.stack([b[0] for b in batch]), [b[1] for b in batch]

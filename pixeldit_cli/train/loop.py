@@ -23,8 +23,8 @@ from ..models.registry import build_model, count_params, model_config
 from ..sample import barrier, init_distributed, noise_for, to_uint8
 from ..solvers import solve
 from . import checkpoint
-from .data import StepSampler, collate, open_dataset
-from .objective import DinoEncoder, Projector, draw, flow_loss
+from .data import BucketStepSampler, CaptionDataset, StepSampler, collate, collate_captions, open_dataset
+from .objective import DinoEncoder, DinoEncoder224, Projector, draw, flow_loss, t2i_draw, t2i_flow_loss
 
 
 def lr_at(tc, step: int) -> float:
@@ -74,8 +74,7 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
     tc = cfg.train
     validate(cfg, world)
     mcfg = model_config(cfg.model.name, num_classes=cfg.model.num_classes)
-    if mcfg.kind == "t2i":
-        raise PixelDiTError("text-to-image training needs the Gemma-2 text pipeline, which is not built yet (issue 7)", exit_code=2)
+    t2i = mcfg.kind == "t2i"
     if cfg.data.resolution % mcfg.patch_size:
         raise PixelDiTError(f"data.resolution {cfg.data.resolution} is not a multiple of the patch size {mcfg.patch_size}")
     if tc.repa_weight > 0 and not 1 <= tc.repa_block <= mcfg.patch_depth:
@@ -90,15 +89,25 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
     if state is not None and state["model_config"] != mcfg.to_dict():
         raise PixelDiTError(f"{resume_path} was trained with another architecture", "use the run's own preset, or another --out")
 
-    ds = open_dataset(cfg.data.path, cfg.data.resolution, mcfg.num_classes)
+    text = None
+    if t2i:
+        from ..text import TextEncoder
+
+        if not cfg.text.encoder:
+            raise PixelDiTError("text-to-image training needs the Gemma-2 text encoder", "pass --text.encoder DIR")
+        text = TextEncoder(cfg.text.encoder, device=device, max_length=mcfg.text_len, expected_dim=mcfg.text_dim)
+        ds = CaptionDataset(cfg.data.path, cfg.data.resolution, cfg.data.multi_aspect, mcfg.patch_size)
+    else:
+        ds = open_dataset(cfg.data.path, cfg.data.resolution, mcfg.num_classes)
     torch.manual_seed(tc.seed)  # the initial weights are a function of the seed
     model = build_model(mcfg).to(device)
     model.grad_checkpointing = tc.grad_checkpointing
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     encoder = projector = None
     if tc.repa_weight > 0:
-        encoder = DinoEncoder(tc.repa_encoder).to(device)
-        projector = Projector(mcfg.hidden_size, mcfg.hidden_size, encoder.dim).to(device)
+        encoder = (DinoEncoder224 if t2i else DinoEncoder)(tc.repa_encoder).to(device)
+        width = 2048 if mcfg.hidden_size == 1536 else mcfg.hidden_size  # the T2I release's projector is 2048 wide
+        projector = Projector(mcfg.hidden_size, width, encoder.dim).to(device)
     params = list(model.parameters()) + (list(projector.parameters()) if projector else [])
     opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, eps=1e-8)
     step, skipped = 0, 0
@@ -118,9 +127,12 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
         net = torch.compile(net)
     per_rank = tc.global_batch // world
     accum = per_rank // tc.micro_batch
-    sampler = StepSampler(len(ds), tc.global_batch, tc.micro_batch, rank, world, tc.seed, step, tc.steps)
+    if t2i:
+        sampler = BucketStepSampler(ds.bucket_of, tc.global_batch, tc.micro_batch, rank, world, tc.seed, step, tc.steps)
+    else:
+        sampler = StepSampler(len(ds), tc.global_batch, tc.micro_batch, rank, world, tc.seed, step, tc.steps)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                                         collate_fn=collate, pin_memory=device.type == "cuda")
+                                         collate_fn=collate_captions if t2i else collate, pin_memory=device.type == "cuda")
     null = mcfg.num_classes
 
     # ---- bookkeeping ------------------------------------------------------------------------------
@@ -136,7 +148,7 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
         print(f"PixelDiT {cfg.model.name}: {n_params:,} params | global batch {tc.global_batch} = {world} proc × "
               f"{tc.micro_batch} × {accum} accum | lr {tc.lr:g} | steps {step} -> {tc.steps} | "
               f"{'resumed from ' + str(resume_path) if state else 'fresh'} | {device} {'bf16' if autocast else 'fp32'}", flush=True)
-    fixed_labels = grid_labels(null)
+    fixed_labels = [c for _, c in ds.items[:8]] if t2i else grid_labels(null)
     fixed_noise = noise_for(range(len(fixed_labels)), 10_000 + tc.seed, (mcfg.in_channels, cfg.data.resolution, cfg.data.resolution))
 
     def save_state():
@@ -157,12 +169,16 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
         if rank != 0:
             return
         sc = cfg.sample
-        imgs, _ = solve(ema, fixed_noise.to(device), torch.tensor(fixed_labels, device=device), solver=sc.solver,
+        if t2i:
+            cond, uncond = text.encode(fixed_labels).to(device), text.null(cfg.text.negative_prompt).to(device)
+        else:
+            cond, uncond = torch.tensor(fixed_labels, device=device), None
+        imgs, _ = solve(ema, fixed_noise.to(device), cond, uncond, solver=sc.solver,
                         steps=min(sc.steps, 50), cfg=sc.cfg, interval=sc.interval, shift=sc.shift)
         from torchvision.io import write_png
         from torchvision.utils import make_grid
 
-        per_row = 4 * 2 if null <= 16 else 4
+        per_row = 4 if t2i else (4 * 2 if null <= 16 else 4)
         (out / "samples").mkdir(exist_ok=True)
         write_png(make_grid(to_uint8(imgs).cpu(), nrow=per_row, padding=2, pad_value=255), str(out / "samples" / f"{step:07d}.png"))
 
@@ -192,17 +208,25 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
                 t0 = time.perf_counter()
                 u8, y = next(it)
                 wait_log += time.perf_counter() - t0
-                u8, y = u8.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                u8 = u8.to(device, non_blocking=True)
                 x = (u8.float() / 255 - 0.5) / 0.5
-                noise, t, drop = draw(tc.seed, step, slots[k * tc.micro_batch: (k + 1) * tc.micro_batch],
-                                      tuple(x.shape[1:]), tc.cond_drop, tc.time_shift)
-                noise, t, drop = noise.to(device), t.to(device), drop.to(device)
+                mine = slots[k * tc.micro_batch: (k + 1) * tc.micro_batch]
                 target = encoder(u8.float() / 255) if encoder is not None else None
                 sync = contextlib.nullcontext() if (world == 1 or k == accum - 1) else net.no_sync()
-                with sync:
-                    loss, lf, lr_ = flow_loss(net, x, y, t, noise, drop, null, projector, target,
-                                              tc.repa_block, tc.repa_weight, autocast)
-                    (loss * (tc.micro_batch / per_rank)).backward()
+                if t2i:  # y: captions -> Gemma states; σ from the release's discrete shifted grid
+                    emb, null_emb = text.encode(list(y)).to(device), text.null("").to(device)
+                    noise, sig, ts_, drop = (a.to(device) for a in t2i_draw(tc.seed, step, mine, tuple(x.shape[1:]), tc.cond_drop, tc.time_shift))
+                    with sync:
+                        loss, lf, lr_ = t2i_flow_loss(net, x, emb, null_emb, sig, ts_, noise, drop, projector, target,
+                                                      tc.repa_block, tc.repa_weight, autocast)
+                        (loss * (tc.micro_batch / per_rank)).backward()
+                else:
+                    y = y.to(device, non_blocking=True)
+                    noise, t, drop = (a.to(device) for a in draw(tc.seed, step, mine, tuple(x.shape[1:]), tc.cond_drop, tc.time_shift))
+                    with sync:
+                        loss, lf, lr_ = flow_loss(net, x, y, t, noise, drop, null, projector, target,
+                                                  tc.repa_block, tc.repa_weight, autocast)
+                        (loss * (tc.micro_batch / per_rank)).backward()
                 sums += torch.stack([loss.detach(), lf, lr_]) * (tc.micro_batch / per_rank)
             gnorm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
             if world > 1:

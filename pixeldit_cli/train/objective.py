@@ -155,3 +155,65 @@ class _null:
 
     def __exit__(self, *a):
         return False
+
+
+#################################################################################
+#            The text-to-image objective (official-compat.md §4.7)              #
+#################################################################################
+
+
+def t2i_sigmas(shift: float) -> torch.Tensor:
+    """The release's discrete "linear_flow" grid: σ_i = i/1000, i = 0..999, then σ' = s·σ / (1 + (s − 1)·σ)."""
+    s = torch.arange(1000, dtype=torch.float64) / 1000
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def t2i_draw(seed: int, step: int, slots, shape, drop_prob: float, shift: float):
+    """Noise, σ' (float), the integer timestep floor(1000·σ') the network sees, and the caption-drop mask."""
+    noise, idx, drop = [], [], []
+    for j in slots:
+        g = slot_generator(seed, step, j)
+        n = torch.randn(1, generator=g)
+        idx.append(int(torch.sigmoid(n).item() * 1000) if torch.sigmoid(n).item() < 1 else 999)
+        drop.append(torch.rand(1, generator=g) < drop_prob)
+        noise.append(torch.randn(*shape, generator=g))
+    sig = t2i_sigmas(shift)[torch.tensor(idx)]
+    timestep = torch.floor(1000 * sig)  # the release feeds timestep_map[i] after an integer cast
+    return torch.stack(noise), sig.float(), timestep.float(), torch.cat(drop)
+
+
+class DinoEncoder224(DinoEncoder):
+    """T2I REPA target: image in [0, 1], bicubic resize to 224×224 *first*, then ImageNet normalisation."""
+
+    @torch.no_grad()
+    def forward(self, raw):
+        x = F.interpolate(raw, size=(224, 224), mode="bicubic", align_corners=False)
+        x = (x - self.mean) / self.std
+        return self.net(pixel_values=x).last_hidden_state[:, 1:]
+
+
+def t2i_repa_loss(projected, target):
+    """L2-normalise; with more model tokens than DINO's, bilinearly resize to DINO's grid and renormalise; −mean(cos)."""
+    p = F.normalize(projected, dim=-1)
+    if p.shape[1] != target.shape[1]:
+        p = F.normalize(align_tokens(p, target.shape[1]), dim=-1)
+    return -(p * F.normalize(target, dim=-1)).sum(-1).mean()
+
+
+def t2i_flow_loss(net, x, text, null_text, sigma, timestep, noise, drop, projector=None, repa_target=None,
+                  repa_block: int = 0, repa_weight: float = 0.0, autocast=None):
+    """x_σ = (1 − σ)·x + σ·ε, target ε − x, per-sample MSE mean; dropped captions use the "" embedding."""
+    y = torch.where(drop.view(-1, 1, 1), null_text.expand_as(text), text)
+    sb = sigma.view(-1, 1, 1, 1)
+    x_t = (1 - sb) * x + sb * noise
+    target = noise - x
+    use_repa = repa_weight > 0 and projector is not None and repa_target is not None
+    ctx = torch.autocast(x.device.type, dtype=autocast) if autocast is not None else _null()
+    with ctx:
+        out = net(x_t, timestep, y, return_patch_tokens_at=repa_block) if use_repa else net(x_t, timestep, y)
+        if use_repa:
+            out, h = out
+            proj = projector(h)
+    loss_flow = ((out.float() - target) ** 2).mean()
+    loss_repa = t2i_repa_loss(proj.float(), repa_target.float()) if use_repa else torch.zeros((), device=x.device)
+    return loss_flow + repa_weight * loss_repa, loss_flow.detach(), loss_repa.detach()
