@@ -31,6 +31,7 @@ demo: $(STAMP) $(FASHION)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_forward.py
 	$(PY) benchmarks/bench_sample.py
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf build dist *.egg-info runs/demo

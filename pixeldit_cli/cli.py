@@ -302,6 +302,7 @@ def launch_workers(nproc: int):
     "  pixeldit edit cat.png --src tabby --tgt tiger --ckpt xl256.safetensors\n\n"
     "  pixeldit edit sneaker.png --src Sneaker --tgt 'Ankle boot' --ckpt smoke.safetensors --num-seeds 4\n\n"
     "  pixeldit edit photo.png --src 281 --tgt 291 --ckpt xl256.safetensors --bbox 40 30 200 220 --json\n\n"
+    "  pixeldit edit cat.png --src 'a cat on a sofa' --tgt 'a dog on a sofa' --ckpt t2i1024.safetensors --text-encoder gemma-2-2b-it\n\n"
     "Defaults (FlowEdit's SD3 schedule adapted to PixelDiT): 50 steps, --n-max 33 (editing starts at noise "
     "level t = 0.66), --n-min 0, --n-avg 1, source CFG 1.5 and target CFG 4.0 — PixelDiT samples at CFG ~3, "
     "not SD3's 13.5. Larger --n-max and --tgt-cfg edit more; --n-min > 0 re-noises and samples the last "
@@ -311,8 +312,10 @@ def launch_workers(nproc: int):
 @friendly
 def edit(
     image: Path = typer.Argument(..., help="Input image (PNG/JPEG; gray or RGBA is converted)."),
-    src: str = typer.Option(..., "--src", help="Source class (id or name).", rich_help_panel="Edit"),
-    tgt: str = typer.Option(..., "--tgt", help="Target class (id or name).", rich_help_panel="Edit"),
+    src: str = typer.Option(..., "--src", help="Source class (id or name), or source prompt for a T2I checkpoint.", rich_help_panel="Edit"),
+    tgt: str = typer.Option(..., "--tgt", help="Target class (id or name), or target prompt for a T2I checkpoint.", rich_help_panel="Edit"),
+    text_encoder: Optional[Path] = typer.Option(None, "--text-encoder", help="T2I: local Gemma-2-2b-it folder.", rich_help_panel="Model"),
+    negative_prompt: str = typer.Option("", "--negative-prompt", help="T2I: the unconditional prompt.", rich_help_panel="Guidance"),
     ckpt: Path = typer.Option(..., "--ckpt", help="Model weights.", rich_help_panel="Model"),
     steps: int = typer.Option(50, "--steps", help="Time grid size T.", rich_help_panel="Edit"),
     n_max: int = typer.Option(33, "--n-max", help="Edited steps counted from the data end (0 = no edit).", rich_help_panel="Edit"),
@@ -335,14 +338,16 @@ def edit(
     if not ckpt.exists():
         raise PixelDiTError(f"checkpoint {ckpt} does not exist", "check the --ckpt path")
     r = run_edit(image, ckpt, src, tgt, out_dir, steps=steps, n_max=n_max, n_min=n_min, n_avg=n_avg, src_cfg=src_cfg,
-                 tgt_cfg=tgt_cfg, shift=shift, seed=seed, num_seeds=num_seeds, fit=fit, mask=mask, bbox=bbox)
+                 tgt_cfg=tgt_cfg, shift=shift, seed=seed, num_seeds=num_seeds, fit=fit, mask=mask, bbox=bbox,
+                 text_encoder=text_encoder, negative_prompt=negative_prompt)
     if as_json:
         print(json.dumps(r))
         return
     if r["input_note"]:
         err.print(f"note: {r['input_note']}", highlight=False)
     s, t = r["source"], r["target"]
-    out.print(f"{s['name'] or s['class']} -> {t['name'] or t['class']}: {', '.join(r['outputs'])} and strip.png in {out_dir} "
+    label = lambda d: d.get("prompt") or d.get("name") or d.get("class")
+    out.print(f"{label(s)!s} -> {label(t)!s}: {', '.join(r['outputs'])} and strip.png in {out_dir} "
               f"({r['network_evaluations_per_image']} network evaluations per edit)", highlight=False, soft_wrap=True)
     for m in r["background"] or []:
         out.print(f"  seed {m['seed']}: background MSE {m['background_mse']:.6f}  SSIM {m['background_ssim']:.4f}", highlight=False)

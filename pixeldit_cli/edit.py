@@ -180,7 +180,8 @@ def unfit(img, info, H: int, W: int):
 
 
 def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=50, n_max=33, n_min=0, n_avg=1, src_cfg=1.5, tgt_cfg=4.0,
-             shift=1.0, seed=0, num_seeds=1, fit="crop", mask=None, bbox=None, model=None) -> dict:
+             shift=1.0, seed=0, num_seeds=1, fit="crop", mask=None, bbox=None, model=None, text_encoder=None,
+             negative_prompt: str = "") -> dict:
     """Edit one image file; writes edited*.png, strip.png and results.json into `out`."""
     import json
     import os
@@ -218,18 +219,27 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=50, n_max=33, n_min=
     if model is None:
         model = load_model(ckpt)
     cfg = model.config
-    if cfg.kind == "t2i":
-        raise PixelDiTError("prompt-to-prompt editing needs the Gemma-2 text pipeline, which is not built yet (issue 7)", exit_code=2)
-    class_names = getattr(model, "class_names", None) or (imagenet_names() if cfg.num_classes == 1000 else None)
-    c_src, c_tgt = parse_class(src, cfg.num_classes, class_names), parse_class(tgt, cfg.num_classes, class_names)
+    uncond = None
+    if cfg.kind == "t2i":  # prompt-to-prompt: --src and --tgt are prompts
+        if not text_encoder:
+            raise PixelDiTError("a text-to-image checkpoint edits prompt to prompt", "pass --text-encoder DIR (gemma-2-2b-it)")
+        from .text import TextEncoder
+
+        enc = TextEncoder(text_encoder, max_length=cfg.text_len, expected_dim=cfg.text_dim)
+        cond_src, cond_tgt, uncond = enc.encode([src]), enc.encode([tgt]), enc.null(negative_prompt)
+        class_names, c_src, c_tgt = None, src, tgt
+    else:
+        class_names = getattr(model, "class_names", None) or (imagenet_names() if cfg.num_classes == 1000 else None)
+        c_src, c_tgt = parse_class(src, cfg.num_classes, class_names), parse_class(tgt, cfg.num_classes, class_names)
+        cond_src, cond_tgt = torch.tensor([c_src]), torch.tensor([c_tgt])
     fitted, info = fit_image(img, cfg.patch_size, fit)
     x = (fitted.float() / 255 - 0.5) / 0.5  # the training normalisation
 
     out.mkdir(parents=True, exist_ok=True)
     edits, stats = [], None
     for k in range(num_seeds):
-        z, stats = flowedit(model, x[None], torch.tensor([c_src]), torch.tensor([c_tgt]), steps=steps, n_max=n_max,
-                            n_min=n_min, n_avg=n_avg, src_cfg=src_cfg, tgt_cfg=tgt_cfg, shift=shift, seed=seed + k)
+        z, stats = flowedit(model, x[None], cond_src, cond_tgt, steps=steps, n_max=n_max, n_min=n_min, n_avg=n_avg,
+                            src_cfg=src_cfg, tgt_cfg=tgt_cfg, shift=shift, seed=seed + k, uncond=uncond)
         e = unfit(to_uint8(z)[0], info, H0, W0) if fit == "pad" else to_uint8(z)[0]
         write_png(e, str(out / names[k]))
         edits.append(e)
@@ -249,8 +259,11 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=50, n_max=33, n_min=
     result = {
         "input": str(image.resolve()), "input_note": note, "checkpoint": str(Path(ckpt).resolve()) if ckpt else None,
         "checkpoint_sha256": file_sha256(ckpt) if ckpt and Path(ckpt).is_file() else None,
-        "source": {"class": c_src, "name": class_names[c_src] if class_names else None, "cfg": src_cfg},
-        "target": {"class": c_tgt, "name": class_names[c_tgt] if class_names else None, "cfg": tgt_cfg},
+        "source": {"class": c_src, "name": class_names[c_src] if class_names else None, "cfg": src_cfg}
+        if cfg.kind == "c2i" else {"prompt": src, "cfg": src_cfg},
+        "target": {"class": c_tgt, "name": class_names[c_tgt] if class_names else None, "cfg": tgt_cfg}
+        if cfg.kind == "c2i" else {"prompt": tgt, "cfg": tgt_cfg},
+        "negative_prompt": negative_prompt if cfg.kind == "t2i" else None,
         "steps": steps, "n_max": n_max, "n_min": n_min, "n_avg": n_avg, "shift": shift, "seed": seed,
         "num_seeds": num_seeds, "fit": info, "size": [int(fitted.shape[2]), int(fitted.shape[1])],
         "outputs": names, "strip": "strip.png", **stats,

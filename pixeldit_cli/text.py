@@ -29,6 +29,17 @@ CHI_PROMPT = [
 ]
 
 
+def quiet_transformers():
+    """No download/loading progress bars from transformers: our commands print their own output (and JSON)."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
 def clean_prompt(prompt: str) -> str:
     """The release cuts anything from --aspect_ratio / --ar / --hw on, then strips whitespace."""
     return re.split(r"--aspect_ratio|--ar|--hw", prompt)[0].strip()
@@ -48,9 +59,13 @@ class TextEncoder:
         if not local and not os.environ.get("PIXELDIT_ALLOW_DOWNLOAD"):
             raise PixelDiTError(f"text encoder {path!r} is not a local directory",
                                 "pass --text-encoder DIR with Gemma-2-2b-it (nothing is downloaded unless PIXELDIT_ALLOW_DOWNLOAD=1)")
+        quiet_transformers()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
-            model = AutoModel.from_pretrained(path, local_files_only=local, torch_dtype=dtype)
+            try:
+                model = AutoModel.from_pretrained(path, local_files_only=local, dtype=dtype)
+            except TypeError:  # transformers < 4.56 names it torch_dtype
+                model = AutoModel.from_pretrained(path, local_files_only=local, torch_dtype=dtype)
         except (OSError, ValueError) as e:
             raise PixelDiTError(f"cannot load the text encoder from {path}: {str(e).splitlines()[0]}") from None
         self.model = (model.get_decoder() if hasattr(model, "get_decoder") and model.get_decoder() is not None else model)

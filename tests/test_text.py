@@ -115,3 +115,18 @@ def test_prompt_sampling_bad_input(gemma, t2i, tmp_path, args, msg):
         base += ["--text-encoder", str(gemma)]
     r = runner.invoke(app, base + args)
     assert r.exit_code == 1 and msg in r.output and "Traceback" not in r.output, r.output
+
+
+def test_prompt_to_prompt_edit(gemma, t2i, tmp_path):
+    from torchvision.io import read_image, write_png
+    write_png(torch.randint(0, 256, (3, 8, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)), str(tmp_path / "in.png"))
+    base = ["edit", str(tmp_path / "in.png"), "--ckpt", str(t2i), "--text-encoder", str(gemma), "--steps", "4", "--n-max", "3"]
+    r = runner.invoke(app, base + ["--src", "a red fox", "--tgt", "a red fox", "--src-cfg", "2", "--tgt-cfg", "2", "--out", str(tmp_path / "same")])
+    assert r.exit_code == 0, r.output
+    assert torch.equal(read_image(str(tmp_path / "same" / "edited.png")), read_image(str(tmp_path / "in.png")))  # identity, exact
+    r = runner.invoke(app, base + ["--src", "a red fox", "--tgt", "blue bird over sea", "--out", str(tmp_path / "e"), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output.strip().splitlines()[-1])
+    assert res["target"] == {"prompt": "blue bird over sea", "cfg": 4.0} and res["network_evaluations_per_image"] == 12
+    r = runner.invoke(app, ["edit", str(tmp_path / "in.png"), "--ckpt", str(t2i), "--src", "a", "--tgt", "b", "--out", str(tmp_path / "n")])
+    assert r.exit_code == 1 and "--text-encoder" in r.output

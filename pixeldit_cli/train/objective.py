@@ -109,6 +109,9 @@ class DinoEncoder(nn.Module):
         if not local and not os.environ.get("PIXELDIT_ALLOW_DOWNLOAD"):
             raise PixelDiTError(f"REPA encoder {path!r} is not a local directory",
                                 "pass the folder of a saved Dinov2Model (nothing is downloaded unless PIXELDIT_ALLOW_DOWNLOAD=1)")
+        from ..text import quiet_transformers
+
+        quiet_transformers()
         try:
             self.net = Dinov2Model.from_pretrained(path, local_files_only=local).eval().requires_grad_(False)
         except (OSError, ValueError) as e:

@@ -1,0 +1,72 @@
+"""Training throughput and memory on this machine (a benchmark, never a timed test).
+
+    .venv/bin/python benchmarks/bench_train.py [--quick]
+
+Each case runs in its own process (so peak RSS is its own): a few optimizer steps of the real loss and
+optimizer (AdamW, EMA, clip) on random data, fp32 on CPU. Reports img/s, achieved GFLOP/s counted as
+3 × forward FLOPs per image (forward + backward), the 2048³ matmul rate measured in the same process,
+and peak resident memory.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+CASES = [("PixelDiT-S/4", 32, 64, 4), ("PixelDiT-B/16", 256, 4, 3)]  # model, res, batch, timed steps
+
+
+def one(name, res, batch, steps):
+    import torch
+
+    from pixeldit_cli.flops import analytic_flops, matmul_rate
+    from pixeldit_cli.models import build_model
+    from pixeldit_cli.train.loop import ema_update
+    from pixeldit_cli.train.objective import draw, flow_loss
+
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10 if "S/" in name else 1000)
+    ema = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
+    x = torch.rand(batch, 3, res, res) * 2 - 1
+    y = torch.randint(0, model.config.num_classes, (batch,))
+
+    def step(s):
+        noise, t, drop = draw(0, s, range(batch), (3, res, res), 0.1, 1.0)
+        opt.zero_grad(set_to_none=True)
+        loss, _, _ = flow_loss(model, x, y, t, noise, drop, model.config.num_classes)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema_update(ema, list(model.parameters()), 0.9999)
+
+    step(0)  # warm-up (allocations, optimizer state)
+    rate0 = matmul_rate()
+    t0 = time.perf_counter()
+    for s in range(1, steps + 1):
+        step(s)
+    dt = time.perf_counter() - t0
+    rate = max(rate0, matmul_rate())
+    flops = 3 * analytic_flops(model.config, res, res, batch)["total"] * steps
+    return dict(model=name, res=res, batch=batch, steps=steps, img_per_s=round(batch * steps / dt, 2),
+                gflops_per_s=round(flops / dt / 1e9, 1), matmul_gflops_per_s=round(rate, 1),
+                efficiency=round(flops / dt / 1e9 / rate, 3),
+                peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--case", type=int, default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.case is not None:
+        print(json.dumps(one(*CASES[a.case])), flush=True)
+        return
+    for i in range(1 if a.quick else len(CASES)):
+        subprocess.run([sys.executable, __file__, "--case", str(i)], check=True)
+
+
+if __name__ == "__main__":
+    main()
