@@ -211,6 +211,7 @@ def sample(
     shift: Optional[float] = typer.Option(None, "--shift", help="Time shift s (c2i convention).", rich_help_panel="Sampling"),
     height: Optional[int] = typer.Option(None, "--height", help="Image height (multiple of p).", rich_help_panel="Sampling"),
     width: Optional[int] = typer.Option(None, "--width", help="Image width (multiple of p).", rich_help_panel="Sampling"),
+    aspect_ratio: Optional[str] = typer.Option(None, "--aspect-ratio", help="W:H, snapped to the release's T2I bucket list (scaled to the resolution).", rich_help_panel="Sampling"),
     cfg: Optional[float] = typer.Option(None, "--cfg", help="Guidance scale (1 = off).", rich_help_panel="Guidance"),
     cfg_interval: Optional[tuple[float, float]] = typer.Option(None, "--cfg-interval", help="LO HI: guide only for LO < t < HI.", rich_help_panel="Guidance"),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per forward (does not change the images).", rich_help_panel="Distributed"),
@@ -249,6 +250,12 @@ def sample(
     base = load_preset(preset or ("t2i1024" if mc.kind == "t2i" else "xl256"))
     sc = base.sample
     res = base.data.resolution if preset or mc.kind == "t2i" else 256
+    if aspect_ratio:
+        from .sample import aspect_bucket
+
+        if height or width:
+            raise PixelDiTError("--aspect-ratio and --height/--width both given", "use one of them")
+        height, width = aspect_bucket(aspect_ratio, sc.height or res)
     names = getattr(model, "class_names", None) or (imagenet_names() if mc.num_classes == 1000 else None)
     ids = tuple(parse_class(c, mc.num_classes, names) for c in classes or [])
     job = SampleJob(

@@ -56,6 +56,18 @@ def noise_for(indices, seed: int, shape) -> torch.Tensor:
 #################################################################################
 
 
+def aspect_bucket(spec: str, resolution: int = 1024) -> tuple[int, int]:
+    """'16:9' (width:height) -> the release's nearest (height, width) bucket, scaled to `resolution`."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*", spec)
+    if not m or float(m.group(1)) <= 0 or float(m.group(2)) <= 0:
+        raise PixelDiTError(f"aspect ratio {spec!r} is not W:H", "e.g. --aspect-ratio 16:9")
+    want = float(m.group(2)) / float(m.group(1))  # height / width, the table's key
+    table = json.loads((_DATA / "aspect_ratios_1024.json").read_text())["buckets"]
+    h, w = min(table.values(), key=lambda hw: abs(math.log(hw[0] / hw[1]) - math.log(want)))
+    scale = resolution / 1024
+    return int(round(h * scale / 16) * 16), int(round(w * scale / 16) * 16)
+
+
 def imagenet_names() -> list[str]:
     return (_DATA / "imagenet_classes.txt").read_text().splitlines()
 
@@ -233,13 +245,17 @@ def existing(out: Path, n: int) -> set[int]:
     return {i for i in have if i < n}
 
 
-def write_grid(out: Path, n: int, k: int = 64):
+def write_grid(out: Path, n: int, k: int = 64, columns: int = 0):
+    """The first images as a grid; `columns` > 1 (the number of cycled classes/prompts) aligns one per column."""
     from torchvision.io import write_png
     from torchvision.utils import make_grid
 
     k = min(n, k)
+    if 1 < columns <= 16 and k >= columns:
+        k = max(columns, min(n, 8 * columns) // columns * columns)
+    nrow = columns if 1 < columns <= 16 else max(1, math.ceil(math.sqrt(k)))
     imgs = torch.stack([_read_png(png_path(out, i)) for i in range(k)])
-    grid = make_grid(imgs, nrow=max(1, math.ceil(math.sqrt(k))), padding=2, pad_value=255)
+    grid = make_grid(imgs, nrow=nrow, padding=2, pad_value=255)
     write_png(grid, str(out / "grid.png"))
 
 
@@ -369,7 +385,7 @@ def run(job: SampleJob, model=None, progress=True) -> dict:
         else:
             all_labels = labels_for(range(job.n), classes=list(job.classes), mode=job.mode, n=job.n,
                                     num_classes=cfg.num_classes, seed=job.seed)
-        write_grid(out, job.n)
+        write_grid(out, job.n, columns=len(job.prompts) if encoder is not None else len(job.classes))
         if job.npz:
             write_npz(out, job.n, all_labels)
         if stats is None:  # nothing left to do: count one solve's evaluations analytically from a dry run

@@ -130,3 +130,12 @@ def test_prompt_to_prompt_edit(gemma, t2i, tmp_path):
     assert res["target"] == {"prompt": "blue bird over sea", "cfg": 4.0} and res["network_evaluations_per_image"] == 12
     r = runner.invoke(app, ["edit", str(tmp_path / "in.png"), "--ckpt", str(t2i), "--src", "a", "--tgt", "b", "--out", str(tmp_path / "n")])
     assert r.exit_code == 1 and "--text-encoder" in r.output
+
+
+def test_release_aspect_ratio_buckets():
+    from pixeldit_cli.sample import aspect_bucket
+    assert aspect_bucket("1:1") == (1024, 1024) and aspect_bucket("16:9") == (768, 1344)
+    assert aspect_bucket("9:16") == (1344, 768) and aspect_bucket("4:1") == (512, 2048)
+    assert aspect_bucket("16:9", 512) == (384, 672)  # the 512 table is the 1024 one halved
+    with pytest.raises(PixelDiTError, match="is not W:H"):
+        aspect_bucket("wide")

@@ -86,6 +86,12 @@ def test_repa_token_count_branches_by_hand():
     assert repa_loss(one, target).item() == pytest.approx((1 - cos).mean().item(), abs=1e-6)
 
 
+def test_flip_coins_are_per_slot_and_fair():
+    from pixeldit_cli.train.objective import flip_mask
+    a, b = flip_mask(0, 3, range(2000)), flip_mask(0, 3, range(1000, 2000))
+    assert torch.equal(a[1000:], b) and abs(a.float().mean().item() - 0.5) < 0.05
+
+
 def test_draws_depend_on_seed_step_and_slot_only():
     n1, t1, d1 = draw(0, 5, [0, 1, 2, 3], (3, 4, 4), 0.1, 1.0)
     n2, t2, d2 = draw(0, 5, [2, 3], (3, 4, 4), 0.1, 1.0)
@@ -194,7 +200,7 @@ def cfg_for(data, **kw):
     base = {"model.name": "PixelDiT-XS/4", "model.num_classes": 4, "data.path": str(data), "data.resolution": 16,
             "data.num_workers": 0, "train.global_batch": 8, "train.micro_batch": 4, "train.steps": 4,
             "train.log_every": 1, "train.sample_every": 0, "train.ckpt_every": 2, "train.lr": 1e-3,
-            "train.keep_every": 0, "sample.steps": 4}
+            "train.keep_every": 0, "train.warmup_steps": 0, "sample.steps": 4}
     base.update(kw)
     return apply_overrides(load_preset("smoke"), base)
 
@@ -245,7 +251,8 @@ def test_two_processes_equal_one(data, tmp_path):
            "train", "--preset", "smoke", "--out", str(tmp_path / "two"), "--model.name", "PixelDiT-XS/4",
            "--model.num_classes", "4", "--data.path", str(data), "--data.resolution", "16", "--data.num_workers", "0",
            "--train.global_batch", "8", "--train.micro_batch", "4", "--train.steps", "3", "--train.sample_every", "0",
-           "--train.ckpt_every", "2", "--train.lr", "1e-3", "--train.keep_every", "0", "--train.log_every", "1"]
+           "--train.ckpt_every", "2", "--train.lr", "1e-3", "--train.keep_every", "0", "--train.log_every", "1",
+           "--train.warmup_steps", "0"]
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-2000:]
     a = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)["model"]

@@ -24,7 +24,7 @@ from ..sample import barrier, init_distributed, noise_for, to_uint8
 from ..solvers import solve
 from . import checkpoint
 from .data import BucketStepSampler, CaptionDataset, StepSampler, collate, collate_captions, open_dataset
-from .objective import DinoEncoder, DinoEncoder224, Projector, draw, flow_loss, t2i_draw, t2i_flow_loss
+from .objective import DinoEncoder, DinoEncoder224, Projector, draw, flip_mask, flow_loss, t2i_draw, t2i_flow_loss
 
 
 def lr_at(tc, step: int) -> float:
@@ -209,8 +209,11 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
                 u8, y = next(it)
                 wait_log += time.perf_counter() - t0
                 u8 = u8.to(device, non_blocking=True)
-                x = (u8.float() / 255 - 0.5) / 0.5
                 mine = slots[k * tc.micro_batch: (k + 1) * tc.micro_batch]
+                if cfg.data.flip:
+                    f = flip_mask(tc.seed, step, mine).to(device).view(-1, 1, 1, 1)
+                    u8 = torch.where(f, u8.flip(-1), u8)
+                x = (u8.float() / 255 - 0.5) / 0.5
                 target = encoder(u8.float() / 255) if encoder is not None else None
                 sync = contextlib.nullcontext() if (world == 1 or k == accum - 1) else net.no_sync()
                 if t2i:  # y: captions -> Gemma states; σ from the release's discrete shifted grid

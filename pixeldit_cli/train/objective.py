@@ -40,6 +40,11 @@ def draw(seed: int, step: int, slots, shape, drop_prob: float, time_shift: float
     return torch.stack(noise), shift_t(t, time_shift), torch.cat(drop)
 
 
+def flip_mask(seed: int, step: int, slots) -> torch.Tensor:
+    """Horizontal-flip coins per sample slot (data.flip; off in the release), from their own stream."""
+    return torch.tensor([bool(np.random.SeedSequence([seed, step, j, 0xF11B]).generate_state(1)[0] & 1) for j in slots])
+
+
 def shift_t(t, s: float):
     return t / (t + (1 - t) * s)
 
