@@ -9,12 +9,11 @@ Preprocessing is the graph's own: TF1 bilinear resize to 299 (no half-pixel, no 
 first 7 channels, flattened NHWC: 2023) and bias-free logits (1008) for the Inception Score.
 """
 
-import hashlib
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..sample import file_sha256
 from .resize import tf1_resize_bilinear
 
 
@@ -167,12 +166,7 @@ class FIDInception(nn.Module):
 PT_INCEPTION_PREFIX = "6726825d"  # pt_inception-2015-12-05-6726825d.pth: the first 8 hex of its SHA-256
 
 
-def sha256_file(path, chunk=1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+sha256_file = file_sha256
 
 
 def load_inception(path=None, expected_sha256: str | None = None):

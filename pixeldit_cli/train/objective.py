@@ -145,16 +145,20 @@ def flow_loss(net, x, y, t, noise, drop, null_class: int, projector=None, repa_t
     tb = t.view(-1, *([1] * (x.dim() - 1)))
     x_t = tb * x + (1 - tb) * noise
     v = x - noise
-    use_repa = repa_weight > 0 and projector is not None and repa_target is not None
-    ctx = torch.autocast(x.device.type, dtype=autocast) if autocast is not None else _null()
-    with ctx:
-        out = net(x_t, t, y, return_patch_tokens_at=repa_block) if use_repa else net(x_t, t, y)
-        if use_repa:
-            out, h = out
-            proj = projector(h)
+    out, proj = _forward(net, x_t, t, y, projector if repa_target is not None and repa_weight > 0 else None, repa_block, autocast)
     loss_flow = ((out.float() - v) ** 2).mean()
-    loss_repa = repa_loss(proj.float(), repa_target.float()) if use_repa else torch.zeros((), device=x.device)
+    loss_repa = repa_loss(proj.float(), repa_target.float()) if proj is not None else torch.zeros((), device=x.device)
     return loss_flow + repa_weight * loss_repa, loss_flow.detach(), loss_repa.detach()
+
+
+def _forward(net, x_t, t, y, projector, repa_block: int, autocast):
+    """The network (under autocast if asked) and, with a projector, the projected patch tokens of `repa_block`."""
+    ctx = torch.autocast(x_t.device.type, dtype=autocast) if autocast is not None else _null()
+    with ctx:
+        if projector is None:
+            return net(x_t, t, y), None
+        out, h = net(x_t, t, y, return_patch_tokens_at=repa_block)
+        return out, projector(h)
 
 
 class _null:
@@ -215,13 +219,8 @@ def t2i_flow_loss(net, x, text, null_text, sigma, timestep, noise, drop, project
     sb = sigma.view(-1, 1, 1, 1)
     x_t = (1 - sb) * x + sb * noise
     target = noise - x
-    use_repa = repa_weight > 0 and projector is not None and repa_target is not None
-    ctx = torch.autocast(x.device.type, dtype=autocast) if autocast is not None else _null()
-    with ctx:
-        out = net(x_t, timestep, y, return_patch_tokens_at=repa_block) if use_repa else net(x_t, timestep, y)
-        if use_repa:
-            out, h = out
-            proj = projector(h)
+    out, proj = _forward(net, x_t, timestep, y, projector if repa_target is not None and repa_weight > 0 else None,
+                         repa_block, autocast)
     loss_flow = ((out.float() - target) ** 2).mean()
-    loss_repa = t2i_repa_loss(proj.float(), repa_target.float()) if use_repa else torch.zeros((), device=x.device)
+    loss_repa = t2i_repa_loss(proj.float(), repa_target.float()) if proj is not None else torch.zeros((), device=x.device)
     return loss_flow + repa_weight * loss_repa, loss_flow.detach(), loss_repa.detach()
