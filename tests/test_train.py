@@ -245,19 +245,35 @@ def test_sigkill_during_checkpoint_write_keeps_the_previous_one(data, tmp_path):
     assert states_equal(a["model"], b["model"]) and states_equal(a["ema"], b["ema"])
 
 
-def test_two_processes_equal_one(data, tmp_path):
-    train(cfg_for(data, **{"train.steps": 3}), tmp_path / "one", progress=False)
+@pytest.fixture(scope="module")
+def dino(tmp_path_factory):
+    from transformers import Dinov2Config, Dinov2Model
+    d = tmp_path_factory.mktemp("dino")
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                             patch_size=7, image_size=14)).save_pretrained(d)
+    return d
+
+
+def test_two_processes_equal_one(data, dino, tmp_path):
+    """Also with REPA: the projector lives outside DDP and its gradients must be averaged as well."""
+    repa = {"train.repa_weight": 0.5, "train.repa_block": 1, "train.repa_encoder": str(dino)}
+    train(cfg_for(data, **{"train.steps": 3}, **repa), tmp_path / "one", progress=False)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pixeldit_cli", "--",
            "train", "--preset", "smoke", "--out", str(tmp_path / "two"), "--model.name", "PixelDiT-XS/4",
            "--model.num_classes", "4", "--data.path", str(data), "--data.resolution", "16", "--data.num_workers", "0",
            "--train.global_batch", "8", "--train.micro_batch", "4", "--train.steps", "3", "--train.sample_every", "0",
            "--train.ckpt_every", "2", "--train.lr", "1e-3", "--train.keep_every", "0", "--train.log_every", "1",
-           "--train.warmup_steps", "0"]
+           "--train.warmup_steps", "0", "--train.repa_weight", "0.5", "--train.repa_block", "1",
+           "--train.repa_encoder", str(dino)]
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-2000:]
-    a = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    one = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)
+    two = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=True)
+    a, b = one["model"], two["model"]
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    pa, pb = one["projector"], two["projector"]
+    assert max((pa[k] - pb[k]).abs().max().item() for k in pa) < 1e-5
     assert any((a[k] - torch.load(tmp_path / "one" / "checkpoints" / "0000002.pt", weights_only=True)["model"][k]).abs().max() > 0 for k in a)
 
 

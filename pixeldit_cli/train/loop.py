@@ -231,6 +231,11 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
                                                   tc.repa_block, tc.repa_weight, autocast)
                         (loss * (tc.micro_batch / per_rank)).backward()
                 sums += torch.stack([loss.detach(), lf, lr_]) * (tc.micro_batch / per_rank)
+            if world > 1 and projector is not None:  # DDP wraps the network only: average the projector's grads too
+                for prm in projector.parameters():
+                    if prm.grad is not None:
+                        torch.distributed.all_reduce(prm.grad)
+                        prm.grad /= world
             gnorm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
             if world > 1:
                 torch.distributed.all_reduce(sums)
