@@ -46,8 +46,19 @@ def friendly(fn):
     return wrapper
 
 
-def not_built(command: str, issue: int):
-    raise PixelDiTError(f"`pixeldit {command}` is not built yet (tracked in issue {issue})", exit_code=2)
+def _version(value: bool):
+    if value:
+        import torch
+
+        from . import __version__
+
+        print(f"pixeldit {__version__} (torch {torch.__version__})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.")):
+    """PixelDiT toolkit."""
 
 
 #################################################################################

@@ -77,3 +77,12 @@ def test_real_process_prints_one_line_and_no_traceback(tmp_path):
     p = subprocess.run([sys.executable, "-m", "pixeldit_cli", "--", "flops", "--model", "PixelDiT-S/4", "--res", "32", "--json"],
                        capture_output=True, text=True)
     assert p.returncode == 0 and json.loads(p.stdout)["height"] == 32
+
+
+def test_version_and_debug_traceback(monkeypatch):
+    r = run("--version")
+    assert r.exit_code == 0 and r.output.startswith("pixeldit 0.1.0")
+    monkeypatch.setenv("PIXELDIT_DEBUG", "1")
+    r = run("flops", "--res", "100")
+    from pixeldit_cli.errors import PixelDiTError
+    assert isinstance(r.exception, PixelDiTError) and "multiple of the patch size" in str(r.exception)

@@ -145,6 +145,7 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
             keep = [l for l in metrics_path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
             metrics_path.write_text("".join(k + "\n" for k in keep))
         n_params = count_params(model)
+        print("resolved config:\n" + "\n".join("  " + l for l in to_yaml(cfg).splitlines()), flush=True)
         print(f"PixelDiT {cfg.model.name}: {n_params:,} params | global batch {tc.global_batch} = {world} proc × "
               f"{tc.micro_batch} × {accum} accum | lr {tc.lr:g} | steps {step} -> {tc.steps} | "
               f"{'resumed from ' + str(resume_path) if state else 'fresh'} | {device} {'bf16' if autocast else 'fp32'}", flush=True)
