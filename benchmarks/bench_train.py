@@ -23,13 +23,14 @@ def one(name, res, batch, steps):
 
     from pixeldit_cli.flops import analytic_flops, matmul_rate
     from pixeldit_cli.models import build_model
-    from pixeldit_cli.train.loop import ema_update
+    from pixeldit_cli.config import load_preset
+    from pixeldit_cli.train.loop import ema_update, make_optimizer
     from pixeldit_cli.train.objective import draw, flow_loss
 
     torch.manual_seed(0)
     model = build_model(name, num_classes=10 if "S/" in name else 1000)
     ema = [p.detach().clone() for p in model.parameters()]
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
+    opt = make_optimizer(list(model.parameters()), load_preset("xl256").train, torch.device("cpu"))  # as the trainer builds it
     x = torch.rand(batch, 3, res, res) * 2 - 1
     y = torch.randint(0, model.config.num_classes, (batch,))
 

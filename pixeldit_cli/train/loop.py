@@ -38,6 +38,17 @@ def clip_at(tc, step: int) -> float:
     return tc.grad_clip_drop_to if tc.grad_clip_drop_step and step >= tc.grad_clip_drop_step else tc.grad_clip
 
 
+def make_optimizer(params, tc, device):
+    """AdamW (β, wd 0, eps 1e-8 as released). The fused kernel: on this CPU the per-parameter loop costs
+    1.9 s per B/16 step and the fused one 0.4 s (benchmarks/bench_train.py); it is deterministic, so
+    resume stays exact."""
+    kw = dict(lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, eps=1e-8)
+    try:
+        return torch.optim.AdamW(params, fused=device.type in ("cpu", "cuda"), **kw)
+    except (RuntimeError, TypeError):  # older torch / unsupported device
+        return torch.optim.AdamW(params, **kw)
+
+
 @torch.no_grad()
 def ema_update(ema_params, params, decay: float):
     """ema ← decay·ema + (1 − decay)·param (no warm-up, no bias correction, as released)."""
@@ -109,7 +120,7 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
         width = 2048 if mcfg.hidden_size == 1536 else mcfg.hidden_size  # the T2I release's projector is 2048 wide
         projector = Projector(mcfg.hidden_size, width, encoder.dim).to(device)
     params = list(model.parameters()) + (list(projector.parameters()) if projector else [])
-    opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, eps=1e-8)
+    opt = make_optimizer(params, tc, device)
     step, skipped = 0, 0
     if state is not None:
         model.load_state_dict(state["model"])
