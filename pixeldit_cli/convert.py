@@ -44,7 +44,9 @@ class KeyReport:
     def lines(self) -> list[str]:
         out = [f"format: {self.source_format}, weights: {self.weights}", f"used: {len(self.used)} tensors"]
         for reason, keys in self.dropped.items():
-            out.append(f"dropped ({reason}): {len(keys)} tensors")
+            unit = "entries" if reason == "training state" else "tensors"
+            out.append(f"dropped ({reason}): {len(keys)} {unit} ({', '.join(keys[:6])}{', …' if len(keys) > 6 else ''})"
+                       if unit == "entries" else f"dropped ({reason}): {len(keys)} {unit}")
         out.append(f"unexpected: {len(self.unexpected)}" + (f" ({', '.join(self.unexpected[:5])})" if self.unexpected else ""))
         return out + self.notes
 
