@@ -225,3 +225,17 @@ def test_cli_bad_inputs(sets, tmp_path):
     for args, msg in cases:
         r = runner.invoke(app, ["eval-fid", *map(str, args), "--no-cache", "--sqrtm", "eigh"])
         assert r.exit_code == 1 and msg in r.output and "Traceback" not in r.output, (args, r.output)
+
+
+def test_sample_output_folder_reads_like_its_npz(tmp_path):
+    """Our `sample` folder (000000.png …, grid.png, results.json) gives the same images as its samples.npz."""
+    from torchvision.io import write_png
+    from pixeldit_cli.metrics.npz import FolderImages
+    imgs = np.random.default_rng(3).integers(0, 256, (5, 8, 12, 3), dtype=np.uint8)
+    for i, im in enumerate(imgs):
+        write_png(torch.from_numpy(im).permute(2, 0, 1).contiguous(), str(tmp_path / f"{i:06d}.png"))
+    write_png(torch.zeros(3, 30, 30, dtype=torch.uint8), str(tmp_path / "grid.png"))
+    (tmp_path / "results.json").write_text("{}")
+    src = open_images(tmp_path)
+    assert isinstance(src, FolderImages) and len(src) == 5 and src.shape == (5, 8, 12, 3)
+    assert np.array_equal(np.concatenate(list(src.batches(2))), imgs)
