@@ -86,3 +86,6 @@ def test_t2i_training_steps(gemma, tmp_path):  # noqa: F811
     assert summary["step"] == 2 and summary["last"]["loss"] > 0
     ck = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert ck["model_config"]["kind"] == "t2i" and (tmp_path / "run" / "samples" / "0000002.png").exists()
+    # the T2I presets train with CAME, as released: its factored second moments are in the optimizer state
+    assert cfg.train.optimizer == "came"
+    assert any("exp_avg_sq_row" in st or "exp_avg_res_row" in st for st in ck["optimizer"]["state"].values())

@@ -39,9 +39,17 @@ def clip_at(tc, step: int) -> float:
 
 
 def make_optimizer(params, tc, device):
-    """AdamW (β, wd 0, eps 1e-8 as released). The fused kernel: on this CPU the per-parameter loop costs
-    1.9 s per B/16 step and the fused one 0.4 s (benchmarks/bench_train.py); it is deterministic, so
-    resume stays exact."""
+    """AdamW (β, wd 0, eps 1e-8 as released for c2i) or CAME (the T2I release: β (0.9, 0.999, 0.9999),
+    eps (1e-30, 1e-16), from the came-pytorch package). AdamW uses the fused kernel: on this CPU the
+    per-parameter loop costs 1.9 s per B/16 step and the fused one 0.4 s; it is deterministic, so resume
+    stays exact."""
+    if tc.optimizer == "came":
+        try:
+            from came_pytorch import CAME
+        except ImportError:
+            raise PixelDiTError("train.optimizer came needs the came-pytorch package",
+                                "pip install came-pytorch, or --train.optimizer adamw") from None
+        return CAME(params, lr=tc.lr, betas=(0.9, 0.999, 0.9999), eps=(1e-30, 1e-16), weight_decay=tc.weight_decay)
     kw = dict(lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, eps=1e-8)
     try:
         return torch.optim.AdamW(params, fused=device.type in ("cpu", "cuda"), **kw)
@@ -72,8 +80,8 @@ def validate(cfg: Config, world: int):
         raise PixelDiTError(
             f"global batch {tc.global_batch} is not divisible by world size {world} × micro-batch {tc.micro_batch}",
             "choose --train.global_batch / --train.micro_batch so that global = world × micro × accumulation")
-    if tc.optimizer != "adamw":
-        raise PixelDiTError(f"optimizer {tc.optimizer!r} is not available", "use adamw")
+    if tc.optimizer not in ("adamw", "came"):
+        raise PixelDiTError(f"optimizer {tc.optimizer!r} is not available", "use adamw or came")
     if not 0 <= tc.cond_drop < 1:
         raise PixelDiTError(f"train.cond_drop must be in [0, 1), got {tc.cond_drop}")
 
