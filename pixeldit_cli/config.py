@@ -57,6 +57,7 @@ class TrainSection:
     repa_encoder: str = ""                # local DINOv2 ViT-B/14 directory (transformers format)
     precision: str = "bf16"               # CUDA autocast; the CPU always trains in fp32
     grad_checkpointing: bool = False
+    fsdp: bool = False                    # shard params/grads/optimizer over ranks (FSDP2); needs > 1 process
     compile: bool = False
     seed: int = 0
     log_every: int = 100

@@ -333,3 +333,27 @@ def test_corrupt_checkpoint_is_named_and_others_kept(data, tmp_path):
     assert (ck / "0000002.pt").exists() and (ck / "0000004.pt").exists()
     train(cfg_for(data, **{"train.steps": 6}), out, resume=str(ck / "0000004.pt"), progress=False)
     assert torch.load(ck / "last.pt", weights_only=True)["step"] == 6
+
+
+def test_fsdp_two_processes_with_resume_equal_one(data, dino, tmp_path):
+    """train.fsdp shards over 2 ranks; 2 steps, then resume to 3, equals 3 unsharded steps on 1 process."""
+    repa = {"train.repa_weight": 0.5, "train.repa_block": 1, "train.repa_encoder": str(dino)}
+    train(cfg_for(data, **{"train.steps": 3}, **repa), tmp_path / "one", progress=False)
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pixeldit_cli", "--",
+            "train", "--preset", "smoke", "--out", str(tmp_path / "fsdp"), "--model.name", "PixelDiT-XS/4",
+            "--model.num_classes", "4", "--data.path", str(data), "--data.resolution", "16", "--data.num_workers", "0",
+            "--train.global_batch", "8", "--train.micro_batch", "4", "--train.sample_every", "2", "--sample.steps", "2",
+            "--train.ckpt_every", "2", "--train.lr", "1e-3", "--train.keep_every", "0", "--train.log_every", "1",
+            "--train.warmup_steps", "0", "--train.repa_weight", "0.5", "--train.repa_block", "1",
+            "--train.repa_encoder", str(dino), "--train.fsdp", "true"]
+    for steps in ("2", "3"):
+        p = subprocess.run(base + ["--train.steps", steps], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert p.returncode == 0, p.stderr[-2000:]
+    one = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)
+    two = torch.load(tmp_path / "fsdp" / "checkpoints" / "last.pt", weights_only=True)
+    assert two["step"] == 3 and (tmp_path / "fsdp" / "samples" / "0000002.png").exists()
+    for part in ("model", "ema", "projector"):
+        a, b = one[part], two[part]
+        assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5, part
+    sa, sb = one["optimizer"]["state"], two["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and max((sa[k]["exp_avg"] - sb[k]["exp_avg"]).abs().max().item() for k in sa) < 1e-5

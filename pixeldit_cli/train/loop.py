@@ -38,7 +38,15 @@ def clip_at(tc, step: int) -> float:
     return tc.grad_clip_drop_to if tc.grad_clip_drop_step and step >= tc.grad_clip_drop_step else tc.grad_clip
 
 
-def make_optimizer(params, tc, device):
+def trainable_modules(model, projector):
+    """What the optimizer trains, as one module: the network, then the REPA projector (index order)."""
+    d = torch.nn.ModuleDict({"model": model})
+    if projector is not None:
+        d["projector"] = projector
+    return d
+
+
+def make_optimizer(params, tc, device, fused: bool = True):
     """AdamW (β, wd 0, eps 1e-8 as released for c2i) or CAME (the T2I release: β (0.9, 0.999, 0.9999),
     eps (1e-30, 1e-16), from the came-pytorch package). AdamW uses the fused kernel: on this CPU the
     per-parameter loop costs 1.9 s per B/16 step and the fused one 0.4 s; it is deterministic, so resume
@@ -52,7 +60,7 @@ def make_optimizer(params, tc, device):
         return CAME(params, lr=tc.lr, betas=(0.9, 0.999, 0.9999), eps=(1e-30, 1e-16), weight_decay=tc.weight_decay)
     kw = dict(lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, eps=1e-8)
     try:
-        return torch.optim.AdamW(params, fused=device.type in ("cpu", "cuda"), **kw)
+        return torch.optim.AdamW(params, fused=fused and device.type in ("cpu", "cuda"), **kw)
     except (RuntimeError, TypeError):  # older torch / unsupported device
         return torch.optim.AdamW(params, **kw)
 
@@ -127,21 +135,31 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
         encoder = (DinoEncoder224 if t2i else DinoEncoder)(tc.repa_encoder).to(device)
         width = 2048 if mcfg.hidden_size == 1536 else mcfg.hidden_size  # the T2I release's projector is 2048 wide
         projector = Projector(mcfg.hidden_size, width, encoder.dim).to(device)
-    params = list(model.parameters()) + (list(projector.parameters()) if projector else [])
-    opt = make_optimizer(params, tc, device)
+    use_fsdp = tc.fsdp and world > 1
     step, skipped = 0, 0
-    if state is not None:
+    if state is not None:  # full tensors into the unsharded modules; sharding (if any) comes after
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         if projector is not None and state.get("projector"):
             projector.load_state_dict(state["projector"])
-        opt.load_state_dict(state["optimizer"])
+    if use_fsdp:
+        from . import fsdp
+
+        fsdp.shard(model, ema, projector)
+    mods = trainable_modules(model, projector)
+    params = list(mods.parameters())
+    opt = make_optimizer(params, tc, device, fused=not use_fsdp)
+    if state is not None:
+        if use_fsdp:
+            fsdp.load_optimizer(opt, mods, state["optimizer"])
+        else:
+            opt.load_state_dict(state["optimizer"])
         step, skipped = state["step"], state.get("nonfinite_skipped", 0)
         rng = state.get("rng", [])
         if rank < len(rng):
             torch.set_rng_state(rng[rank])
 
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 and not use_fsdp else model
     if tc.compile:
         net = torch.compile(net)
     per_rank = tc.global_batch // world
@@ -176,9 +194,13 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
         if world > 1:
             rng = [None] * world
             torch.distributed.all_gather_object(rng, torch.get_rng_state())
+        if use_fsdp:  # gathered on every rank (collective), materialised on rank 0
+            full = fsdp.full_state(model, ema, projector, opt, mods)
+        else:
+            full = {"model": model.state_dict(), "ema": ema.state_dict(),
+                    "projector": projector.state_dict() if projector else {}, "optimizer": opt.state_dict()}
         if rank == 0:
-            st = {"format": checkpoint.TRAIN_FORMAT, "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
-                  "projector": projector.state_dict() if projector else {}, "optimizer": opt.state_dict(),
+            st = {"format": checkpoint.TRAIN_FORMAT, "step": step, **full,
                   "model_config": mcfg.to_dict(), "config": json.loads(json.dumps(cfg.to_dict())), "rng": rng,
                   "class_names": class_names, "nonfinite_skipped": skipped,
                   "data_position": {"step": step, "epoch": step // sampler.per_epoch, "batch_in_epoch": step % sampler.per_epoch}}
@@ -186,7 +208,7 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
         barrier(world)
 
     def sample_grid():
-        if rank != 0:
+        if rank != 0 and not use_fsdp:  # a sharded EMA needs every rank in its forward
             return
         sc = cfg.sample
         if t2i:
@@ -200,7 +222,8 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
 
         per_row = 4 if t2i else (4 * 2 if null <= 16 else 4)
         (out / "samples").mkdir(exist_ok=True)
-        write_png(make_grid(to_uint8(imgs).cpu(), nrow=per_row, padding=2, pad_value=255), str(out / "samples" / f"{step:07d}.png"))
+        if rank == 0:
+            write_png(make_grid(to_uint8(imgs).cpu(), nrow=per_row, padding=2, pad_value=255), str(out / "samples" / f"{step:07d}.png"))
 
     bar = None
     if progress and rank == 0:
@@ -235,7 +258,7 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
                     u8 = torch.where(f, u8.flip(-1), u8)
                 x = (u8.float() / 255 - 0.5) / 0.5
                 target = encoder(u8.float() / 255) if encoder is not None else None
-                sync = contextlib.nullcontext() if (world == 1 or k == accum - 1) else net.no_sync()
+                sync = contextlib.nullcontext() if (world == 1 or use_fsdp or k == accum - 1) else net.no_sync()
                 if t2i:  # y: captions -> Gemma states; σ from the release's discrete shifted grid
                     emb, null_emb = text.encode(list(y)).to(device), text.null("").to(device)
                     noise, sig, ts_, drop = (a.to(device) for a in t2i_draw(tc.seed, step, mine, tuple(x.shape[1:]), tc.cond_drop, tc.time_shift))
@@ -251,12 +274,14 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
                                                   tc.repa_block, tc.repa_weight, autocast)
                         (loss * (tc.micro_batch / per_rank)).backward()
                 sums += torch.stack([loss.detach(), lf, lr_]) * (tc.micro_batch / per_rank)
-            if world > 1 and projector is not None:  # DDP wraps the network only: average the projector's grads too
+            if world > 1 and projector is not None and not use_fsdp:  # DDP wraps the network only: average the projector's grads too
                 for prm in projector.parameters():
                     if prm.grad is not None:
                         torch.distributed.all_reduce(prm.grad)
                         prm.grad /= world
             gnorm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+            if use_fsdp:
+                gnorm = fsdp.as_full(gnorm)
             if world > 1:
                 torch.distributed.all_reduce(sums)
                 sums /= world
