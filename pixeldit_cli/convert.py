@@ -44,9 +44,10 @@ class KeyReport:
     def lines(self) -> list[str]:
         out = [f"format: {self.source_format}, weights: {self.weights}", f"used: {len(self.used)} tensors"]
         for reason, keys in self.dropped.items():
-            unit = "entries" if reason == "training state" else "tensors"
-            out.append(f"dropped ({reason}): {len(keys)} {unit} ({', '.join(keys[:6])}{', …' if len(keys) > 6 else ''})"
-                       if unit == "entries" else f"dropped ({reason}): {len(keys)} {unit}")
+            if reason == "training state":  # top-level entries (optimizer, rng, config, ...), worth naming
+                out.append(f"dropped ({reason}): {len(keys)} entries ({', '.join(keys)})")
+            else:
+                out.append(f"dropped ({reason}): {len(keys)} tensors")
         out.append(f"unexpected: {len(self.unexpected)}" + (f" ({', '.join(self.unexpected[:5])})" if self.unexpected else ""))
         return out + self.notes
 

@@ -176,6 +176,7 @@ def fit_image(img, p: int, how: str):
 
 
 def unfit(img, info, H: int, W: int):
+    """Undo --fit pad (crop back to the input size); crop and resize outputs keep their fitted size."""
     return img[:, :H, :W] if info["fit"] == "pad" else img
 
 
@@ -240,10 +241,10 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=50, n_max=33, n_min=
     for k in range(num_seeds):
         z, stats = flowedit(model, x[None], cond_src, cond_tgt, steps=steps, n_max=n_max, n_min=n_min, n_avg=n_avg,
                             src_cfg=src_cfg, tgt_cfg=tgt_cfg, shift=shift, seed=seed + k, uncond=uncond)
-        e = unfit(to_uint8(z)[0], info, H0, W0) if fit == "pad" else to_uint8(z)[0]
+        e = unfit(to_uint8(z)[0], info, H0, W0)
         write_png(e, str(out / names[k]))
         edits.append(e)
-    src_shown = unfit(fitted, info, H0, W0) if fit == "pad" else fitted
+    src_shown = unfit(fitted, info, H0, W0)
     sep = torch.full((3, src_shown.shape[1], 2), 255, dtype=torch.uint8)
     write_png(torch.cat([t for e in [src_shown, *edits] for t in (e, sep)][:-1], dim=2), str(out / "strip.png"))
 

@@ -40,6 +40,21 @@ def quiet_transformers():
         pass
 
 
+def load_pretrained(what: str, path, hint: str, load):
+    """`load(path, local_files_only)` for a local folder (a hub id only with PIXELDIT_ALLOW_DOWNLOAD=1),
+    without transformers' progress bars; a loader error becomes one line naming `what`."""
+    path = str(path)
+    local = os.path.isdir(path)
+    if not local and not os.environ.get("PIXELDIT_ALLOW_DOWNLOAD"):
+        raise PixelDiTError(f"{what} {path!r} is not a local directory",
+                            f"{hint} (nothing is downloaded unless PIXELDIT_ALLOW_DOWNLOAD=1)")
+    quiet_transformers()
+    try:
+        return load(path, local)
+    except (OSError, ValueError) as e:
+        raise PixelDiTError(f"cannot load the {what} from {path}: {str(e).splitlines()[0]}") from None
+
+
 def clean_prompt(prompt: str) -> str:
     """The release cuts anything from --aspect_ratio / --ar / --hw on, then strips whitespace."""
     return re.split(r"--aspect_ratio|--ar|--hw", prompt)[0].strip()
@@ -54,20 +69,15 @@ class TextEncoder:
             from transformers import AutoModel, AutoTokenizer
         except ImportError:
             raise PixelDiTError("the text encoder needs transformers", "pip install 'pixeldit[text]'") from None
-        path = str(path)
-        local = os.path.isdir(path)
-        if not local and not os.environ.get("PIXELDIT_ALLOW_DOWNLOAD"):
-            raise PixelDiTError(f"text encoder {path!r} is not a local directory",
-                                "pass --text-encoder DIR with Gemma-2-2b-it (nothing is downloaded unless PIXELDIT_ALLOW_DOWNLOAD=1)")
-        quiet_transformers()
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+
+        def load(path, local):
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
             try:
-                model = AutoModel.from_pretrained(path, local_files_only=local, dtype=dtype)
+                return tokenizer, AutoModel.from_pretrained(path, local_files_only=local, dtype=dtype)
             except TypeError:  # transformers < 4.56 names it torch_dtype
-                model = AutoModel.from_pretrained(path, local_files_only=local, torch_dtype=dtype)
-        except (OSError, ValueError) as e:
-            raise PixelDiTError(f"cannot load the text encoder from {path}: {str(e).splitlines()[0]}") from None
+                return tokenizer, AutoModel.from_pretrained(path, local_files_only=local, torch_dtype=dtype)
+
+        self.tokenizer, model = load_pretrained("text encoder", path, "pass --text-encoder DIR with Gemma-2-2b-it", load)
         self.model = (model.get_decoder() if hasattr(model, "get_decoder") and model.get_decoder() is not None else model)
         self.model = self.model.to(device).eval().requires_grad_(False)
         self.tokenizer.padding_side = "right"
@@ -89,9 +99,13 @@ class TextEncoder:
         out = self.model(input_ids=tok.input_ids.to(self.device), attention_mask=tok.attention_mask.to(self.device))
         return out.last_hidden_state.float()
 
-    def encode(self, prompts: list[str]) -> torch.Tensor:
-        """Positive prompts with the CHI prefix: BOS + the last max_length − 1 of n_chi + max_length − 2 states."""
+    def encode(self, prompts: list[str], cache: bool = True) -> torch.Tensor:
+        """Positive prompts with the CHI prefix: BOS + the last max_length − 1 of n_chi + max_length − 2 states.
+
+        cache=True keeps each prompt's states (sampling reuses a few prompts); training passes False, since
+        every caption of a dataset would otherwise stay in memory (~2.8 MB each at 300 × 2304)."""
         prompts = [clean_prompt(p) for p in prompts]
+        store = self._cache if cache else {}
         todo = [p for p in dict.fromkeys(prompts) if p not in self._cache]
         if todo:
             max_len = self.n_chi + self.max_length - 2
@@ -102,8 +116,8 @@ class TextEncoder:
             h = self._states(full, max_len)
             select = [0] + list(range(max_len - (self.max_length - 1), max_len))
             for p, e in zip(todo, h[:, select]):
-                self._cache[p] = e
-        return torch.stack([self._cache[p] for p in prompts])
+                store[p] = e
+        return torch.stack([self._cache[p] if p in self._cache else store[p] for p in prompts])
 
     def null(self, negative: str = "") -> torch.Tensor:
         """The unconditional embedding: the (negative) prompt alone, no prefix, all max_length states."""

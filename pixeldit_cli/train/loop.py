@@ -260,7 +260,7 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
                 target = encoder(u8.float() / 255) if encoder is not None else None
                 sync = contextlib.nullcontext() if (world == 1 or use_fsdp or k == accum - 1) else net.no_sync()
                 if t2i:  # y: captions -> Gemma states; σ from the release's discrete shifted grid
-                    emb, null_emb = text.encode(list(y)).to(device), text.null("").to(device)
+                    emb, null_emb = text.encode(list(y), cache=False).to(device), text.null("").to(device)
                     noise, sig, ts_, drop = (a.to(device) for a in t2i_draw(tc.seed, step, mine, tuple(x.shape[1:]), tc.cond_drop, tc.time_shift))
                     with sync:
                         loss, lf, lr_ = t2i_flow_loss(net, x, emb, null_emb, sig, ts_, noise, drop, projector, target,

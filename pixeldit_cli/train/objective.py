@@ -105,22 +105,14 @@ class DinoEncoder(nn.Module):
             from transformers import Dinov2Model
         except ImportError:
             raise PixelDiTError("REPA needs transformers", "pip install 'pixeldit[repa]', or set --train.repa_weight 0") from None
-        import os
-
         if not path:
             raise PixelDiTError("REPA is on but no DINOv2 encoder was given",
                                 "pass --repa-encoder DIR (a local facebook/dinov2-base), or --train.repa_weight 0")
-        local = os.path.isdir(path)
-        if not local and not os.environ.get("PIXELDIT_ALLOW_DOWNLOAD"):
-            raise PixelDiTError(f"REPA encoder {path!r} is not a local directory",
-                                "pass the folder of a saved Dinov2Model (nothing is downloaded unless PIXELDIT_ALLOW_DOWNLOAD=1)")
-        from ..text import quiet_transformers
+        from ..text import load_pretrained
 
-        quiet_transformers()
-        try:
-            self.net = Dinov2Model.from_pretrained(path, local_files_only=local).eval().requires_grad_(False)
-        except (OSError, ValueError) as e:
-            raise PixelDiTError(f"cannot load the REPA encoder from {path}: {str(e).splitlines()[0]}") from None
+        self.net = load_pretrained("REPA encoder", path, "pass the folder of a saved Dinov2Model",
+                                   lambda p, local: Dinov2Model.from_pretrained(p, local_files_only=local))
+        self.net = self.net.eval().requires_grad_(False)
         self.dim = self.net.config.hidden_size
         self.register_buffer("mean", torch.tensor(self.MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.STD).view(1, 3, 1, 1), persistent=False)
@@ -186,7 +178,7 @@ def t2i_draw(seed: int, step: int, slots, shape, drop_prob: float, shift: float)
     for j in slots:
         g = slot_generator(seed, step, j)
         n = torch.randn(1, generator=g)
-        idx.append(int(torch.sigmoid(n).item() * 1000) if torch.sigmoid(n).item() < 1 else 999)
+        idx.append(min(int(torch.sigmoid(n).item() * 1000), 999))  # sigmoid can round to 1.0 in fp32
         drop.append(torch.rand(1, generator=g) < drop_prob)
         noise.append(torch.randn(*shape, generator=g))
     sig = t2i_sigmas(shift)[torch.tensor(idx)]
