@@ -13,7 +13,7 @@ import time
 import torch
 
 from pixeldit_cli.models import build_model
-from pixeldit_cli.sample import noise_for
+from pixeldit_cli.solvers import noise_for
 from pixeldit_cli.solvers import solve
 
 CASES = [("PixelDiT-S/4", 32, 16, 20), ("PixelDiT-T2I-S/16", 64, 2, 25), ("PixelDiT-B/16", 256, 2, 4)]  # name, res, batch, steps

@@ -139,10 +139,8 @@ def convert(
 
 
 #################################################################################
-#                  Commands owned by later issues (not built yet)               #
+#                                    train                                      #
 #################################################################################
-
-_later = dict(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 
 
 @app.command(
@@ -173,6 +171,8 @@ def train(
     from .train import train as run_training
 
     if nproc > 1:
+        from .dist import launch_workers
+
         return launch_workers(nproc)
     overrides = parse_overrides(list(ctx.args))
     if steps is not None:
@@ -228,23 +228,29 @@ def sample(
     batch_size: int = typer.Option(32, "--batch-size", help="Images per forward (does not change the images).", rich_help_panel="Distributed"),
     nproc: int = typer.Option(1, "--nproc", help="Start this many worker processes here (torchrun not needed).", rich_help_panel="Distributed"),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16.", rich_help_panel="Distributed"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present; torchrun: the local rank's GPU) | cpu | cuda | cuda:N.", rich_help_panel="Distributed"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the network.", rich_help_panel="Distributed"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: named after every knob).", rich_help_panel="Output"),
-    npz: bool = typer.Option(False, "--npz", help="Also write an ADM samples.npz (arr_0 uint8 NHWC, arr_1 labels).", rich_help_panel="Output"),
+    npz: bool = typer.Option(False, "--npz", help="Make sure an ADM samples.npz is written (arr_0 uint8 NHWC, arr_1 labels).", rich_help_panel="Output"),
+    fmt: str = typer.Option("auto", "--format", help="png | npz | both | auto (both up to 1000 images, the npz alone above).", rich_help_panel="Output"),
+    as_json: bool = typer.Option(False, "--json", help="Print results.json's content as one JSON object (no progress bar).", rich_help_panel="Output"),
 ):
     """Sample images: per-index PNGs, grid.png, results.json (and samples.npz)."""
     from .config import load_preset
-    from .sample import SampleJob, imagenet_names, parse_class, run, validate
+    from .labels import imagenet_names, parse_class
+    from .sample import SampleJob, run, validate
 
     if nproc > 1:
+        from .dist import launch_workers
+
         return launch_workers(nproc)
     if not ckpt.exists():
         raise PixelDiTError(f"checkpoint {ckpt} does not exist", "check the --ckpt path")
     from .convert import load_model
-    from .sample import init_distributed
+    from .dist import init_distributed
 
-    _, _, device = init_distributed()
-    model = load_model(ckpt, weights=weights, device=device)
+    _, _, dev = init_distributed(device)
+    model = load_model(ckpt, weights=weights, device=dev)
     mc = model.config
     if mc.kind == "t2i" and classes:
         raise PixelDiTError("--class was given but this is a text-to-image checkpoint", "use --prompt")
@@ -262,7 +268,7 @@ def sample(
     sc = base.sample
     res = base.data.resolution if preset or mc.kind == "t2i" else 256
     if aspect_ratio:
-        from .sample import aspect_bucket
+        from .labels import aspect_bucket
 
         if height or width:
             raise PixelDiTError("--aspect-ratio and --height/--width both given", "use one of them")
@@ -275,44 +281,27 @@ def sample(
         cfg=cfg if cfg is not None else sc.cfg, interval=tuple(cfg_interval) if cfg_interval else sc.interval,
         shift=shift if shift is not None else sc.shift, height=height or sc.height or res,
         width=width or sc.width or res, seed=seed, batch_size=batch_size, precision=precision,
-        npz=npz, compile=compile, weights=weights, prompts=tuple(prompts),
+        npz=npz, compile=compile, weights=weights, prompts=tuple(prompts), format=fmt, device=device,
         negative_prompt=negative_prompt if negative_prompt is not None else base.text.negative_prompt,
         text_encoder=str(text_encoder or base.text.encoder or ""),
     )
     if not ids and class_mode not in ("uniform", "balanced"):
         raise PixelDiTError(f"unknown --classes mode {class_mode!r}", "use uniform or balanced, or give --class")
     validate(job, mc)
-    result = run(job, model=model)
+    result = run(job, model=model, progress=not as_json)
+    if as_json:
+        if result:
+            print(json.dumps(result))
+        return
     for t in (result or {}).get("truncated_prompts") or []:
         err.print(f"note: prompt truncated to the {mc.text_len}-token window: {t[:60]!r}", highlight=False)
     if result:
-        out.print(f"{n} images in {result['settings']['out']}  (NFE per sample {result['nfe_per_sample']}, "
+        what = {"png": "PNGs", "npz": "samples.npz", "both": "PNGs and samples.npz"}[result["format"]]
+        rule = " (--format auto: over 1000 images only samples.npz; --format both for PNGs too)" \
+            if fmt == "auto" and result["format"] == "npz" else ""
+        out.print(f"{n} images in {result['settings']['out']} as {what}{rule}  (NFE per sample {result['nfe_per_sample']}, "
                   f"{result['generated_this_run']} generated, {result['resumed_from_disk']} already on disk)", highlight=False,
                   soft_wrap=True)
-
-
-def launch_workers(nproc: int):
-    """Re-run this command in `nproc` processes through torch.distributed's launcher (what torchrun uses)."""
-    import uuid
-
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    argv = sys.argv[1:]
-    for i, a in enumerate(argv):
-        if a == "--nproc":
-            del argv[i: i + 2]
-            break
-        if a.startswith("--nproc="):
-            del argv[i]
-            break
-    if argv and argv[0] == "--":
-        argv = argv[1:]
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
-    try:
-        elastic_launch(config, sys.executable)("-m", "pixeldit_cli", *argv)
-    except Exception as e:  # ChildFailedError: a worker already printed its own one-line error
-        raise PixelDiTError(f"{nproc} worker processes did not all finish ({type(e).__name__})") from None
 
 
 @app.command(
@@ -349,6 +338,8 @@ def edit(
     bbox: Optional[tuple[int, int, int, int]] = typer.Option(None, "--bbox", help="Edit box x0 y0 x1 y1 (pixels).", rich_help_panel="Metrics"),
     out_dir: Path = typer.Option(Path("edits"), "--out", help="Output folder.", rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", help="Print results.json's content as one JSON object.", rich_help_panel="Output"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present) | cpu | cuda | cuda:N.", rich_help_panel="Model"),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16.", rich_help_panel="Model"),
 ):
     """Edit an image with FlowEdit (class to class); MSE/SSIM outside the edit region with --mask/--bbox."""
     from .edit import run_edit
@@ -357,7 +348,7 @@ def edit(
         raise PixelDiTError(f"checkpoint {ckpt} does not exist", "check the --ckpt path")
     r = run_edit(image, ckpt, src, tgt, out_dir, steps=steps, n_max=n_max, n_min=n_min, n_avg=n_avg, src_cfg=src_cfg,
                  tgt_cfg=tgt_cfg, shift=shift, seed=seed, num_seeds=num_seeds, fit=fit, mask=mask, bbox=bbox,
-                 text_encoder=text_encoder, negative_prompt=negative_prompt)
+                 text_encoder=text_encoder, negative_prompt=negative_prompt, device=device, precision=precision)
     if as_json:
         print(json.dumps(r))
         return
@@ -397,6 +388,7 @@ def eval_fid(
     make_ref: bool = typer.Option(False, "--make-ref", help="Write an ADM reference batch from SAMPLES to REF."),
     ref_images: int = typer.Option(10000, "--ref-images", help="With --make-ref: images kept in arr_0."),
     force: bool = typer.Option(False, "--force", help="With --make-ref: overwrite REF."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present; torchrun: the local rank's GPU) | cpu | cuda | cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """FID, sFID, Inception Score, precision and recall with the ADM protocol, in PyTorch."""
@@ -407,12 +399,15 @@ def eval_fid(
     if fid_method not in ("scipy", "eigh"):
         raise PixelDiTError(f"unknown --sqrtm {fid_method!r}", "use scipy or eigh")
     if make_ref:
-        r = make_reference(samples, ref, inception, inception_sha256, ref_images, batch_size, force, progress=not as_json)
+        r = make_reference(samples, ref, inception, inception_sha256, ref_images, batch_size, force, progress=not as_json,
+                           device=device)
+        if not r:  # ranks other than 0
+            return
         print(json.dumps(r)) if as_json else out.print(f"wrote {r['out']}: {r['images_in_arr_0']} images, statistics over {r['statistics_over']}", highlight=False)
         return
     try:
         r = evaluate(samples, ref, inception, inception_sha256, batch_size, pr_mode, fid_method,
-                     None if no_cache else cache_dir, progress=not as_json)
+                     None if no_cache else cache_dir, device=device, progress=not as_json)
     except ValueError as e:  # e.g. an imaginary sqrtm or too few points: a data problem, said in one line
         raise PixelDiTError(str(e)) from None
     if not r:

@@ -25,8 +25,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import PixelDiTError
+from .io import atomic_path, ensure_writable_file
 from .models.config import ModelConfig
-from .models.registry import build_model
+from .models.registry import empty_model
 
 TRAIN_FORMAT = "pixeldit-train"
 
@@ -149,8 +150,7 @@ def infer_config(sd: dict) -> ModelConfig:
 
 def check_state(sd: dict, cfg: ModelConfig) -> None:
     """Every tensor the network needs is there with the right shape; nothing else is. Names the culprits."""
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in build_model(cfg, init=False).state_dict().items()}
+    expected = {k: v.shape for k, v in empty_model(cfg).state_dict().items()}
     missing = [k for k in expected if k not in sd]
     wrong = [f"{k} {tuple(sd[k].shape)} (expected {tuple(expected[k])})" for k in expected if k in sd and sd[k].shape != expected[k]]
     extra = [k for k in sd if k not in expected]
@@ -238,13 +238,34 @@ def extract(obj, weights: str = "ema", source: str = "checkpoint") -> tuple[dict
 #################################################################################
 
 
+def canonical_header(path) -> None:
+    """Sort a safetensors file's metadata keys in place, so one input always gives the same bytes.
+
+    safetensors serialises `__metadata__` from a hash map: its key order (and so the file's SHA-256,
+    which results.json records) changes from run to run. The sorted header has the same length, so no
+    tensor byte moves.
+    """
+    import struct
+
+    with open(path, "r+b") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        raw = f.read(n)
+        header = json.loads(raw)
+        meta = header.pop("__metadata__", None)
+        ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | header
+        new = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(new) > n:  # cannot happen for the same content; leave the file valid rather than guess
+            return
+        f.seek(8)
+        f.write(new + b" " * (n - len(new)))  # safetensors pads its header with spaces
+
+
 def convert(src, dst, weights: str = "ema", force: bool = False, unsafe_pickle: bool = False) -> KeyReport:
     """Write the network of `src` (any understood format) to `dst` as safetensors with its config."""
     src, dst = Path(src), Path(dst)
-    if dst.exists() and not force:
-        raise PixelDiTError(f"{dst} already exists", "pass --force to overwrite it")
     if dst.resolve() == src.resolve():
         raise PixelDiTError("destination is the source file", "choose another DST")
+    ensure_writable_file(dst, force, what="DST")  # before reading a 10 GB source, not after
     sd, cfg, rep = extract(read_state(src, unsafe_pickle), weights, str(src))
     meta = {
         "format": "pixeldit",
@@ -255,19 +276,17 @@ def convert(src, dst, weights: str = "ema", force: bool = False, unsafe_pickle: 
     }
     if rep.class_names:
         meta["class_names"] = json.dumps(rep.class_names)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
     # contiguous() is a no-op for the usual case; memory-mapped sources are copied once, here.
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata=meta)
+        canonical_header(tmp)
     return rep
 
 
 def load_model(path, weights: str = "ema", device="cpu", dtype=torch.float32, unsafe_pickle: bool = False):
     """The network of any understood checkpoint, strict, in eval mode, with `.config` (a ModelConfig)."""
     sd, cfg, rep = extract(read_state(path, unsafe_pickle), weights, str(path))
-    with torch.device("meta"):
-        model = build_model(cfg, init=False)
+    model = empty_model(cfg)
     # Fresh, aligned copies, one tensor at a time: safetensors and mmap'd files hand back buffers at
     # arbitrary offsets, and BLAS picks different (slower, differently rounded) kernels for those.
     state = {k: sd.pop(k).to(dtype=dtype, copy=True) for k in list(sd)}

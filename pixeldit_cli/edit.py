@@ -136,20 +136,10 @@ def bbox_region(h: int, w: int, box):
 
 
 def read_rgb(path):
-    """(uint8 (3, H, W), note) — gray / RGBA inputs are converted, and the note says so."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    """(uint8 (3, H, W), note) — every accepted format and depth becomes 8-bit RGB; the note says what changed."""
+    from .io import read_image
 
-    from .errors import PixelDiTError
-
-    try:
-        data = read_file(str(path))
-        raw = decode_image(data, mode=ImageReadMode.UNCHANGED)
-        img = decode_image(data, mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as e:
-        raise PixelDiTError(f"{path} is not a readable image ({str(e).splitlines()[0][:80]})", "pass a PNG or JPEG file") from None
-    note = {1: "grayscale input converted to RGB", 2: "grayscale+alpha input converted to RGB (alpha dropped)",
-            4: "RGBA input converted to RGB (alpha dropped)"}.get(raw.shape[0], "")
-    return img, note
+    return read_image(path)
 
 
 def fit_image(img, p: int, how: str):
@@ -182,21 +172,25 @@ def unfit(img, info, H: int, W: int):
 
 def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=50, n_max=33, n_min=0, n_avg=1, src_cfg=1.5, tgt_cfg=4.0,
              shift=1.0, seed=0, num_seeds=1, fit="crop", mask=None, bbox=None, model=None, text_encoder=None,
-             negative_prompt: str = "") -> dict:
+             negative_prompt: str = "", device: str = "auto", precision: str = "auto") -> dict:
     """Edit one image file; writes edited*.png, strip.png and results.json into `out`."""
-    import json
-    import os
     from pathlib import Path
 
-    from torchvision.io import write_png
-
     from .convert import load_model
+    from .dist import autocast_dtype, device_report, pick_device, resolve_precision
+    from .io import ensure_writable_dir, write_json, write_png
     from .errors import PixelDiTError
-    from .sample import file_sha256, imagenet_names, parse_class, to_uint8
+    from .io import file_sha256
+    from .labels import imagenet_names, parse_class
+    from .solvers import to_uint8
 
     image, out = Path(image), Path(out)
+    if image.is_dir():
+        raise PixelDiTError(f"{image} is a folder, not an image", "pass one image file")
     if not image.is_file():
         raise PixelDiTError(f"input image {image} does not exist")
+    dev = pick_device(device)
+    prec = resolve_precision(precision, dev)
     if not 0 <= n_min <= n_max <= steps:
         raise PixelDiTError(f"need 0 <= --n-min <= --n-max <= --steps (got {n_min}, {n_max}, {steps})",
                             "--n-max counts edited steps from the data end; it cannot exceed --steps")
@@ -215,10 +209,18 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=50, n_max=33, n_min=
             raise PixelDiTError(f"mask is {m.shape[2]}x{m.shape[1]} but the image is {W0}x{H0}", "the mask must have the image's size")
         region = m.float().mean(0) > 127.5
     elif bbox is not None:
+        x0, y0, x1, y1 = bbox
+        if not (0 <= x0 < x1 <= W0 and 0 <= y0 < y1 <= H0):
+            raise PixelDiTError(f"--bbox {x0} {y0} {x1} {y1} is not inside the {W0}x{H0} image",
+                                f"need 0 <= X0 < X1 <= {W0} and 0 <= Y0 < Y1 <= {H0}")
         region = bbox_region(H0, W0, bbox)
+    if region is not None and bool(region.all()):
+        raise PixelDiTError("the edit region covers the whole image, so there is no background to measure",
+                            "give a smaller --bbox or --mask, or leave both out")
 
     if model is None:
-        model = load_model(ckpt)
+        model = load_model(ckpt, device=dev)
+    dev = next(model.parameters()).device
     cfg = model.config
     uncond = None
     if cfg.kind == "t2i":  # prompt-to-prompt: --src and --tgt are prompts
@@ -226,27 +228,28 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=50, n_max=33, n_min=
             raise PixelDiTError("a text-to-image checkpoint edits prompt to prompt", "pass --text-encoder DIR (gemma-2-2b-it)")
         from .text import TextEncoder
 
-        enc = TextEncoder(text_encoder, max_length=cfg.text_len, expected_dim=cfg.text_dim)
-        cond_src, cond_tgt, uncond = enc.encode([src]), enc.encode([tgt]), enc.null(negative_prompt)
+        enc = TextEncoder(text_encoder, device=dev, max_length=cfg.text_len, expected_dim=cfg.text_dim)
+        cond_src, cond_tgt, uncond = (t.to(dev) for t in (enc.encode([src]), enc.encode([tgt]), enc.null(negative_prompt)))
         class_names, c_src, c_tgt = None, src, tgt
     else:
         class_names = getattr(model, "class_names", None) or (imagenet_names() if cfg.num_classes == 1000 else None)
         c_src, c_tgt = parse_class(src, cfg.num_classes, class_names), parse_class(tgt, cfg.num_classes, class_names)
-        cond_src, cond_tgt = torch.tensor([c_src]), torch.tensor([c_tgt])
+        cond_src, cond_tgt = torch.tensor([c_src], device=dev), torch.tensor([c_tgt], device=dev)
     fitted, info = fit_image(img, cfg.patch_size, fit)
-    x = (fitted.float() / 255 - 0.5) / 0.5  # the training normalisation
+    x = ((fitted.float() / 255 - 0.5) / 0.5).to(dev)  # the training normalisation
 
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out)
     edits, stats = [], None
     for k in range(num_seeds):
         z, stats = flowedit(model, x[None], cond_src, cond_tgt, steps=steps, n_max=n_max, n_min=n_min, n_avg=n_avg,
-                            src_cfg=src_cfg, tgt_cfg=tgt_cfg, shift=shift, seed=seed + k, uncond=uncond)
-        e = unfit(to_uint8(z)[0], info, H0, W0)
-        write_png(e, str(out / names[k]))
+                            src_cfg=src_cfg, tgt_cfg=tgt_cfg, shift=shift, seed=seed + k, uncond=uncond,
+                            autocast=autocast_dtype(prec))
+        e = unfit(to_uint8(z)[0].cpu(), info, H0, W0)
+        write_png(e, out / names[k])
         edits.append(e)
     src_shown = unfit(fitted, info, H0, W0)
     sep = torch.full((3, src_shown.shape[1], 2), 255, dtype=torch.uint8)
-    write_png(torch.cat([t for e in [src_shown, *edits] for t in (e, sep)][:-1], dim=2), str(out / "strip.png"))
+    write_png(torch.cat([t for e in [src_shown, *edits] for t in (e, sep)][:-1], dim=2), out / "strip.png")
 
     metrics = None
     if region is not None:
@@ -269,9 +272,7 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=50, n_max=33, n_min=
         "num_seeds": num_seeds, "fit": info, "size": [int(fitted.shape[2]), int(fitted.shape[1])],
         "outputs": names, "strip": "strip.png", **stats,
         "region": ({"mask": str(mask)} if mask is not None else {"bbox": list(bbox)} if bbox is not None else None),
-        "background": metrics,
+        "background": metrics, **device_report(dev, prec),
     }
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out / "results.json")
+    write_json(out / "results.json", result)
     return result

@@ -128,7 +128,7 @@ def run_flops(res=None, height=None, width=None, patch=None, model=None, preset=
 
     from .config import load_preset
     from .errors import PixelDiTError
-    from .models.registry import build_model, count_params, model_config
+    from .models.registry import build_model, count_params, empty_model, model_config
 
     name, default_res, overrides = "PixelDiT-XL/16", 256, {}
     if preset:
@@ -146,8 +146,7 @@ def run_flops(res=None, height=None, width=None, patch=None, model=None, preset=
         if side <= 0 or side % mcfg.patch_size:
             raise PixelDiTError(f"image size {H}x{W} is not a positive multiple of the patch size {mcfg.patch_size}",
                                 f"use sizes divisible by {mcfg.patch_size}")
-    with torch.device("meta"):
-        params = count_params(build_model(mcfg, init=False))
+    params = count_params(empty_model(mcfg))
     parts = analytic_flops(mcfg, H, W, batch, text_len)
     result = {
         "model": name, "height": H, "width": W, "batch": batch, "params": params,

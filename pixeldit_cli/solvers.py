@@ -228,3 +228,18 @@ def solve(model, noise, cond, uncond=None, *, solver: str = "flowdpm", steps: in
         else:
             x = {"euler": euler, "heun": heun, "flowdpm": flowdpm}[solver](v, x, c2i_grid(steps, shift))
     return x, v.stats
+
+
+#################################################################################
+#                 The sampling contracts: noise in, uint8 out                   #
+#################################################################################
+
+
+def noise_for(indices, seed: int, shape) -> torch.Tensor:
+    """Sample i draws its noise from Generator('cpu').manual_seed(seed + i): images never depend on the batch."""
+    return torch.stack([torch.randn(*shape, generator=torch.Generator("cpu").manual_seed(seed + i)) for i in indices])
+
+
+def to_uint8(x):
+    """(B, C, H, W) in [-1, 1] -> uint8 with the release's rounding: clip((x + 1)·127.5 + 0.5, 0, 255), truncated."""
+    return ((x + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8)

@@ -17,7 +17,9 @@ from conftest import randomize
 from pixeldit_cli import build_model, load_model, sample
 from pixeldit_cli.cli import app
 from pixeldit_cli.errors import PixelDiTError
-from pixeldit_cli.sample import SampleJob, labels_for, noise_for, parse_class, run, to_uint8, imagenet_names
+from pixeldit_cli.labels import imagenet_names, labels_for, parse_class
+from pixeldit_cli.sample import SampleJob, run
+from pixeldit_cli.solvers import noise_for, to_uint8
 from pixeldit_cli.solvers import c2i_grid
 
 runner = CliRunner()
@@ -152,16 +154,27 @@ def test_cfg_one_halves_network_evaluations(tiny, tmp_path):
 
 def test_resume_completes_without_regenerating(tiny, tmp_path):
     out = tmp_path / "r"
-    full = run(job(tiny, out), progress=False)
+    run(job(tiny, out, format="png"), progress=False)
     ref = pngs(out, 8)
     for i in (2, 6):
         (out / f"{i:06d}.png").unlink()
     (out / "results.json").unlink()
     stamps = {i: os.stat(out / f"{i:06d}.png").st_mtime_ns for i in (0, 1, 3, 4, 5, 7)}
-    r = run(job(tiny, out, batch_size=5), progress=False)  # batch size may change on resume
+    r = run(job(tiny, out, batch_size=5, format="png"), progress=False)  # batch size may change on resume
     assert r["generated_this_run"] == 2 and r["resumed_from_disk"] == 6
     assert all(os.stat(out / f"{i:06d}.png").st_mtime_ns == s for i, s in stamps.items())
     assert close_uint8(pngs(out, 8), ref)
+
+
+def test_deleted_pngs_come_back_from_the_records_bit_for_bit(tiny, tmp_path):
+    out = tmp_path / "r"
+    run(job(tiny, out), progress=False)  # n <= 1000: PNGs and samples.npz
+    before = {i: (out / f"{i:06d}.png").read_bytes() for i in (2, 6)}
+    for i in (2, 6):
+        (out / f"{i:06d}.png").unlink()
+    r = run(job(tiny, out), progress=False)
+    assert r["generated_this_run"] == 0 and r["exported_from_records"] == 2
+    assert all((out / f"{i:06d}.png").read_bytes() == b for i, b in before.items())
 
 
 def test_interrupted_run_finishes_where_it_stopped(tiny, tmp_path):
@@ -182,7 +195,7 @@ def test_interrupted_run_finishes_where_it_stopped(tiny, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(job(tiny, out), model=Dies(), progress=False)
     assert sorted(p.name for p in out.glob("0*.png")) == ["000000.png", "000001.png", "000002.png"]
-    assert not list(out.glob(".*.tmp"))
+    assert not list(out.glob(".*.tmp")) and not (out / "samples.npz").exists()
     r = run(job(tiny, out), progress=False)
     assert r["generated_this_run"] == 5
     run(job(tiny, tmp_path / "ref"), progress=False)

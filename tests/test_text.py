@@ -133,7 +133,7 @@ def test_prompt_to_prompt_edit(gemma, t2i, tmp_path):
 
 
 def test_release_aspect_ratio_buckets():
-    from pixeldit_cli.sample import aspect_bucket
+    from pixeldit_cli.labels import aspect_bucket
     assert aspect_bucket("1:1") == (1024, 1024) and aspect_bucket("16:9") == (768, 1344)
     assert aspect_bucket("9:16") == (1344, 768) and aspect_bucket("4:1") == (512, 2048)
     assert aspect_bucket("16:9", 512) == (384, 672)  # the 512 table is the 1024 one halved

@@ -8,7 +8,6 @@ features are cached by (file hash, weights hash, feature version).
 
 import hashlib
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -16,7 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..dist import device_report, dist_env, gather, init_distributed
 from ..errors import PixelDiTError
+from ..io import NpzWriter, ensure_writable_file, file_sha256
+from ..progress import progress as progress_bar
 from .inception import load_inception
 from .npz import NpzImages, open_images
 from .scores import frechet_distance, inception_score, looks_sorted, precision_recall, statistics
@@ -24,29 +26,24 @@ from .scores import frechet_distance, inception_score, looks_sorted, precision_r
 FEATURE_VERSION = "tf1-bilinear/x-128d128/pool3+mixed6d.1x1[:7]nhwc/v1"
 
 
-def file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if path.is_dir():
-            h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 24):
-                h.update(block)
-    return h.hexdigest()
+def _device_setup(device):
+    """(rank, world, device) with TF32 off: TF32 changes Inception features at ~1e-3, FID in the 2nd decimal."""
+    rank, world, dev = init_distributed(device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return rank, world, dev
 
 
 def extract(source, net, batch_size: int = 64, device="cpu", progress=None, label="features"):
     """pool3 (N, 2048) float32, spatial (N, 2023) float32 and logits (N, 1008) or None, in file order.
 
     Under torchrun each rank takes a contiguous share and rank 0 re-assembles them in order."""
-    from ..sample import dist_env
-
     rank, world, _ = dist_env()
     n = len(source)
     lo, hi = rank * n // world, (rank + 1) * n // world
     pool, spatial, logits = [], [], []
-    task = progress.add_task(label, total=hi - lo) if progress is not None else None
+    task = progress.add(label, total=hi - lo) if progress is not None else None
     with torch.inference_mode():
         for batch in source.batches(batch_size, lo, hi):
             x = torch.from_numpy(np.array(batch)).to(device).permute(0, 3, 1, 2).float()
@@ -57,11 +54,12 @@ def extract(source, net, batch_size: int = 64, device="cpu", progress=None, labe
                 logits.append(out["logits"].cpu().numpy())
             if task is not None:
                 progress.advance(task, len(batch))
-    part = {"pool3": np.concatenate(pool), "spatial": np.concatenate(spatial), "logits": np.concatenate(logits) if logits else None}
+    empty = {"pool3": np.zeros((0, 2048), np.float32), "spatial": np.zeros((0, 2023), np.float32)}
+    part = {k: np.concatenate(v) if v else empty.get(k) for k, v in (("pool3", pool), ("spatial", spatial))}
+    part["logits"] = np.concatenate(logits) if logits else None
     if world > 1:
-        parts = [None] * world
-        torch.distributed.all_gather_object(parts, part)
-        part = {k: (np.concatenate([p[k] for p in parts]) if parts[0][k] is not None else None) for k in part}
+        parts = gather(part, world)
+        part = {k: (np.concatenate([p[k] for p in parts if p[k] is not None]) if parts[0][k] is not None else None) for k in part}
     return part
 
 
@@ -73,7 +71,7 @@ def _check_images(source, what):
 def reference_stats(path: Path, net, weights_hash: str, batch_size, device, cache_dir, progress):
     """(ref dict with pool3 / mu / sigma / mu_s / sigma_s where available, skipped reasons, ref hash)."""
     src = open_images(path, require_images=False)
-    ref_hash = file_hash(path)
+    ref_hash = file_sha256(path)
     key = hashlib.sha256(f"{ref_hash}/{weights_hash}/{FEATURE_VERSION}".encode()).hexdigest()[:24]
     cache = Path(cache_dir) / f"ref-{key}.npz" if cache_dir else None
     out = {}
@@ -95,22 +93,19 @@ def reference_stats(path: Path, net, weights_hash: str, batch_size, device, cach
                 out["mu"], out["sigma"] = statistics(feats["pool3"])
                 out["mu_s"], out["sigma_s"] = statistics(feats["spatial"])
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(cache.name + ".tmp.npz")
-            np.savez(tmp, **out)
-            os.replace(tmp, cache)
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                with NpzWriter(cache) as w:
+                    for k, v in out.items():
+                        w.add(k, v)
+            except (OSError, PixelDiTError) as e:  # a cache that cannot be written is not an error
+                warnings.warn(f"reference features not cached ({e})")
     return out, ref_hash
 
 
 def evaluate(samples, ref, inception=None, inception_sha256=None, batch_size: int = 64, pr_mode: str = "fp16",
              fid_method: str = "scipy", cache_dir=None, device=None, progress=True) -> dict:
-    from ..sample import init_distributed
-
-    rank, world, dev = init_distributed()
-    device = device or dev
-    if device.type == "cuda":  # TF32 changes features at ~1e-3
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    rank, world, device = _device_setup(device)
     net, winfo = load_inception(inception, inception_sha256)
     net = net.to(device)
     samples, ref = Path(samples), Path(ref)
@@ -120,21 +115,12 @@ def evaluate(samples, ref, inception=None, inception_sha256=None, batch_size: in
     if src.array("mu") is None:  # stored statistics need no images; otherwise at least two
         _check_images(src, f"samples {samples}")
 
-    bar = None
-    if progress and rank == 0:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        bar.start()
     t0 = time.perf_counter()
     skipped, notes = {}, []
-    try:
+    with progress_bar(progress and rank == 0) as bar:
         r, ref_hash = reference_stats(ref, net, winfo["sha256"], batch_size, device, cache_dir, bar)
         stored_mu = src.array("mu") if isinstance(src, NpzImages) else None
         feats = extract(src, net, batch_size, device, bar, "samples")
-    finally:
-        if bar is not None:
-            bar.stop()
     if rank != 0:
         return {}
 
@@ -174,28 +160,40 @@ def evaluate(samples, ref, inception=None, inception_sha256=None, batch_size: in
                                           "sfid": "Mixed_6d.branch1x1[:7], NHWC", "is": "1008 bias-free logits, 5000-image splits in order",
                                           "precision_recall": f"k=3, tiles 10000, {pr_mode} distances",
                                           "feature_version": FEATURE_VERSION},
-        "skipped": skipped, "notes": notes, "seconds": round(time.perf_counter() - t0, 2), "world_size": world,
+        "skipped": skipped, "notes": notes, "seconds": round(time.perf_counter() - t0, 2),
+        **device_report(device, "fp32"),
     })
     return res
 
 
 def make_reference(source, out, inception=None, inception_sha256=None, ref_images: int = 10000, batch_size: int = 64,
-                   force: bool = False, progress=True) -> dict:
-    """An ADM reference batch: arr_0 = the first `ref_images` images, mu/sigma/mu_s/sigma_s over all of them."""
+                   force: bool = False, progress=True, device=None) -> dict:
+    """An ADM reference batch: arr_0 = the first `ref_images` images, mu/sigma/mu_s/sigma_s over all of them.
+
+    Under torchrun every rank runs Inception on its share; rank 0 writes the file, streaming arr_0."""
     out = Path(out)
-    if out.exists() and not force:
-        raise PixelDiTError(f"{out} already exists", "pass --force to overwrite it")
     if out.suffix != ".npz":
         raise PixelDiTError(f"{out} must end in .npz")
+    if ref_images < 0:
+        raise PixelDiTError(f"--ref-images must be 0 or more, got {ref_images}")
+    rank, world, device = _device_setup(device)
+    if rank == 0:
+        ensure_writable_file(out, force, what="REF")  # before the feature pass, not after it
     src = open_images(source)
     _check_images(src, str(source))
     net, winfo = load_inception(inception, inception_sha256)
-    feats = extract(src, net, batch_size)
+    with progress_bar(progress and rank == 0) as bar:
+        feats = extract(src, net.to(device), batch_size, device, bar, "reference")
+    if rank != 0:
+        return {}
     mu, sigma = statistics(feats["pool3"])
     mu_s, sigma_s = statistics(feats["spatial"])
     k = min(ref_images, len(src))
-    images = np.concatenate(list(src.batches(256, 0, k)))
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, arr_0=images, mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s)
-    os.replace(tmp, out)
-    return {"out": str(out), "images_in_arr_0": k, "statistics_over": len(src), "inception": winfo}
+    with NpzWriter(out) as w:
+        rows = w.stream("arr_0", (k, *src.shape[1:]), np.uint8)
+        for batch in src.batches(256, 0, k):
+            rows.write(batch)
+        for name, v in (("mu", mu), ("sigma", sigma), ("mu_s", mu_s), ("sigma_s", sigma_s)):
+            w.add(name, v)
+    return {"out": str(out), "images_in_arr_0": k, "statistics_over": len(src), "inception": winfo,
+            **device_report(device, "fp32")}

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..sample import file_sha256
+from ..io import file_sha256
 from .resize import tf1_resize_bilinear
 
 

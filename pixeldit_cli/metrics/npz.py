@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PixelDiTError
+from ..io import IMAGE_EXTENSIONS, read_image
 
 
 def _read_header(f):
@@ -83,7 +84,7 @@ class NpzImages:
 class FolderImages:
     """A folder of PNG/JPEG images (our `sample` output), sorted by name, as uint8 NHWC batches."""
 
-    EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+    EXT = set(IMAGE_EXTENSIONS)
 
     def __init__(self, path):
         self.path = Path(path)
@@ -96,9 +97,7 @@ class FolderImages:
 
     @staticmethod
     def _read(p):
-        from torchvision.io import ImageReadMode, decode_image, read_file
-
-        return decode_image(read_file(str(p)), mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
+        return read_image(p)[0].permute(1, 2, 0).numpy()  # 16-bit, palette, gray, alpha -> 8-bit RGB
 
     def __len__(self):
         return len(self.files)

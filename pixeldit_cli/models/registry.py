@@ -59,3 +59,25 @@ def build_model(config: ModelConfig | str, init: bool = True, **overrides) -> nn
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def empty_model(config: ModelConfig) -> nn.Module:
+    """The network's structure on the meta device, nothing initialised: loading a state dict fills it.
+
+    The layers' own default inits are skipped (as transformers' `no_init_weights` does): on meta tensors
+    `nn.init.normal_` runs through torch's reference decompositions, whose first use imports all of
+    torch._dynamo — two seconds of start-up for every command that loads a checkpoint.
+    """
+    import contextlib
+
+    import torch
+
+    names = ("uniform_", "normal_", "trunc_normal_", "constant_", "xavier_uniform_", "xavier_normal_",
+             "kaiming_uniform_", "kaiming_normal_", "zeros_", "ones_", "orthogonal_")
+    saved = {n: getattr(nn.init, n) for n in names}
+    with contextlib.ExitStack() as stack:
+        stack.callback(lambda: [setattr(nn.init, n, f) for n, f in saved.items()])
+        for n in names:
+            setattr(nn.init, n, lambda t, *a, **k: t)
+        with torch.device("meta"):
+            return build_model(config, init=False)

@@ -13,16 +13,14 @@ import torch
 
 from ..convert import TRAIN_FORMAT
 from ..errors import PixelDiTError
+from ..io import atomic_file, remove_stale_temporaries
 
 
 def _atomic_save(obj, path: Path):
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         torch.save(obj, f)
         f.flush()
         _test_kill_hook(f, path.name)
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _test_kill_hook(f, name: str):
@@ -38,6 +36,7 @@ def _test_kill_hook(f, name: str):
 def save(state: dict, ckpt_dir: Path, step: int, keep_last: int, keep_every: int) -> Path:
     """Write {step:07d}.pt, point last.pt at it (hard link, renamed into place), apply retention."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(ckpt_dir)  # what a killed save left
     path = ckpt_dir / f"{step:07d}.pt"
     _atomic_save(state, path)
     tmp = ckpt_dir / ".last.pt.link"

@@ -19,9 +19,10 @@ import torch
 
 from ..config import Config, to_yaml
 from ..errors import PixelDiTError
+from ..io import write_grid
 from ..models.registry import build_model, count_params, model_config
-from ..sample import barrier, init_distributed, noise_for, to_uint8
-from ..solvers import solve
+from ..dist import barrier, init_distributed
+from ..solvers import noise_for, solve, to_uint8
 from . import checkpoint
 from .data import BucketStepSampler, CaptionDataset, StepSampler, collate, collate_captions, open_dataset
 from .objective import DinoEncoder, DinoEncoder224, Projector, draw, flip_mask, flow_loss, t2i_draw, t2i_flow_loss
@@ -217,13 +218,10 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
             cond, uncond = torch.tensor(fixed_labels, device=device), None
         imgs, _ = solve(ema, fixed_noise.to(device), cond, uncond, solver=sc.solver,
                         steps=min(sc.steps, 50), cfg=sc.cfg, interval=sc.interval, shift=sc.shift)
-        from torchvision.io import write_png
-        from torchvision.utils import make_grid
-
         per_row = 4 if t2i else (4 * 2 if null <= 16 else 4)
         (out / "samples").mkdir(exist_ok=True)
         if rank == 0:
-            write_png(make_grid(to_uint8(imgs).cpu(), nrow=per_row, padding=2, pad_value=255), str(out / "samples" / f"{step:07d}.png"))
+            write_grid(to_uint8(imgs).cpu(), out / "samples" / f"{step:07d}.png", nrow=per_row)
 
     bar = None
     if progress and rank == 0:

@@ -1,0 +1,351 @@
+"""Files in and out, in one place: verified atomic writes, hashing, the one image reader, PNG / grid / npz.
+
+Every output of the toolkit goes through `atomic_file`: written to a hidden temporary name beside the
+target, flushed, fsynced, size-checked, then renamed. A full disk, a read-only folder or a killed process
+therefore never leaves a half-written file under a final name (which a resume would then trust), the
+temporary file is removed on any error, and the error is one line that says what to do
+(docs/reliability.md). `remove_stale_temporaries` clears what a SIGKILL left behind.
+
+Every input image goes through `read_image`: PNG (8 and 16 bit, gray, palette, alpha), JPEG, BMP and
+WebP become uint8 RGB, and a note says what was converted.
+"""
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import PixelDiTError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+#################################################################################
+#                           Verified atomic writes                              #
+#################################################################################
+
+
+def write_error(path, e: OSError) -> PixelDiTError:
+    """One line for a failed write, with the hint that fits the cause."""
+    why = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        hint = "free some space (or choose another --out) and re-run the same command: finished outputs are kept"
+    elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        hint = "the folder is not writable: choose another --out"
+    elif e.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
+        hint = "a file stands where a folder is needed (or the other way round): choose another --out"
+    else:
+        hint = "check the output folder and re-run"
+    return PixelDiTError(f"could not write {path}: {why}", hint)
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_file(path, durable: bool = True):
+    """Yield a binary file whose content appears at `path` only if everything was written and synced.
+
+    Any OSError (no space, read-only, quota) becomes a PixelDiTError naming `path`; the temporary file is
+    removed on every failure, including KeyboardInterrupt.
+    """
+    path = Path(path)
+    tmp = _temporary_name(path)
+    try:
+        f = open(tmp, "wb")
+    except OSError as e:
+        raise write_error(path, e) from None
+    try:
+        with f:
+            yield f
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+            if os.fstat(f.fileno()).st_size != f.tell():  # a short write that no call reported
+                raise OSError(errno.EIO, f"wrote {f.tell()} bytes but the file holds {os.fstat(f.fileno()).st_size}")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path, durable: bool = True, mode: int = 0o644):
+    """Like atomic_file, for writers that take a path (safetensors' save_file): yields the temporary path.
+
+    The file is synced, given `mode` (0644 whatever the umask of a temporary-file API), then renamed."""
+    path = Path(path)
+    tmp = _temporary_name(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            if durable:
+                os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path, data: bytes, durable: bool = True) -> None:
+    with atomic_file(path, durable) as f:
+        f.write(data)
+
+
+def write_text(path, text: str, durable: bool = True) -> None:
+    write_bytes(path, text.encode(), durable)
+
+
+def write_json(path, obj, durable: bool = True) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n", durable)
+
+
+def remove_stale_temporaries(folder) -> int:
+    """Delete `.NAME.PID.tmp` files a killed process left in `folder` (ours only, by their shape)."""
+    n = 0
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                n += 1
+    return n
+
+
+def ensure_writable_dir(folder, what: str = "--out") -> Path:
+    """Create `folder` (and parents) and prove it takes a file, before any expensive work starts."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PixelDiTError(f"{what} {folder} is a file, not a folder", f"choose another {what}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe.{os.getpid()}.tmp"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise write_error(folder, e) from None
+    return folder
+
+
+def ensure_writable_file(path, force: bool = False, what: str = "output") -> Path:
+    """The target of a single-file output: refuse an existing file without --force, a folder, or an unwritable place."""
+    path = Path(path)
+    if path.is_dir():
+        raise PixelDiTError(f"{what} {path} is a folder", "give a file name")
+    if path.exists() and not force:
+        raise PixelDiTError(f"{path} already exists", "pass --force to overwrite it")
+    ensure_writable_dir(path.parent if str(path.parent) else Path("."), what=f"the folder of {path.name}")
+    return path
+
+
+#################################################################################
+#                                   Hashing                                     #
+#################################################################################
+
+
+def file_sha256(path, chunk: int = 1 << 24) -> str:
+    """SHA-256 of a file, or of a folder's files (names and contents, sorted by name)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    return h.hexdigest()
+
+
+#################################################################################
+#                                 Reading images                                #
+#################################################################################
+
+
+def _to_rgb8(im) -> tuple[np.ndarray, str]:
+    """A PIL image -> (H, W, 3) uint8 and a note on what was converted ('' when nothing was)."""
+    mode = im.mode
+    if mode.startswith("I"):  # 16-bit gray PNG ("I;16", or "I" on older Pillow): scale, never clip
+        a = np.asarray(im).astype(np.float64)
+        a = np.clip(np.round(a / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2), "16-bit grayscale input converted to 8-bit RGB"
+    if mode == "F":
+        raise ValueError("32-bit float images are not supported")
+    notes = {"1": "1-bit input converted to RGB", "L": "grayscale input converted to RGB",
+             "LA": "grayscale+alpha input converted to RGB (alpha dropped)", "P": "palette input converted to RGB",
+             "PA": "palette+alpha input converted to RGB (alpha dropped)", "RGBA": "RGBA input converted to RGB (alpha dropped)",
+             "CMYK": "CMYK input converted to RGB", "YCbCr": "YCbCr input converted to RGB", "RGB": ""}
+    if mode not in notes:
+        raise ValueError(f"image mode {mode} is not supported")
+    if mode in ("P", "PA"):
+        im = im.convert("RGBA")
+    if mode in ("LA", "PA", "RGBA"):  # drop alpha, keep the colour as stored (no compositing)
+        im = im.convert("RGBA")
+        return np.ascontiguousarray(np.asarray(im)[..., :3]), notes[mode]
+    return np.ascontiguousarray(np.asarray(im.convert("RGB"))), notes[mode]
+
+
+def read_image(path) -> tuple[torch.Tensor, str]:
+    """Any accepted image -> (uint8 (3, H, W) RGB, note). One line for anything unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if path.is_dir():
+        raise PixelDiTError(f"{path} is a folder, not an image", "pass one image file")
+    if not path.exists():
+        raise PixelDiTError(f"image {path} does not exist", "check the path")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr, note = _to_rgb8(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        reason = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
+        raise PixelDiTError(f"{path} is not a readable image ({reason})",
+                            f"pass a {', '.join(x[1:].upper() for x in IMAGE_EXTENSIONS)} file") from None
+    return torch.from_numpy(np.array(arr)).permute(2, 0, 1).contiguous(), note
+
+
+def is_complete_png(path) -> bool:
+    """A cheap check that a PNG was written whole: the signature and the IEND trailer are there."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != _PNG_SIGNATURE:
+                return False
+            f.seek(0, os.SEEK_END)
+            if f.tell() < 8 + 25 + 12:  # signature, IHDR, IEND at least
+                return False
+            f.seek(-12, os.SEEK_END)
+            return f.read(12) == _PNG_IEND
+    except OSError:
+        return False
+
+
+#################################################################################
+#                                 Writing images                                #
+#################################################################################
+
+
+def png_bytes(img_u8: torch.Tensor) -> bytes:
+    """uint8 (3, H, W) or (1, H, W) -> PNG bytes (Pillow, zlib level 6; torchvision is not imported here:
+    `import torchvision` imports torch._dynamo, two seconds of start-up for every command)."""
+    import io as _io
+
+    from PIL import Image
+
+    a = img_u8.detach().cpu().numpy()
+    a = a[0] if a.shape[0] == 1 else np.ascontiguousarray(a.transpose(1, 2, 0))
+    buf = _io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def write_png(img_u8: torch.Tensor, path, durable: bool = True) -> None:
+    """uint8 (3, H, W) -> PNG, through a verified atomic write."""
+    write_bytes(path, png_bytes(img_u8), durable)
+
+
+def grid_image(images_u8: torch.Tensor, nrow: int, padding: int = 2, pad_value: int = 255) -> torch.Tensor:
+    """(N, C, H, W) uint8 -> one (C, H', W') image, `nrow` per row, white gaps (torchvision's make_grid layout)."""
+    n, c, h, w = images_u8.shape
+    nrow = max(1, min(nrow, n))
+    rows = -(-n // nrow)
+    grid = torch.full((c, padding + rows * (h + padding), padding + nrow * (w + padding)), pad_value, dtype=torch.uint8)
+    for k, img in enumerate(images_u8.cpu()):
+        y, x = padding + (k // nrow) * (h + padding), padding + (k % nrow) * (w + padding)
+        grid[:, y: y + h, x: x + w] = img
+    return grid
+
+
+def write_grid(images_u8: torch.Tensor, path, nrow: int) -> None:
+    write_png(grid_image(images_u8, nrow), path)
+
+
+#################################################################################
+#                              ADM .npz, streamed                               #
+#################################################################################
+
+
+class NpzWriter:
+    """Write an .npz (a zip of .npy members, stored) a row at a time: `arr_0` never has to fit in RAM.
+
+    with NpzWriter(path) as w:
+        rows = w.stream("arr_0", (n, H, W, 3), np.uint8)
+        for block in ...: rows.write(block)
+        w.add("arr_1", labels)
+    The file appears at `path` only when every member is complete (atomic_file).
+    """
+
+    def __init__(self, path, durable: bool = True):
+        self.path, self.durable = Path(path), durable
+        self._ctx = self._zip = self._open = None
+
+    def __enter__(self):
+        self._ctx = atomic_file(self.path, self.durable)
+        f = self._ctx.__enter__()
+        self._zip = zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True)
+        return self
+
+    def _close_member(self):
+        if self._open is not None:
+            member, expected = self._open
+            if member.written != expected:
+                raise PixelDiTError(f"{self.path}: a member got {member.written} of {expected} bytes")
+            member.close()
+            self._open = None
+
+    def stream(self, name: str, shape, dtype):
+        self._close_member()
+        dtype = np.dtype(dtype)
+        member = _CountingMember(self._zip.open(name + ".npy", "w", force_zip64=True))
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(int(s) for s in shape)}
+        np.lib.format.write_array_header_2_0(member, header)
+        member.written = 0
+        self._open = (member, int(np.prod(shape)) * dtype.itemsize)
+        return member
+
+    def add(self, name: str, array) -> None:
+        self._close_member()
+        with self._zip.open(name + ".npy", "w", force_zip64=True) as m:
+            np.lib.format.write_array(m, np.asarray(array), allow_pickle=False)
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self._close_member()
+            self._zip.close()
+        except BaseException as e:
+            self._ctx.__exit__(type(e), e, e.__traceback__)
+            raise
+        return self._ctx.__exit__(exc_type, exc, tb)
+
+
+class _CountingMember:
+    """A zip member that counts payload bytes (the npy header is written before counting starts)."""
+
+    def __init__(self, member):
+        self.member, self.written = member, 0
+
+    def write(self, data) -> int:
+        data = memoryview(np.ascontiguousarray(data)).cast("B") if isinstance(data, np.ndarray) else data
+        n = self.member.write(data)
+        self.written += len(data)
+        return n
+
+    def close(self):
+        self.member.close()
