@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.pixeldit-installed
 DEMO   ?= runs/demo
 
-.PHONY: test demo bench clean
+.PHONY: test demo bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_sample.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_eval.py
+
+# the sample job at n = 1K/8K/50K (~2 min) and full-size checkpoints (~2.5 min, ~12 GB of temporary files)
+bench-scale: $(STAMP)
+	$(PY) benchmarks/bench_sample_job.py
+	$(PY) benchmarks/bench_fullsize.py
 
 clean:
 	rm -rf build dist *.egg-info runs/demo

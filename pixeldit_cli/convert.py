@@ -283,13 +283,59 @@ def convert(src, dst, weights: str = "ema", force: bool = False, unsafe_pickle: 
     return rep
 
 
+class _MappedPages:
+    """Give a memory-mapped checkpoint's pages back to the kernel once a tensor has been copied out (Linux).
+
+    Both readers map the file (torch.load(mmap=True); safetensors 0.8 returns views into its map), and a
+    page read through a map stays resident until the map closes: copying an 800M-parameter model out
+    would peak at the copies plus every page read. Only whole pages inside a mapping of this very file
+    are dropped (MADV_DONTNEED on a file map nobody writes to: a later read re-faults them from the
+    file), so no other memory can ever be touched. Anywhere else this does nothing.
+    """
+
+    def __init__(self, path):
+        self.ranges, self.madvise = [], None
+        try:
+            import ctypes
+            import mmap
+
+            real = os.path.realpath(path)
+            with open("/proc/self/maps") as f:
+                for line in f:
+                    parts = line.split(maxsplit=5)
+                    if len(parts) == 6 and parts[5].strip() == real:  # rw-p: private; we never write to it
+                        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                        self.ranges.append((lo, hi))
+            self.page = mmap.PAGESIZE
+            self.madvise = ctypes.CDLL(None, use_errno=True).madvise if self.ranges else None
+        except (OSError, AttributeError):
+            self.ranges = []
+
+    def drop(self, t: torch.Tensor) -> None:
+        if self.madvise is None or t.device.type != "cpu":
+            return
+        start = t.data_ptr()
+        end = start + t.numel() * t.element_size()
+        lo, hi = -(-start // self.page) * self.page, end // self.page * self.page
+        if hi > lo and any(a <= lo and hi <= b for a, b in self.ranges):
+            import ctypes
+
+            self.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # MADV_DONTNEED
+
+
 def load_model(path, weights: str = "ema", device="cpu", dtype=torch.float32, unsafe_pickle: bool = False):
     """The network of any understood checkpoint, strict, in eval mode, with `.config` (a ModelConfig)."""
     sd, cfg, rep = extract(read_state(path, unsafe_pickle), weights, str(path))
     model = empty_model(cfg)
     # Fresh, aligned copies, one tensor at a time: safetensors and mmap'd files hand back buffers at
-    # arbitrary offsets, and BLAS picks different (slower, differently rounded) kernels for those.
-    state = {k: sd.pop(k).to(dtype=dtype, copy=True) for k in list(sd)}
+    # arbitrary offsets, and BLAS picks different (slower, differently rounded) kernels for those. Each
+    # source's pages are given back as soon as it is copied, so peak memory is the model plus one tensor.
+    pages = _MappedPages(path)
+    state = {}
+    for k in list(sd):
+        src = sd.pop(k)
+        state[k] = src.to(dtype=dtype, copy=True)
+        pages.drop(src)
     model.load_state_dict(state, strict=True, assign=True)
     model.key_report = rep
     model.class_names = rep.class_names or None
