@@ -38,7 +38,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except PixelDiTError as e:
-            if os.environ.get("PIXELDIT_DEBUG"):
+            if os.environ.get("PIXELDIT_DEBUG", "").strip().lower() in ("1", "true", "yes", "on"):
                 raise
             err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code)
@@ -85,13 +85,15 @@ def flops(
     batch: int = typer.Option(1, "--batch", min=1, help="Batch size."),
     text_len: Optional[int] = typer.Option(None, "--text-len", help="T2I text tokens (default: the 300-token window)."),
     measure: bool = typer.Option(False, "--measure", help="Also time real forwards here and compare to the matmul rate."),
+    device: str = typer.Option("auto", "--device", help="With --measure: auto (CUDA when present) | cpu | cuda | cuda:N."),
+    precision: str = typer.Option("auto", "--precision", help="With --measure: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Parameters and GFLOPs of one forward, in the paper's convention (Linear 2·n·in·out, attention 4·B·N²·C)."""
     from .flops import run_flops
 
     result = run_flops(res=res, height=height, width=width, patch=patch, model=model, preset=preset,
-                       batch=batch, text_len=text_len, measure=measure)
+                       batch=batch, text_len=text_len, measure=measure, device=device, precision=precision)
     if as_json:
         print(json.dumps(result))
         return
@@ -209,6 +211,7 @@ def sample(
     ckpt: Path = typer.Option(..., "--ckpt", help="Weights: our .safetensors / training .pt, or an official .ckpt.", rich_help_panel="Model"),
     preset: Optional[str] = typer.Option(None, "--preset", help="Sampling defaults of a preset (default: the xl256 release settings).", rich_help_panel="Model"),
     weights: str = typer.Option("ema", "--weights", help="ema or raw (checkpoints that hold both).", rich_help_panel="Model"),
+    unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", help="Allow checkpoints whose pickle runs code (only files you trust).", rich_help_panel="Model"),
     classes: Optional[list[str]] = typer.Option(None, "--class", help="Class id or ImageNet name; repeat for several (cycled).", rich_help_panel="Sampling"),
     class_mode: str = typer.Option("uniform", "--classes", help="Without --class: uniform (random per index) or balanced (n/classes each, in order).", rich_help_panel="Sampling"),
     prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="Text-to-image prompt; repeat for several (cycled).", rich_help_panel="Text"),
@@ -250,7 +253,7 @@ def sample(
     from .dist import init_distributed
 
     _, _, dev = init_distributed(device)
-    model = load_model(ckpt, weights=weights, device=dev)
+    model = load_model(ckpt, weights=weights, device=dev, unsafe_pickle=unsafe_pickle)
     mc = model.config
     if mc.kind == "t2i" and classes:
         raise PixelDiTError("--class was given but this is a text-to-image checkpoint", "use --prompt")
@@ -258,7 +261,10 @@ def sample(
     if prompts_file is not None:
         if not prompts_file.is_file():
             raise PixelDiTError(f"prompt file {prompts_file} does not exist")
-        lines = [l.strip() for l in prompts_file.read_text().splitlines() if l.strip()]
+        try:
+            lines = [l.strip() for l in prompts_file.read_text(encoding="utf-8").splitlines() if l.strip()]
+        except UnicodeDecodeError as e:
+            raise PixelDiTError(f"prompt file {prompts_file} is not UTF-8 text (byte {e.start})", "save it as UTF-8") from None
         if not lines:
             raise PixelDiTError(f"prompt file {prompts_file} holds no prompts", "one prompt per line")
         prompts += lines
@@ -270,7 +276,7 @@ def sample(
     if aspect_ratio:
         from .labels import aspect_bucket
 
-        if height or width:
+        if height is not None or width is not None:
             raise PixelDiTError("--aspect-ratio and --height/--width both given", "use one of them")
         height, width = aspect_bucket(aspect_ratio, sc.height or res)
     names = getattr(model, "class_names", None) or (imagenet_names() if mc.num_classes == 1000 else None)
@@ -279,8 +285,8 @@ def sample(
         ckpt=str(ckpt), n=n, out=str(out_dir or ""), classes=ids, mode=class_mode,
         solver=solver or sc.solver, steps=steps if steps is not None else sc.steps,
         cfg=cfg if cfg is not None else sc.cfg, interval=tuple(cfg_interval) if cfg_interval else sc.interval,
-        shift=shift if shift is not None else sc.shift, height=height or sc.height or res,
-        width=width or sc.width or res, seed=seed, batch_size=batch_size, precision=precision,
+        shift=shift if shift is not None else sc.shift, height=height if height is not None else (sc.height or res),
+        width=width if width is not None else (sc.width or res), seed=seed, batch_size=batch_size, precision=precision,
         npz=npz, compile=compile, weights=weights, prompts=tuple(prompts), format=fmt, device=device,
         negative_prompt=negative_prompt if negative_prompt is not None else base.text.negative_prompt,
         text_encoder=str(text_encoder or base.text.encoder or ""),
@@ -339,6 +345,7 @@ def edit(
     out_dir: Path = typer.Option(Path("edits"), "--out", help="Output folder.", rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", help="Print results.json's content as one JSON object.", rich_help_panel="Output"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present) | cpu | cuda | cuda:N.", rich_help_panel="Model"),
+    unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", help="Allow checkpoints whose pickle runs code (only files you trust).", rich_help_panel="Model"),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16.", rich_help_panel="Model"),
 ):
     """Edit an image with FlowEdit (class to class); MSE/SSIM outside the edit region with --mask/--bbox."""
@@ -348,7 +355,8 @@ def edit(
         raise PixelDiTError(f"checkpoint {ckpt} does not exist", "check the --ckpt path")
     r = run_edit(image, ckpt, src, tgt, out_dir, steps=steps, n_max=n_max, n_min=n_min, n_avg=n_avg, src_cfg=src_cfg,
                  tgt_cfg=tgt_cfg, shift=shift, seed=seed, num_seeds=num_seeds, fit=fit, mask=mask, bbox=bbox,
-                 text_encoder=text_encoder, negative_prompt=negative_prompt, device=device, precision=precision)
+                 text_encoder=text_encoder, negative_prompt=negative_prompt, device=device, precision=precision,
+                 unsafe_pickle=unsafe_pickle)
     if as_json:
         print(json.dumps(r))
         return
@@ -394,6 +402,8 @@ def eval_fid(
     """FID, sFID, Inception Score, precision and recall with the ADM protocol, in PyTorch."""
     from .metrics.evaluate import evaluate, make_reference
 
+    if batch_size < 1:
+        raise PixelDiTError(f"--batch-size must be at least 1, got {batch_size}")
     if pr_mode not in ("fp16", "fp32"):
         raise PixelDiTError(f"unknown --pr-distances {pr_mode!r}", "use fp16 or fp32")
     if fid_method not in ("scipy", "eigh"):

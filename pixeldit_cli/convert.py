@@ -278,7 +278,15 @@ def convert(src, dst, weights: str = "ema", force: bool = False, unsafe_pickle: 
         meta["class_names"] = json.dumps(rep.class_names)
     # contiguous() is a no-op for the usual case; memory-mapped sources are copied once, here.
     with atomic_path(dst) as tmp:
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata=meta)
+        try:
+            save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata=meta)
+        except Exception as e:  # safetensors reports an I/O failure as its own error type: "... (os error 28)"
+            import re
+
+            m = re.search(r"os error (\d+)", str(e))
+            if m is None:
+                raise
+            raise OSError(int(m.group(1)), os.strerror(int(m.group(1)))) from None
         canonical_header(tmp)
     return rep
 

@@ -170,9 +170,27 @@ def unfit(img, info, H: int, W: int):
     return img[:, :H, :W] if info["fit"] == "pad" else img
 
 
+def _check_numbers(steps, n_max, n_min, n_avg, num_seeds, src_cfg, tgt_cfg, shift, seed):
+    from .errors import PixelDiTError
+    from .validate import finite, positive
+
+    if steps < 1:
+        raise PixelDiTError(f"--steps must be at least 1, got {steps}")
+    if not 0 <= n_min <= n_max <= steps:
+        raise PixelDiTError(f"need 0 <= --n-min <= --n-max <= --steps (got {n_min}, {n_max}, {steps})",
+                            "--n-max counts edited steps from the data end; it cannot exceed --steps")
+    if n_avg < 1 or num_seeds < 1:
+        raise PixelDiTError("--n-avg and --num-seeds must be at least 1")
+    if seed < 0:
+        raise PixelDiTError(f"--seed must be 0 or more, got {seed}")
+    finite("--src-cfg", src_cfg, lo=0.0)
+    finite("--tgt-cfg", tgt_cfg, lo=0.0)
+    positive("--shift", shift)
+
+
 def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=50, n_max=33, n_min=0, n_avg=1, src_cfg=1.5, tgt_cfg=4.0,
              shift=1.0, seed=0, num_seeds=1, fit="crop", mask=None, bbox=None, model=None, text_encoder=None,
-             negative_prompt: str = "", device: str = "auto", precision: str = "auto") -> dict:
+             negative_prompt: str = "", device: str = "auto", precision: str = "auto", unsafe_pickle: bool = False) -> dict:
     """Edit one image file; writes edited*.png, strip.png and results.json into `out`."""
     from pathlib import Path
 
@@ -189,13 +207,10 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=50, n_max=33, n_min=
         raise PixelDiTError(f"{image} is a folder, not an image", "pass one image file")
     if not image.is_file():
         raise PixelDiTError(f"input image {image} does not exist")
+    _check_numbers(steps, n_max, n_min, n_avg, num_seeds, src_cfg, tgt_cfg, shift, seed)
     dev = pick_device(device)
     prec = resolve_precision(precision, dev)
-    if not 0 <= n_min <= n_max <= steps:
-        raise PixelDiTError(f"need 0 <= --n-min <= --n-max <= --steps (got {n_min}, {n_max}, {steps})",
-                            "--n-max counts edited steps from the data end; it cannot exceed --steps")
-    if n_avg < 1 or num_seeds < 1:
-        raise PixelDiTError("--n-avg and --num-seeds must be at least 1")
+    ensure_writable_dir(out)  # before the model loads, not after the edit
     names = [f"edited_seed{seed + k}.png" for k in range(num_seeds)] if num_seeds > 1 else ["edited.png"]
     for n in names + ["strip.png"]:
         if (out / n).resolve() == image.resolve():
@@ -219,7 +234,7 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=50, n_max=33, n_min=
                             "give a smaller --bbox or --mask, or leave both out")
 
     if model is None:
-        model = load_model(ckpt, device=dev)
+        model = load_model(ckpt, device=dev, unsafe_pickle=unsafe_pickle)
     dev = next(model.parameters()).device
     cfg = model.config
     uncond = None
@@ -236,9 +251,11 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=50, n_max=33, n_min=
         c_src, c_tgt = parse_class(src, cfg.num_classes, class_names), parse_class(tgt, cfg.num_classes, class_names)
         cond_src, cond_tgt = torch.tensor([c_src], device=dev), torch.tensor([c_tgt], device=dev)
     fitted, info = fit_image(img, cfg.patch_size, fit)
+    from .memory import check_fits
+
+    check_fits(cfg, fitted.shape[1], fitted.shape[2], 2, dev, "one guided FlowEdit step")
     x = ((fitted.float() / 255 - 0.5) / 0.5).to(dev)  # the training normalisation
 
-    ensure_writable_dir(out)
     edits, stats = [], None
     for k in range(num_seeds):
         z, stats = flowedit(model, x[None], cond_src, cond_tgt, steps=steps, n_max=n_max, n_min=n_min, n_avg=n_avg,

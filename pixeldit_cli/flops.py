@@ -91,26 +91,39 @@ def example_inputs(cfg: ModelConfig, height: int, width: int, batch: int = 1, te
 #################################################################################
 
 
-def matmul_rate(n: int = 2048, repeats: int = 5, dtype=torch.float32) -> float:
-    """Best-of-`repeats` GFLOP/s of an n×n×n matmul: the machine's own reference rate."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(n: int = 2048, repeats: int = 5, dtype=torch.float32, device="cpu") -> float:
+    """Best-of-`repeats` GFLOP/s of an n×n×n matmul on `device`: the machine's own reference rate."""
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     torch.mm(a, b)  # warm-up
+    _sync(device)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         torch.mm(a, b)
+        _sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
 
 
-def measure_forward(model: nn.Module, inputs, flops: int, repeats: int = 3) -> dict:
+def measure_forward(model: nn.Module, inputs, flops: int, repeats: int = 3, autocast=None) -> dict:
     """Time `repeats` forwards (after one warm-up) and report the best as GFLOP/s."""
+    import contextlib
+
+    device = inputs[0].device
+    ctx = (lambda: torch.autocast(device.type, dtype=autocast)) if autocast is not None else contextlib.nullcontext
     times = []
-    with torch.inference_mode():
+    with torch.inference_mode(), ctx():
         model(*inputs)
+        _sync(device)
         for _ in range(repeats):
             t0 = time.perf_counter()
             model(*inputs)
+            _sync(device)
             times.append(time.perf_counter() - t0)
     best = min(times)
     return {"seconds_best": best, "seconds_median": sorted(times)[len(times) // 2], "gflops_per_s": flops / best / 1e9}
@@ -122,7 +135,7 @@ def measure_forward(model: nn.Module, inputs, flops: int, repeats: int = 3) -> d
 
 
 def run_flops(res=None, height=None, width=None, patch=None, model=None, preset=None, batch=1,
-              text_len=None, measure=False, repeats=3) -> dict:
+              text_len=None, measure=False, repeats=3, device="auto", precision="auto") -> dict:
     """Resolve model and size (flags > preset > XL/16 @ 256), count, optionally measure. Returns a dict."""
     import re
 
@@ -137,11 +150,16 @@ def run_flops(res=None, height=None, width=None, patch=None, model=None, preset=
         overrides = {"num_classes": cfg.model.num_classes} if model_config(name).kind == "c2i" else {}
     if model:
         name, overrides = model, {}
+    for flag, v in (("--res", res), ("--height", height), ("--width", width), ("--patch", patch), ("--batch", batch)):
+        if v is not None and v < 1:
+            raise PixelDiTError(f"{flag} must be at least 1, got {v}")
+    if text_len is not None and text_len < 0:
+        raise PixelDiTError(f"--text-len must be 0 or more, got {text_len}")
     if patch is not None:
         name = re.sub(r"(/\d+)?$", f"/{patch}", name, count=1)
     mcfg = model_config(name, **overrides)
-    H = height or res or default_res
-    W = width or res or default_res
+    H = height if height is not None else res if res is not None else default_res
+    W = width if width is not None else res if res is not None else default_res
     for side in (H, W):
         if side <= 0 or side % mcfg.patch_size:
             raise PixelDiTError(f"image size {H}x{W} is not a positive multiple of the patch size {mcfg.patch_size}",
@@ -156,10 +174,16 @@ def run_flops(res=None, height=None, width=None, patch=None, model=None, preset=
     if mcfg.kind == "t2i":
         result["text_tokens"] = mcfg.text_len if text_len is None else min(text_len, mcfg.text_len)
     if measure:
-        net = build_model(mcfg, init=False).eval()
-        m = measure_forward(net, example_inputs(mcfg, H, W, batch, text_len), parts["total"], repeats)
-        m["matmul_gflops_per_s"] = matmul_rate()
+        from .dist import autocast_dtype, device_report, pick_device, resolve_precision
+
+        dev = pick_device(device)
+        prec = resolve_precision(precision, dev)
+        net = build_model(mcfg, init=False).eval().to(dev)
+        inputs = [t.to(dev) for t in example_inputs(mcfg, H, W, batch, text_len)]
+        m = measure_forward(net, inputs, parts["total"], repeats, autocast_dtype(prec))
+        m["matmul_gflops_per_s"] = matmul_rate(dtype=autocast_dtype(prec) or torch.float32, device=dev)
         m["efficiency"] = m["gflops_per_s"] / m["matmul_gflops_per_s"]
         m["threads"] = torch.get_num_threads()
+        m.update(device_report(dev, prec))
         result["measured"] = m
     return result

@@ -116,6 +116,17 @@ def write_json(path, obj, durable: bool = True) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n", durable)
 
 
+def append_line(path, line: str) -> None:
+    """Append one line to a log (flushed); a failure is one line, not a traceback. A torn last line from a
+    crash is dropped by the reader (see train.loop.trim_metrics)."""
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+    except OSError as e:
+        raise write_error(path, e) from None
+
+
 def remove_stale_temporaries(folder) -> int:
     """Delete `.NAME.PID.tmp` files a killed process left in `folder` (ours only, by their shape)."""
     n = 0

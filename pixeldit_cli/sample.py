@@ -211,6 +211,10 @@ def run(job: SampleJob, model=None, progress=True) -> dict:
         model = load_model(job.ckpt, weights=job.weights, device=device)
     cfg = model.config
     validate(job, cfg)
+    from .memory import check_fits
+
+    guided = job.cfg != 1.0
+    check_fits(cfg, job.height, job.width, min(job.batch_size, job.n) * (2 if guided else 1), device)
     encoder = _text_encoder(job, cfg, device)
     fmt = job.resolved_format()
     out = Path(job.out or default_out(job))

@@ -334,11 +334,11 @@ def test_corrupt_checkpoint_is_named_and_others_kept(data, tmp_path):
     ck = out / "checkpoints"
     (ck / "last.pt").unlink()
     (ck / "last.pt").write_bytes((ck / "0000004.pt").read_bytes()[:1000])
-    with pytest.raises(PixelDiTError, match=r"last.pt is corrupt or truncated.*0000002.pt"):
-        train(cfg_for(data, **{"train.steps": 6}), out, resume="auto", progress=False)
+    with pytest.raises(PixelDiTError, match=r"last.pt is corrupt or truncated.*0000002.pt, 0000004.pt"):
+        train(cfg_for(data, **{"train.steps": 6}), out, resume=str(ck / "last.pt"), progress=False)  # asked for by name
     assert (ck / "0000002.pt").exists() and (ck / "0000004.pt").exists()
-    train(cfg_for(data, **{"train.steps": 6}), out, resume=str(ck / "0000004.pt"), progress=False)
-    assert torch.load(ck / "last.pt", weights_only=True)["step"] == 6
+    s = train(cfg_for(data, **{"train.steps": 6}), out, resume="auto", progress=False)  # auto falls back to 4
+    assert s["trained_steps"] == 2 and torch.load(ck / "last.pt", weights_only=True)["step"] == 6
 
 
 def test_fsdp_two_processes_with_resume_equal_one(data, dino, tmp_path):

@@ -80,8 +80,12 @@ def reference_stats(path: Path, net, weights_hash: str, batch_size, device, cach
             out = {k: z[k] for k in z.files}
     else:
         stored = {k: src.array(k) for k in ("mu", "sigma", "mu_s", "sigma_s")} if isinstance(src, NpzImages) else {}
+        dims = {"mu": (2048,), "sigma": (2048, 2048), "mu_s": (2023,), "sigma_s": (2023, 2023)}
         for k, v in stored.items():
             if v is not None:
+                if v.shape != dims[k]:
+                    raise PixelDiTError(f"reference {path}: '{k}' has shape {v.shape}, expected {dims[k]}",
+                                        "ADM reference batches hold pool3 (2048) and sFID (2023) statistics")
                 if not np.isfinite(v).all():
                     raise PixelDiTError(f"reference {path}: '{k}' contains NaN or infinity")
                 out[k] = v.astype(np.float64)
@@ -126,6 +130,11 @@ def evaluate(samples, ref, inception=None, inception_sha256=None, batch_size: in
 
     res = {"n": int(len(src)), "resolution": list(src.shape[1:3]), "fid": None, "sfid": None, "is": None,
            "precision": None, "recall": None}
+    ref_src = open_images(ref, require_images=False)
+    if len(ref_src) and tuple(ref_src.shape[1:3]) != tuple(src.shape[1:3]):
+        notes.append(f"samples are {src.shape[2]}x{src.shape[1]} but the reference images are "
+                     f"{ref_src.shape[2]}x{ref_src.shape[1]}: both are resized to 299 for Inception, but FID across "
+                     "resolutions is not the paper's protocol")
     if stored_mu is not None:
         notes.append("the sample file holds mu/sigma: FID/sFID use them, as ADM does")
         m1, s1 = stored_mu, src.array("sigma")

@@ -68,12 +68,60 @@ def find_resume(resume: str, out: Path):
 
 
 def load(path: Path) -> dict:
+    """A training checkpoint, or one line saying exactly why this file is not one."""
+    import pickle
+
+    path = Path(path)
+    if path.is_dir():
+        raise PixelDiTError(f"--resume {path} is a folder", "pass a checkpoint file such as OUT/checkpoints/last.pt")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) >= 9 and head[8:9] == b"{":
+        raise PixelDiTError(f"{path} is a weights-only safetensors file, not a training checkpoint",
+                            "training resumes from OUT/checkpoints/*.pt (weights, optimizer, step, data position)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, garbage, pickled code: all mean "not this file"
-        others = sorted(p.name for p in path.parent.glob("[0-9]*.pt") if p.resolve() != path.resolve())
-        hint = f"the other checkpoints are untouched ({', '.join(others[-3:])}); pass one with --resume PATH" if others else "start without --resume"
-        raise PixelDiTError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__})", hint) from None
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise PixelDiTError(f"{path} contains pickled code, which is refused",
+                                "pixeldit training checkpoints hold tensors and plain values only; is this file from elsewhere?") from None
+        raise PixelDiTError(f"checkpoint {path} is corrupt or truncated (unpickling failed)", _others_hint(path)) from None
+    except Exception as e:  # truncated zip, garbage
+        raise PixelDiTError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__})", _others_hint(path)) from None
     if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
-        raise PixelDiTError(f"{path} is not a pixeldit training checkpoint", "to start from released weights use `pixeldit convert` first")
+        raise PixelDiTError(f"{path} is not a pixeldit training checkpoint",
+                            "training resumes from OUT/checkpoints/*.pt; released weights cannot be resumed from")
     return state
+
+
+def _others_hint(path: Path) -> str:
+    """Name the step checkpoints that are separate files (last.pt is a hard link to one of them)."""
+    others = sorted(p.name for p in path.parent.glob("[0-9]*.pt") if not _same_file(p, path))
+    return f"other checkpoints: {', '.join(others[-3:])}; pass one with --resume PATH" if others else "start without --resume"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def load_for_resume(resume: str, out: Path) -> tuple[dict | None, Path | None, str]:
+    """(state, path, note). With --resume auto, a last.pt that no longer loads falls back to the newest step
+    checkpoint that does (a different file: last.pt is a hard link), and the note says so."""
+    path = find_resume(resume, out)
+    if path is None:
+        return None, None, ""
+    try:
+        return load(path), path, ""
+    except PixelDiTError as first:
+        if resume != "auto":
+            raise
+        ckpts = sorted((p for p in path.parent.glob("[0-9]*.pt") if not _same_file(p, path)), reverse=True)
+        for p in ckpts:
+            try:
+                return load(p), p, f"{path.name} does not load ({first.message}); resuming from {p.name}"
+            except PixelDiTError:
+                continue
+        raise PixelDiTError(first.message, "no other checkpoint in the run loads either: start a new --out") from None

@@ -19,7 +19,7 @@ import torch
 
 from ..config import Config, to_yaml
 from ..errors import PixelDiTError
-from ..io import write_grid
+from ..io import append_line, ensure_writable_dir, write_grid, write_text
 from ..models.registry import build_model, count_params, model_config
 from ..dist import barrier, init_distributed
 from ..solvers import noise_for, solve, to_uint8
@@ -79,8 +79,58 @@ def grid_labels(num_classes: int, per_class: int = 4) -> list[int]:
     return [88, 207, 279, 291, 360, 387, 388, 417, 812, 974, 980, 33, 1, 130, 250, 949][: min(16, num_classes)]
 
 
+def trim_metrics(path: Path, step: int) -> None:
+    """Keep the log lines up to `step` (a killed run logged past its last checkpoint), dropping a line a
+    crash tore in half."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a torn line: the write a kill interrupted
+        if isinstance(rec, dict) and rec.get("step", 0) <= step:
+            keep.append(line)
+    write_text(path, "".join(k + "\n" for k in keep))
+
+
 def validate(cfg: Config, world: int):
-    tc = cfg.train
+    """Every value of the resolved config that could fail later, checked before any work."""
+    from ..validate import finite, positive
+
+    tc, sc = cfg.train, cfg.sample
+    for name in ("log_every", "ckpt_every", "max_nonfinite"):
+        if getattr(tc, name) < 1:
+            raise PixelDiTError(f"train.{name} must be at least 1, got {getattr(tc, name)}")
+    for name in ("sample_every", "keep_last", "keep_every", "warmup_steps", "lr_drop_step", "grad_clip_drop_step", "seed"):
+        if getattr(tc, name) < 0:
+            raise PixelDiTError(f"train.{name} must be 0 or more, got {getattr(tc, name)}")
+    positive("train.lr", tc.lr)
+    finite("train.lr_drop_to", tc.lr_drop_to, lo=0.0)
+    finite("train.grad_clip", tc.grad_clip, lo=0.0)
+    finite("train.grad_clip_drop_to", tc.grad_clip_drop_to, lo=0.0)
+    finite("train.ema_decay", tc.ema_decay, lo=0.0, hi=1.0)
+    finite("train.weight_decay", tc.weight_decay, lo=0.0)
+    finite("train.repa_weight", tc.repa_weight, lo=0.0)
+    positive("train.time_shift", tc.time_shift)
+    for b in tc.betas:
+        finite("train.betas", b, lo=0.0, hi=0.999999)
+    if tc.precision not in ("fp32", "bf16"):
+        raise PixelDiTError(f"train.precision must be fp32 or bf16, got {tc.precision!r}")
+    if cfg.data.resolution < 1 or cfg.data.num_workers < 0:
+        raise PixelDiTError("data.resolution must be positive and data.num_workers 0 or more")
+    from ..solvers import SOLVERS
+
+    if sc.solver not in SOLVERS:
+        raise PixelDiTError(f"sample.solver {sc.solver!r} is unknown", f"use one of {', '.join(SOLVERS)}")
+    if sc.steps < 1:
+        raise PixelDiTError(f"sample.steps must be at least 1, got {sc.steps}")
+    finite("sample.cfg", sc.cfg, lo=0.0)
+    positive("sample.shift", sc.shift)
+    lo, hi = (finite("sample.interval", v) for v in sc.interval)
+    if not 0 <= lo <= hi <= 1:
+        raise PixelDiTError(f"sample.interval {list(sc.interval)} is invalid", "need 0 <= lo <= hi <= 1")
     if tc.steps < 1:
         raise PixelDiTError(f"train.steps must be at least 1, got {tc.steps}")
     if tc.micro_batch < 1 or tc.global_batch < 1:
@@ -110,10 +160,13 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
     autocast = torch.bfloat16 if (device.type == "cuda" and tc.precision == "bf16") else None
 
     # ---- state: fresh, or everything from the checkpoint ------------------------------------------------
-    resume_path = checkpoint.find_resume(resume, out)
-    if resume_path is None and resume in ("", "none") and (out / "checkpoints" / "last.pt").exists():
+    if resume in ("", "none") and (out / "checkpoints" / "last.pt").exists():
         raise PixelDiTError(f"{out} already holds a training run", "continue it with --resume auto, or choose another --out")
-    state = checkpoint.load(resume_path) if resume_path else None
+    if rank == 0:
+        ensure_writable_dir(out)  # before the dataset and the encoders load
+    state, resume_path, note = checkpoint.load_for_resume(resume, out)
+    if note and rank == 0:
+        print(f"note: {note}", flush=True)
     if state is not None and state["model_config"] != mcfg.to_dict():
         raise PixelDiTError(f"{resume_path} was trained with another architecture", "use the run's own preset, or another --out")
 
@@ -177,11 +230,8 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
     class_names = list(getattr(ds, "classes", []))
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(to_yaml(cfg))
-        metrics_path = out / "metrics.jsonl"
-        if metrics_path.exists():  # drop lines from a killed run's future (logged after its last checkpoint)
-            keep = [l for l in metrics_path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
-            metrics_path.write_text("".join(k + "\n" for k in keep))
+        write_text(out / "config.yaml", to_yaml(cfg))
+        trim_metrics(out / "metrics.jsonl", step)
         n_params = count_params(model)
         print("resolved config:\n" + "\n".join("  " + l for l in to_yaml(cfg).splitlines()), flush=True)
         print(f"PixelDiT {cfg.model.name}: {n_params:,} params | global batch {tc.global_batch} = {world} proc × "
@@ -303,8 +353,7 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
                 rec = {"step": step, "loss": sums[0].item(), "loss_flow": sums[1].item(), "loss_repa": sums[2].item(),
                        "grad_norm": gnorm.item(), "lr": lr, "grad_clip": clip, "img_per_s": imgs_log / (now - t_log),
                        "data_wait": wait_log / (now - t_log), "nonfinite_skipped": skipped}
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(rec) + "\n")
+                append_line(out / "metrics.jsonl", json.dumps(rec))
                 last_log, t_log, wait_log, imgs_log = rec, now, 0.0, 0
                 if bar is not None:
                     bar.update(task, completed=step, info=f"loss {rec['loss']:.4f} repa {rec['loss_repa']:.3f} "
