@@ -1,5 +1,6 @@
 """convert / load_model: official formats built from the documented key layout, round trips, bad input."""
 
+import os
 import json
 import pickle
 
@@ -192,3 +193,26 @@ def test_bad_paths(tmp_path):
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(PixelDiTError, match="not a checkpoint dict"):
         load_model(tmp_path / "list.pt")
+
+
+def test_convert_is_byte_identical_across_processes_and_world_readable(fixtures, tmp_path):
+    """safetensors writes its metadata from a hash map (order varies per process); ours is sorted."""
+    import stat
+    import subprocess
+    import sys
+
+    outs = []
+    for i in range(2):
+        dst = tmp_path / f"c{i}.safetensors"
+        p = subprocess.run([sys.executable, "-m", "pixeldit_cli", "convert", str(fixtures / "official_c2i_small.ckpt"), str(dst)],
+                           capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": str(i)})
+        assert p.returncode == 0, p.stderr[-1500:]
+        outs.append(dst)
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    assert stat.S_IMODE(outs[0].stat().st_mode) == 0o644
+    import json
+    import struct
+
+    raw = outs[0].read_bytes()
+    meta = json.loads(raw[8: 8 + struct.unpack("<Q", raw[:8])[0]])["__metadata__"]  # dict keeps the file's order
+    assert list(meta) == sorted(meta)
