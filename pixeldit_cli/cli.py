@@ -219,7 +219,7 @@ def sample(
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="Negative prompt (default: the empty prompt).", rich_help_panel="Text"),
     text_encoder: Optional[Path] = typer.Option(None, "--text-encoder", help="Local Gemma-2-2b-it directory (T2I).", rich_help_panel="Text"),
     n: int = typer.Option(64, "--n", help="Number of images.", rich_help_panel="Sampling"),
-    seed: int = typer.Option(0, "--seed", help="Sample i uses seed + i.", rich_help_panel="Sampling"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sample i uses seed + i [default: the config's sample.seed, 0].", rich_help_panel="Sampling"),
     solver: Optional[str] = typer.Option(None, "--solver", help="flowdpm | euler | heun | dpm++2m.", rich_help_panel="Sampling"),
     steps: Optional[int] = typer.Option(None, "--steps", help="Solver steps (= network calls).", rich_help_panel="Sampling"),
     shift: Optional[float] = typer.Option(None, "--shift", help="Time shift s (c2i convention).", rich_help_panel="Sampling"),
@@ -228,7 +228,7 @@ def sample(
     aspect_ratio: Optional[str] = typer.Option(None, "--aspect-ratio", help="W:H, snapped to the release's T2I bucket list (scaled to the resolution).", rich_help_panel="Sampling"),
     cfg: Optional[float] = typer.Option(None, "--cfg", help="Guidance scale (1 = off).", rich_help_panel="Guidance"),
     cfg_interval: Optional[tuple[float, float]] = typer.Option(None, "--cfg-interval", help="LO HI: guide only for LO < t < HI.", rich_help_panel="Guidance"),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward (does not change the images).", rich_help_panel="Distributed"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward; does not change the images [default: the config's sample.batch_size, 32].", rich_help_panel="Distributed"),
     nproc: int = typer.Option(1, "--nproc", help="Start this many worker processes here (torchrun not needed).", rich_help_panel="Distributed"),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16.", rich_help_panel="Distributed"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present; torchrun: the local rank's GPU) | cpu | cuda | cuda:N.", rich_help_panel="Distributed"),
@@ -239,7 +239,7 @@ def sample(
     as_json: bool = typer.Option(False, "--json", help="Print results.json's content as one JSON object (no progress bar).", rich_help_panel="Output"),
 ):
     """Sample images: per-index PNGs, grid.png, results.json (and samples.npz)."""
-    from .config import load_preset
+    from .config import defaults_for
     from .labels import imagenet_names, parse_class
     from .sample import SampleJob, run, validate
 
@@ -270,9 +270,9 @@ def sample(
         prompts += lines
     if mc.kind == "c2i" and prompts:
         raise PixelDiTError("--prompt was given but this is a class-conditional checkpoint", "use --class")
-    base = load_preset(preset or ("t2i1024" if mc.kind == "t2i" else "xl256"))
+    base, defaults_from = defaults_for(model, preset)
     sc = base.sample
-    res = base.data.resolution if preset or mc.kind == "t2i" else 256
+    res = base.data.resolution
     if aspect_ratio:
         from .labels import aspect_bucket
 
@@ -286,7 +286,8 @@ def sample(
         solver=solver or sc.solver, steps=steps if steps is not None else sc.steps,
         cfg=cfg if cfg is not None else sc.cfg, interval=tuple(cfg_interval) if cfg_interval else sc.interval,
         shift=shift if shift is not None else sc.shift, height=height if height is not None else (sc.height or res),
-        width=width if width is not None else (sc.width or res), seed=seed, batch_size=batch_size, precision=precision,
+        width=width if width is not None else (sc.width or res), seed=sc.seed if seed is None else seed,
+        batch_size=sc.batch_size if batch_size is None else batch_size, precision=precision,
         npz=npz, compile=compile, weights=weights, prompts=tuple(prompts), format=fmt, device=device,
         negative_prompt=negative_prompt if negative_prompt is not None else base.text.negative_prompt,
         text_encoder=str(text_encoder or base.text.encoder or ""),
@@ -295,6 +296,8 @@ def sample(
         raise PixelDiTError(f"unknown --classes mode {class_mode!r}", "use uniform or balanced, or give --class")
     validate(job, mc)
     result = run(job, model=model, progress=not as_json)
+    if result:
+        result["defaults_from"] = defaults_from
     if as_json:
         if result:
             print(json.dumps(result))
@@ -316,9 +319,9 @@ def sample(
     "  pixeldit edit sneaker.png --src Sneaker --tgt 'Ankle boot' --ckpt smoke.safetensors --num-seeds 4\n\n"
     "  pixeldit edit photo.png --src 281 --tgt 291 --ckpt xl256.safetensors --bbox 40 30 200 220 --json\n\n"
     "  pixeldit edit cat.png --src 'a cat on a sofa' --tgt 'a dog on a sofa' --ckpt t2i1024.safetensors --text-encoder gemma-2-2b-it\n\n"
-    "Defaults (FlowEdit's SD3 schedule adapted to PixelDiT): 50 steps, --n-max 33 (editing starts at noise "
-    "level t = 0.66), --n-min 0, --n-avg 1, source CFG 1.5 and target CFG 4.0 — PixelDiT samples at CFG ~3, "
-    "not SD3's 13.5. Larger --n-max and --tgt-cfg edit more; --n-min > 0 re-noises and samples the last "
+    "Defaults (FlowEdit's SD3 schedule adapted to PixelDiT): 50 steps, --strength 0.66 (editing starts at noise "
+    "level 0.66: the last round(0.66·steps) steps; --n-max sets that count directly), --n-min 0, --n-avg 1, "
+    "source CFG 1.5 and target CFG 4.0 — PixelDiT samples at CFG ~3, not SD3's 13.5. Larger --strength and --tgt-cfg edit more; --n-min > 0 re-noises and samples the last "
     "steps from the target alone (stronger, less faithful). In pixel space nothing outside the edit "
     "changes through a VAE: src == tgt with equal CFG returns the input bit for bit."
 )
@@ -330,13 +333,14 @@ def edit(
     text_encoder: Optional[Path] = typer.Option(None, "--text-encoder", help="T2I: local Gemma-2-2b-it folder.", rich_help_panel="Model"),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="T2I: the unconditional prompt.", rich_help_panel="Guidance"),
     ckpt: Path = typer.Option(..., "--ckpt", help="Model weights.", rich_help_panel="Model"),
-    steps: int = typer.Option(50, "--steps", help="Time grid size T.", rich_help_panel="Edit"),
-    n_max: int = typer.Option(33, "--n-max", help="Edited steps counted from the data end (0 = no edit).", rich_help_panel="Edit"),
-    n_min: int = typer.Option(0, "--n-min", help="Last steps sampled from the target alone.", rich_help_panel="Edit"),
-    n_avg: int = typer.Option(1, "--n-avg", help="Noise draws averaged per step.", rich_help_panel="Edit"),
-    src_cfg: float = typer.Option(1.5, "--src-cfg", help="Source guidance scale.", rich_help_panel="Guidance"),
-    tgt_cfg: float = typer.Option(4.0, "--tgt-cfg", help="Target guidance scale.", rich_help_panel="Guidance"),
-    shift: float = typer.Option(1.0, "--shift", help="Time shift of the grid (c2i convention).", rich_help_panel="Edit"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Time grid size T [default: 50].", rich_help_panel="Edit"),
+    strength: Optional[float] = typer.Option(None, "--strength", help="Editing starts at this noise level, 0..1 [default: 0.66].", rich_help_panel="Edit"),
+    n_max: Optional[int] = typer.Option(None, "--n-max", help="Or: edited steps counted from the data end (FlowEdit's notation).", rich_help_panel="Edit"),
+    n_min: Optional[int] = typer.Option(None, "--n-min", help="Last steps sampled from the target alone [default: 0].", rich_help_panel="Edit"),
+    n_avg: Optional[int] = typer.Option(None, "--n-avg", help="Noise draws averaged per step [default: 1].", rich_help_panel="Edit"),
+    src_cfg: Optional[float] = typer.Option(None, "--src-cfg", help="Source guidance scale [default: 1.5].", rich_help_panel="Guidance"),
+    tgt_cfg: Optional[float] = typer.Option(None, "--tgt-cfg", help="Target guidance scale [default: 4.0].", rich_help_panel="Guidance"),
+    shift: Optional[float] = typer.Option(None, "--shift", help="Time shift of the grid (c2i convention) [default: 1.0].", rich_help_panel="Edit"),
     seed: int = typer.Option(0, "--seed", help="Seed of the per-step noise.", rich_help_panel="Edit"),
     num_seeds: int = typer.Option(1, "--num-seeds", help="Edit with seeds seed..seed+K-1.", rich_help_panel="Edit"),
     fit: str = typer.Option("crop", "--fit", help="crop | pad | resize to a multiple of the patch size.", rich_help_panel="Input"),
@@ -353,8 +357,9 @@ def edit(
 
     if not ckpt.exists():
         raise PixelDiTError(f"checkpoint {ckpt} does not exist", "check the --ckpt path")
-    r = run_edit(image, ckpt, src, tgt, out_dir, steps=steps, n_max=n_max, n_min=n_min, n_avg=n_avg, src_cfg=src_cfg,
-                 tgt_cfg=tgt_cfg, shift=shift, seed=seed, num_seeds=num_seeds, fit=fit, mask=mask, bbox=bbox,
+    given = {k: v for k, v in dict(steps=steps, n_min=n_min, n_avg=n_avg, src_cfg=src_cfg, tgt_cfg=tgt_cfg,
+                                   shift=shift).items() if v is not None}  # the rest: edit.DEFAULTS
+    r = run_edit(image, ckpt, src, tgt, out_dir, strength=strength, n_max=n_max, **given, seed=seed, num_seeds=num_seeds, fit=fit, mask=mask, bbox=bbox,
                  text_encoder=text_encoder, negative_prompt=negative_prompt, device=device, precision=precision,
                  unsafe_pickle=unsafe_pickle)
     if as_json:

@@ -83,8 +83,7 @@ class SampleSection:
 
 @dataclass(frozen=True)
 class TextSection:
-    encoder: str = ""                     # local Gemma-2-2b-it directory
-    max_length: int = 300
+    encoder: str = ""                     # local Gemma-2-2b-it directory (the text window is the model's: 300)
     negative_prompt: str = ""
 
 
@@ -192,6 +191,22 @@ def load_preset(name_or_path: str) -> Config:
         raise PixelDiTError(f"preset {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     data.setdefault("preset", path.stem)
     return config_from_dict(data)
+
+
+def defaults_for(model, preset: str | None = None) -> tuple[Config, str]:
+    """The config whose data/sample sections give a command its defaults, and where it came from:
+    --preset if given, else the training config stored in the checkpoint (so a converted Fashion-MNIST
+    model samples at 32² with its own settings), else the release preset of the model's family."""
+    if preset:
+        return load_preset(preset), f"preset {preset}"
+    stored = getattr(model, "train_config", None)
+    if stored:
+        try:
+            return config_from_dict(stored), "the checkpoint's training config"
+        except PixelDiTError:
+            pass  # written by another version with other keys: the family default below
+    name = "t2i1024" if model.config.kind == "t2i" else "xl256"
+    return load_preset(name), f"preset {name} (the release's settings)"
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:

@@ -41,6 +41,7 @@ class KeyReport:
     unexpected: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     class_names: list = field(default_factory=list)    # from training checkpoints (e.g. Fashion-MNIST's)
+    train_config: dict = field(default_factory=dict)   # the resolved training config (resolution, sampling defaults)
 
     def lines(self) -> list[str]:
         out = [f"format: {self.source_format}, weights: {self.weights}", f"used: {len(self.used)} tensors"]
@@ -125,7 +126,7 @@ def _depth(sd: dict, prefix: str) -> int:
 
 
 def infer_config(sd: dict) -> ModelConfig:
-    """ModelConfig from a network state dict's shapes alone (official-compat.md §3.1)."""
+    """ModelConfig from a network state dict's shapes alone (docs/checkpoints.md#shapes)."""
     t2i = "y_embedder.proj.weight" in sd or "y_pos_embedding" in sd
     D = _need(sd, "s_embedder.proj.weight")[0]
     d, C = _need(sd, "pixel_embedder.proj.weight")
@@ -184,10 +185,12 @@ def extract(obj, weights: str = "ema", source: str = "checkpoint") -> tuple[dict
             cfg = ModelConfig.from_dict(json.loads(meta["pixeldit_config"]))
             rep.weights = meta.get("weights", weights)
         rep.class_names = json.loads(meta.get("class_names", "[]"))
+        rep.train_config = json.loads(meta.get("train_config", "{}"))
     elif isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT:
         rep.source_format = "pixeldit training checkpoint"
         sd = dict(obj["ema" if weights == "ema" else "model"])
         rep.class_names = list(obj.get("class_names") or [])
+        rep.train_config = dict(obj.get("config") or {})
         cfg = ModelConfig.from_dict(obj["model_config"])
         rep.dropped.update({"training state": [k for k in obj if k not in ("ema", "model")]})
         rep.dropped["the other weights"] = list(obj["model" if weights == "ema" else "ema"])
@@ -276,6 +279,8 @@ def convert(src, dst, weights: str = "ema", force: bool = False, unsafe_pickle: 
     }
     if rep.class_names:
         meta["class_names"] = json.dumps(rep.class_names)
+    if rep.train_config:  # so `sample --ckpt X` uses the model's own resolution and sampling defaults
+        meta["train_config"] = json.dumps(rep.train_config, sort_keys=True)
     # contiguous() is a no-op for the usual case; memory-mapped sources are copied once, here.
     with atomic_path(dst) as tmp:
         try:
@@ -347,4 +352,5 @@ def load_model(path, weights: str = "ema", device="cpu", dtype=torch.float32, un
     model.load_state_dict(state, strict=True, assign=True)
     model.key_report = rep
     model.class_names = rep.class_names or None
+    model.train_config = rep.train_config or None
     return model.to(device).eval()

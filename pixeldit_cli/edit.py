@@ -1,4 +1,4 @@
-"""FlowEdit on PixelDiT (Kulikov et al., 2025; facts in flowedit.md), and background-preservation metrics.
+"""FlowEdit on PixelDiT (Kulikov et al., 2025; docs/editing.md), and background-preservation metrics.
 
 Inversion-free editing: integrate dZ = [v_tar(Z + Ẑ_src − X) − v_src(Ẑ_src)] dτ from the source image,
 where Ẑ_src = τ·X + (1 − τ)·ε is a fresh noisy version of the source at every step (shared by both
@@ -27,6 +27,16 @@ from .solvers import Velocity, c2i_grid
 #################################################################################
 
 
+# FlowEdit's SD3 schedule (T = 50, editing from noise level 0.66, i.e. n_max = 33) with guidance scales for
+# PixelDiT, which samples at CFG ~3 rather than SD3's 13.5 (docs/editing.md#schedule). The one place these live.
+DEFAULTS = {"steps": 50, "strength": 0.66, "n_min": 0, "n_avg": 1, "src_cfg": 1.5, "tgt_cfg": 4.0, "shift": 1.0}
+
+
+def n_max_of(strength: float, steps: int) -> int:
+    """Editing starts at noise level `strength`: the last round(strength·steps) steps of the grid are edited."""
+    return int(round(strength * steps))
+
+
 def edit_steps(steps: int, n_max: int, n_min: int = 0, shift: float = 1.0):
     """(edited (τ, τ_next) pairs, tail pairs, the grid). Edited dts sum to 1 − τ_start when n_min = 0."""
     grid = c2i_grid(steps, shift)
@@ -42,13 +52,19 @@ def _noise(seed: int, step: int, draw: int, shape, device):
     return torch.randn(*shape, generator=g).to(device)
 
 
-def flowedit(model, x_src, src, tgt, *, steps: int = 50, n_max: int = 33, n_min: int = 0, n_avg: int = 1,
-             src_cfg: float = 1.5, tgt_cfg: float = 4.0, shift: float = 1.0, seed: int = 0, uncond=None, autocast=None):
+def flowedit(model, x_src, src, tgt, *, steps: int = DEFAULTS["steps"], n_max: int | None = None,
+             n_min: int = DEFAULTS["n_min"], n_avg: int = DEFAULTS["n_avg"], src_cfg: float = DEFAULTS["src_cfg"],
+             tgt_cfg: float = DEFAULTS["tgt_cfg"], shift: float = DEFAULTS["shift"], seed: int = 0, uncond=None,
+             autocast=None, strength: float = DEFAULTS["strength"]):
     """Edit images x_src (B, C, H, W) in [-1, 1] from condition `src` to `tgt`; returns (edited, stats).
+
+    How far to edit: `strength` (editing starts at that noise level), or `n_max` edited steps in
+    FlowEdit's notation, which wins when given.
 
     src / tgt: class ids (B,) or text states for T2I; uncond: the null condition (class-conditional: the
     null class by default). Guidance is applied at every step (no interval).
     """
+    n_max = n_max_of(strength, steps) if n_max is None else n_max
     if not 0 <= n_min <= n_max <= steps:
         raise ValueError(f"need 0 <= n_min <= n_max <= steps, got n_min {n_min}, n_max {n_max}, steps {steps}")
     if n_avg < 1:
@@ -188,10 +204,13 @@ def _check_numbers(steps, n_max, n_min, n_avg, num_seeds, src_cfg, tgt_cfg, shif
     positive("--shift", shift)
 
 
-def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=50, n_max=33, n_min=0, n_avg=1, src_cfg=1.5, tgt_cfg=4.0,
-             shift=1.0, seed=0, num_seeds=1, fit="crop", mask=None, bbox=None, model=None, text_encoder=None,
+def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=DEFAULTS["steps"], strength=None, n_max=None,
+             n_min=DEFAULTS["n_min"], n_avg=DEFAULTS["n_avg"], src_cfg=DEFAULTS["src_cfg"], tgt_cfg=DEFAULTS["tgt_cfg"],
+             shift=DEFAULTS["shift"], seed=0, num_seeds=1, fit="crop", mask=None, bbox=None, model=None, text_encoder=None,
              negative_prompt: str = "", device: str = "auto", precision: str = "auto", unsafe_pickle: bool = False) -> dict:
-    """Edit one image file; writes edited*.png, strip.png and results.json into `out`."""
+    """Edit one image file; writes edited*.png, strip.png and results.json into `out`.
+
+    How far to edit: `strength` in [0, 1] (default 0.66) for any `steps`, or `n_max` in FlowEdit's notation."""
     from pathlib import Path
 
     from .convert import load_model
@@ -207,6 +226,15 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=50, n_max=33, n_min=
         raise PixelDiTError(f"{image} is a folder, not an image", "pass one image file")
     if not image.is_file():
         raise PixelDiTError(f"input image {image} does not exist")
+    if strength is not None and n_max is not None:
+        raise PixelDiTError("--strength and --n-max both given", "use one: --strength is --n-max / --steps")
+    if strength is not None:
+        from .validate import finite
+
+        finite("--strength", strength, lo=0.0, hi=1.0)
+    if steps >= 1 and n_max is None:
+        n_max = n_max_of(DEFAULTS["strength"] if strength is None else strength, steps)
+    n_max = 0 if n_max is None else n_max
     _check_numbers(steps, n_max, n_min, n_avg, num_seeds, src_cfg, tgt_cfg, shift, seed)
     dev = pick_device(device)
     prec = resolve_precision(precision, dev)
@@ -285,7 +313,7 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=50, n_max=33, n_min=
         "target": {"class": c_tgt, "name": class_names[c_tgt] if class_names else None, "cfg": tgt_cfg}
         if cfg.kind == "c2i" else {"prompt": tgt, "cfg": tgt_cfg},
         "negative_prompt": negative_prompt if cfg.kind == "t2i" else None,
-        "steps": steps, "n_max": n_max, "n_min": n_min, "n_avg": n_avg, "shift": shift, "seed": seed,
+        "steps": steps, "strength": n_max / steps, "n_max": n_max, "n_min": n_min, "n_avg": n_avg, "shift": shift, "seed": seed,
         "num_seeds": num_seeds, "fit": info, "size": [int(fitted.shape[2]), int(fitted.shape[1])],
         "outputs": names, "strip": "strip.png", **stats,
         "region": ({"mask": str(mask)} if mask is not None else {"bbox": list(bbox)} if bbox is not None else None),

@@ -1,4 +1,4 @@
-"""FLOPs in the paper's convention (Table 16; official-compat.md §7), counted analytically, by hooks, and measured.
+"""FLOPs in the paper's convention (Table 16; docs/conventions.md#flops), counted analytically, by hooks, and measured.
 
 Convention: every nn.Linear costs 2·n·in·out (n = input rows), every attention 4·B·N²·C (QKᵀ + AV;
 for T2I over the joint text+image sequence). Nothing else counts: norms, RoPE, softmax, activations,

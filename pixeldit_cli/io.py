@@ -4,7 +4,7 @@ Every output of the toolkit goes through `atomic_file`: written to a hidden temp
 target, flushed, fsynced, size-checked, then renamed. A full disk, a read-only folder or a killed process
 therefore never leaves a half-written file under a final name (which a resume would then trust), the
 temporary file is removed on any error, and the error is one line that says what to do
-(docs/reliability.md). `remove_stale_temporaries` clears what a SIGKILL left behind.
+(README, Reliability). `remove_stale_temporaries` clears what a SIGKILL left behind.
 
 Every input image goes through `read_image`: PNG (8 and 16 bit, gray, palette, alpha), JPEG, BMP and
 WebP become uint8 RGB, and a note says what was converted.

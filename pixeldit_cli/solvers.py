@@ -1,13 +1,13 @@
 """Time grids and ODE solvers for both PixelDiT models, with classifier-free guidance.
 
-One convention outside, two inside (official-compat.md §0):
+One convention outside, two inside (docs/conventions.md#time):
   * Every knob a user sees is in the class-conditional convention: t = 0 noise -> t = 1 data, the
     guidance interval (lo < t < hi, strict) and the time shift t' = t / (t + (1 - t)·s).
   * `Velocity` adapts either network to the c2i convention (v = x − ε, pointing to data). The
     text-to-image network takes 1000·σ with σ = 1 − t and returns ε − x, so the adapter flips both.
-  * `euler`, `heun`, `flowdpm` integrate t upward exactly as the official c2i samplers (§5).
+  * `euler`, `heun`, `flowdpm` integrate t upward exactly as the official c2i samplers (docs/conventions.md#samplers).
   * `dpm++2m` is the T2I release's DPM-Solver++ (2M, flow) and works in σ exactly in the release's
-    order of operations (§4.5) — the fp32 rounding of that path is part of its parity.
+    order of operations (docs/conventions.md#samplers) — the fp32 rounding of that path is part of its parity.
 
 Guidance: the batch is [uncond; cond] and out = u + w·(c − u). Where w = 1 (cfg 1, or outside the
 interval) only the conditional half is evaluated: half the network work, counted in `Stats`.
@@ -44,7 +44,7 @@ def time_shift(t, s: float):
 
 
 def c2i_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
-    """N + 1 times: linspace(0, 1 − 1/N, N) in float32, then 1.0, then the shift (§5)."""
+    """N + 1 times: linspace(0, 1 − 1/N, N) in float32, then 1.0, then the shift (docs/conventions.md#samplers)."""
     t = torch.cat([torch.linspace(0.0, 1.0 - 1.0 / steps, steps, dtype=torch.float32), torch.tensor([1.0])])
     return time_shift(t, shift)
 
@@ -123,7 +123,7 @@ class Velocity:
 
 
 #################################################################################
-#                     The c2i solvers (official §5), t upward                   #
+#                     The c2i solvers (as released), t upward                   #
 #################################################################################
 
 
@@ -163,7 +163,7 @@ def flowdpm(v: Velocity, x, grid):
 
 
 #################################################################################
-#              DPM-Solver++ 2M for flow models (the T2I release, §4.5)          #
+#              DPM-Solver++ 2M for flow models (the T2I release)                #
 #################################################################################
 
 

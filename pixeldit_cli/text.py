@@ -1,6 +1,6 @@
 """The T2I release's text pipeline: Gemma-2-2b-it (transformers) -> 300 text states of width 2304.
 
-Exactly the release's prompt handling (official-compat.md §4.4):
+Exactly the release's prompt handling (upstream t2i/inference.py; docs/conventions.md#numerics):
   * positive prompts get the 8-line "complex human instruction" (CHI) prefix, the user prompt appended
     right after its last line "User Prompt: "; the padded sequence is n_chi + 300 − 2 tokens long
     (n_chi counts BOS); the encoder runs over all of it, and BOS plus the *last 299* positions are kept;

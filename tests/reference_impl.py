@@ -1,4 +1,4 @@
-"""An independent PixelDiT forward written for the tests from official-compat.md, deliberately different math.
+"""An independent PixelDiT forward written for the tests from docs/conventions.md, deliberately different math.
 
 It shares no code with pixeldit_cli: RoPE with explicit cos/sin on (even, odd) pairs instead of complex
 numbers, attention with an explicit softmax, patch/pixel regrouping with index loops, the pixel sin-cos

@@ -25,7 +25,7 @@ def tiny_t2i(seed):
 
 
 def lightning_ckpt(path, raw, ema):
-    """The official c2i Lightning layout (official-compat.md §3): raw, EMA and the nested REPA projector."""
+    """The official c2i Lightning layout (docs/checkpoints.md#c2i): raw, EMA and the nested REPA projector."""
     D = raw.config.hidden_size
     sd = {f"denoiser.{k}": v for k, v in raw.state_dict().items()}
     sd.update({f"ema_denoiser.{k}": v for k, v in ema.state_dict().items()})

@@ -163,3 +163,16 @@ def test_cli_unreadable_input_and_overwrite_refused(tiny, tmp_path):
     r = runner.invoke(app, ["edit", str(src), "--ckpt", str(tiny / "tiny.safetensors"), "--src", "0", "--tgt", "1", "--out", str(tmp_path)])
     assert r.exit_code == 1 and "would overwrite the input image" in r.output
     assert src.read_bytes() == (tiny / "in.png").read_bytes()
+
+
+def test_strength_works_for_any_steps_and_matches_n_max(tmp_path):
+    """--strength s edits the last round(s·T) steps: equal to --n-max in FlowEdit's notation, and valid for any T."""
+    from pixeldit_cli.edit import DEFAULTS, n_max_of
+
+    assert n_max_of(DEFAULTS["strength"], DEFAULTS["steps"]) == 33  # FlowEdit's SD3 default: 33 of 50
+    assert n_max_of(0.66, 10) == 7 and n_max_of(0.0, 10) == 0 and n_max_of(1.0, 7) == 7
+    m = randomize(build_model("PixelDiT-S/4", hidden_size=32, num_heads=2, patch_depth=2, num_classes=10), 0)
+    x = torch.rand(1, 3, 8, 8) * 2 - 1
+    a, sa = flowedit(m, x, torch.tensor([0]), torch.tensor([1]), steps=10, strength=0.66, seed=1)
+    b, sb = flowedit(m, x, torch.tensor([0]), torch.tensor([1]), steps=10, n_max=7, seed=1)
+    assert torch.equal(a, b) and sa["edited_steps"] == 7

@@ -1,4 +1,4 @@
-"""Building blocks against hand-derived values and the facts of official-compat.md §1."""
+"""Building blocks against hand-derived values and the facts of docs/conventions.md#numerics."""
 
 import math
 

@@ -114,7 +114,7 @@ def test_parameter_counts_other_patch_sizes(name, millions):
 
 
 def test_t2i_total_with_repa_projector_is_1311m():
-    # projector 1536 -> 2048 -> 2048 -> 768 with biases (official-compat.md §4.2)
+    # projector 1536 -> 2048 -> 2048 -> 768 with biases (docs/checkpoints.md#t2i)
     proj = 1536 * 2048 + 2048 + 2048 * 2048 + 2048 + 2048 * 768 + 768
     assert proj == 8_917_760
     with torch.device("meta"):

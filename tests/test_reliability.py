@@ -312,3 +312,33 @@ def test_resume_from_the_wrong_kind_of_file_says_what_it_is(data, tmp_path, tiny
     with pytest.raises(PixelDiTError, match=msg) as e:
         train(cfg_for(data), tmp_path / "run", resume=str(target), progress=False)
     assert "convert" not in str(e.value)
+
+
+def test_edit_with_any_steps_uses_the_default_strength(tiny, photo, tmp_path):
+    r = runner.invoke(app, ["edit", str(photo), "--src", "1", "--tgt", "2", "--ckpt", str(tiny), "--steps", "10",
+                            "--out", str(tmp_path / "e"), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert res["n_max"] == 7 and res["strength"] == pytest.approx(0.7) and res["edited_steps"] == 7
+    r = runner.invoke(app, ["edit", str(photo), "--src", "1", "--tgt", "2", "--ckpt", str(tiny), "--strength", "0.5",
+                            "--n-max", "3", "--out", str(tmp_path / "e2")])
+    one_line_error(r, "--strength and --n-max both given")
+
+
+def test_a_converted_checkpoint_samples_with_its_own_training_settings(data, tmp_path):
+    """`sample --ckpt X` without --preset uses the resolution and sampling settings X was trained with."""
+    from test_train import cfg_for
+
+    from pixeldit_cli.train import train
+
+    run = tmp_path / "run"
+    train(cfg_for(data, **{"train.steps": 2, "sample.cfg": 1.5, "sample.steps": 3}), run, progress=False)
+    conv = tmp_path / "smoke.safetensors"
+    assert runner.invoke(app, ["convert", str(run / "checkpoints" / "last.pt"), str(conv)]).exit_code == 0
+    for ckpt in (conv, run / "checkpoints" / "last.pt"):
+        r = runner.invoke(app, ["sample", "--ckpt", str(ckpt), "--n", "8", "--out", str(tmp_path / ckpt.stem), "--json"])
+        assert r.exit_code == 0, r.output
+        res = json.loads(r.output)
+        s = res["settings"]
+        assert (s["height"], s["width"], s["steps"], s["cfg"], s["solver"]) == (16, 16, 3, 1.5, "flowdpm")
+        assert res["defaults_from"] == "the checkpoint's training config"

@@ -25,7 +25,7 @@ from pixeldit_cli.solvers import c2i_grid
 runner = CliRunner()
 
 
-# ---- parity with the release's sampler loops (official-compat.md §5), written out literally ------------
+# ---- parity with the release's sampler loops (docs/conventions.md#samplers), written out literally ------------
 
 def release_loop(net, noise, y, null, *, solver, steps, cfg, interval, shift):
     """The official c2i samplers as documented: always a doubled [uncond; cond] batch, u + w(c − u)."""

@@ -29,7 +29,7 @@ def test_flow_sigma_grid_50_steps_shift_4():
         assert s[i].item() == pytest.approx(want, abs=1e-5)
 
 
-# ---- guidance windows (official-compat.md §5 table) -------------------------------------------------
+# ---- guidance windows (docs/conventions.md#samplers) -------------------------------------------------
 
 @pytest.mark.parametrize("shift,interval,first,last", [
     (1.0, (0.1, 1.0), 11, 99), (1.0, (0.1, 0.9), 11, 89), (2.0, (0.1, 1.0), 19, 99),

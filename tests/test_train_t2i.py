@@ -15,7 +15,7 @@ from test_text import gemma  # noqa: F401  (the tiny Gemma-2 fixture)
 
 def test_release_timesteps():
     s = t2i_sigmas(4.0)
-    assert int(1000 * s[100]) == 307      # official-compat.md §4.7: i = 100, s = 4 -> 307
+    assert int(1000 * s[100]) == 307      # docs/conventions.md#training: i = 100, s = 4 -> 307
     assert s[0] == 0 and int(1000 * t2i_sigmas(1.0)[999]) == 999
     noise, sig, ts, drop = t2i_draw(0, 3, range(50), (1, 2, 2), 0.1, 3.0)
     assert (ts == ts.round()).all()                                  # integers, as the release casts

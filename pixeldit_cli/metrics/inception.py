@@ -1,7 +1,7 @@
 """The FID Inception network (TF graph inception-2015-12-05) in PyTorch, as ADM's evaluator reads it.
 
 Keys follow torchvision's Inception3 (the widely used `pt_inception-2015-12-05` state dict loads
-as is). Differences from torchvision that make it the TF graph (adm-eval.md §2.1):
+as is). Differences from torchvision that make it the TF graph (docs/evaluation.md#features):
   * average-pool branches ignore padding (count_include_pad=False), in Mixed 5b–5d, 6b–6e, 7b;
   * Mixed_7c's pool branch is a *max* pool;  * the classifier has 1008 classes;  * BN eps 1e-3.
 Preprocessing is the graph's own: TF1 bilinear resize to 299 (no half-pixel, no antialias), then

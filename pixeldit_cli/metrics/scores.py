@@ -1,4 +1,4 @@
-"""FID, sFID, Inception Score, precision and recall, computed as ADM's evaluator does (adm-eval.md §1.3–1.5)."""
+"""FID, sFID, Inception Score, precision and recall, computed as ADM's evaluator does (docs/evaluation.md#statistics)."""
 
 import warnings
 

@@ -1,6 +1,6 @@
 """Building blocks shared by both PixelDiT networks.
 
-Every numeric detail here follows the official release (see official-compat.md §1): RMSNorm statistics
+Every numeric detail here follows the official release (docs/conventions.md#numerics): RMSNorm statistics
 in fp32, a timestep embedding with max_period 10 and cos before sin, 2-D RoPE on linspace(0, 16)
 positions with x/y frequencies alternating pair by pair, and a pixel sin-cos table with the column
 coordinate first. These look odd; they are what the released weights were trained with.

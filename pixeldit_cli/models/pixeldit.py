@@ -1,4 +1,4 @@
-"""PixelDiT, class-conditional (paper §3; official `PixDiT`, official-compat.md §2).
+"""PixelDiT, class-conditional (paper §3; official `PixDiT`, docs/conventions.md).
 
 Two levels in pixel space, no VAE:
   patch level  — a DiT on p×p patch tokens (RMSNorm, 2-D RoPE, SwiGLU, one global AdaLN condition)
@@ -113,7 +113,7 @@ class PixelDiT(nn.Module):
         self.grad_checkpointing = False  # recompute block activations in backward (training memory)
 
     def initialize_weights(self):
-        """The official fresh-training init (official-compat.md §2.4); loading weights overrides it."""
+        """The official fresh-training init (upstream pixdit_core/pixeldit_c2i.py); loading weights overrides it."""
         nn.init.xavier_uniform_(self.s_embedder.proj.weight)
         nn.init.zeros_(self.s_embedder.proj.bias)
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)

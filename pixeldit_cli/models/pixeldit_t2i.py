@@ -1,4 +1,4 @@
-"""PixelDiT-T2I: MM-DiT blocks on the patch path, the same pixel path (official-compat.md §4).
+"""PixelDiT-T2I: MM-DiT blocks on the patch path, the same pixel path (docs/conventions.md).
 
 Conventions (hazards, opposite to the class-conditional model): the timestep is 1000·σ with σ = 1
 NOISE, and the output is v = ε − x. The text enters only through joint attention — the AdaLN
@@ -135,7 +135,7 @@ class PixelDiTT2I(nn.Module):
         self.grad_checkpointing = False  # recompute block activations in backward (training memory)
 
     def initialize_weights(self):
-        """Fresh-training init as released (§4.3.8): unlike c2i, the AdaLN layers are *not* zeroed."""
+        """Fresh-training init as released (upstream pixdit_core/pixeldit_t2i.py): unlike c2i, the AdaLN layers are *not* zeroed."""
         nn.init.xavier_uniform_(self.s_embedder.proj.weight)
         nn.init.zeros_(self.s_embedder.proj.bias)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)

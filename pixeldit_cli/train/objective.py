@@ -1,4 +1,4 @@
-"""The class-conditional training objective, exactly as the release computes one step (official-compat.md §6).
+"""The class-conditional training objective, exactly as the release computes one step (docs/conventions.md#training).
 
 Rectified flow in pixel space, c2i convention (t = 1 data):
     t = shift(sigmoid(n)), n ~ N(0, 1)              logit-normal, then t' = t / (t + (1 − t)·s)
@@ -162,7 +162,7 @@ class _null:
 
 
 #################################################################################
-#            The text-to-image objective (official-compat.md §4.7)              #
+#            The text-to-image objective (docs/conventions.md#training)         #
 #################################################################################
 
 
