@@ -239,3 +239,20 @@ def test_sample_output_folder_reads_like_its_npz(tmp_path):
     src = open_images(tmp_path)
     assert isinstance(src, FolderImages) and len(src) == 5 and src.shape == (5, 8, 12, 3)
     assert np.array_equal(np.concatenate(list(src.batches(2))), imgs)
+
+
+def test_eval_bad_inputs_are_one_line_and_resolutions_are_noted(sets, tmp_path):
+    r = runner.invoke(app, ["eval-fid", str(sets / "a.npz"), str(sets / "b.npz"), "--batch-size", "0"])
+    assert r.exit_code == 1 and "--batch-size must be at least 1" in r.output and "Traceback" not in r.output
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    r = runner.invoke(app, ["eval-fid", "--make-ref", str(sets / "a.npz"), str(f / "ref.npz")])
+    assert r.exit_code == 1 and "a-file" in r.output and "Traceback" not in r.output
+    bad = tmp_path / "bad_ref.npz"
+    np.savez(bad, mu=np.zeros(2048), sigma=np.eye(100))
+    r = runner.invoke(app, ["eval-fid", str(sets / "a.npz"), str(bad), "--no-cache"])
+    assert r.exit_code == 1 and "'sigma' has shape (100, 100), expected (2048, 2048)" in r.output
+    big = np.repeat(np.repeat(np.load(sets / "a.npz")["arr_0"], 2, 1), 2, 2)  # the same images at 64²
+    write_npz(tmp_path / "big.npz", big)
+    res = eval_json(tmp_path / "big.npz", sets / "a.npz")
+    assert any("64x64 but the reference images are 32x32" in n for n in res["notes"])

@@ -342,3 +342,42 @@ def test_a_converted_checkpoint_samples_with_its_own_training_settings(data, tmp
         s = res["settings"]
         assert (s["height"], s["width"], s["steps"], s["cfg"], s["solver"]) == (16, 16, 3, 1.5, "flowdpm")
         assert res["defaults_from"] == "the checkpoint's training config"
+
+
+def test_train_out_pointing_at_a_file_fails_before_the_data_loads(tmp_path):
+    from test_train import cfg_for
+
+    from pixeldit_cli.train import train
+
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    with pytest.raises(PixelDiTError, match="is a file, not a folder"):
+        train(cfg_for(tmp_path / "no-such-data"), f, progress=False)  # the missing data set is never opened
+
+
+def test_nan_weights_give_one_warning_line(tmp_path, capsys):
+    from pixeldit_cli.sample import SampleJob, run
+
+    m = randomize(build_model("PixelDiT-S/4", hidden_size=32, num_heads=2, patch_depth=2, num_classes=10), 0)
+    sd = m.state_dict()
+    sd["final_layer.linear.bias"][0] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    save_file(sd, str(path), metadata={"pixeldit_config": json.dumps(m.config.to_dict())})
+    run(SampleJob(ckpt=str(path), n=2, out=str(tmp_path / "o"), steps=1, height=16, width=16), progress=False)
+    err = capsys.readouterr().err
+    assert err.count("NaN or infinite") == 1
+
+
+def test_edit_on_a_full_disk_leaves_no_partial_outputs(tiny, photo, tmp_path):
+    code = ("import resource, signal, sys\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))\n"
+            "from pixeldit_cli.cli import main\nsys.argv = ['pixeldit', 'edit', *sys.argv[1:]]\nmain()")
+    out = tmp_path / "e"
+    p = subprocess.run([sys.executable, "-c", code, str(photo), "--src", "1", "--tgt", "2", "--ckpt", str(tiny), "--steps", "2",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert p.returncode == 1 and "could not write" in p.stderr and "Traceback" not in p.stderr, p.stderr[-1500:]
+    from pixeldit_cli.io import is_complete_png
+
+    left = sorted(x.name for x in out.iterdir())
+    assert "results.json" not in left and not [n for n in left if n.endswith(".tmp")]
+    assert all(is_complete_png(out / n) for n in left)  # what is there is whole; what did not fit is absent
