@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .choices import ClassMode, Fit, Precision, PRDistances, SampleFormat, Solver, Sqrtm, Weights
 from .errors import PixelDiTError
 
 app = typer.Typer(
@@ -24,7 +25,6 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="markdown",
     pretty_exceptions_show_locals=False,
-    add_completion=False,
 )
 out = Console()
 err = Console(stderr=True)
@@ -57,7 +57,7 @@ def _version(value: bool):
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.")):
+def _root(version: bool = typer.Option(False, "--version", metavar="", callback=_version, is_eager=True, help="Print the version and exit.")):
     """PixelDiT toolkit."""
 
 
@@ -84,16 +84,16 @@ def flops(
     preset: Optional[str] = typer.Option(None, "--preset", help="Take model and resolution from a preset."),
     batch: int = typer.Option(1, "--batch", min=1, help="Batch size."),
     text_len: Optional[int] = typer.Option(None, "--text-len", help="T2I text tokens (default: the 300-token window)."),
-    measure: bool = typer.Option(False, "--measure", help="Also time real forwards here and compare to the matmul rate."),
+    measure: bool = typer.Option(False, "--measure", metavar="", help="Also time real forwards here and compare to the matmul rate."),
     device: str = typer.Option("auto", "--device", help="With --measure: auto (CUDA when present) | cpu | cuda | cuda:N."),
-    precision: str = typer.Option("auto", "--precision", help="With --measure: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    precision: Precision = typer.Option(Precision.auto, "--precision", help="With --measure: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print one JSON object."),
 ):
     """Parameters and GFLOPs of one forward, in the paper's convention (Linear 2·n·in·out, attention 4·B·N²·C)."""
     from .flops import run_flops
 
     result = run_flops(res=res, height=height, width=width, patch=patch, model=model, preset=preset,
-                       batch=batch, text_len=text_len, measure=measure, device=device, precision=precision)
+                       batch=batch, text_len=text_len, measure=measure, device=device, precision=precision.value)
     if as_json:
         print(json.dumps(result))
         return
@@ -127,14 +127,14 @@ def flops(
 def convert(
     src: Path = typer.Argument(..., help="Official .ckpt (c2i), official .pth (T2I), our training .pt, or safetensors."),
     dst: Path = typer.Argument(..., help="Output .safetensors (config stored in its metadata)."),
-    weights: str = typer.Option("ema", "--weights", help="ema (what the release samples with) or raw."),
-    force: bool = typer.Option(False, "--force", help="Overwrite DST if it exists."),
-    unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", help="Allow pickles that run code (only for files you trust)."),
+    weights: Weights = typer.Option(Weights.ema, "--weights", help="ema (what the release samples with) or raw."),
+    force: bool = typer.Option(False, "--force", metavar="", help="Overwrite DST if it exists."),
+    unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", metavar="", help="Allow pickles that run code (only for files you trust)."),
 ):
     """Convert a checkpoint to safetensors; the architecture is read from the tensor shapes."""
     from .convert import convert as run
 
-    rep = run(src, dst, weights=weights, force=force, unsafe_pickle=unsafe_pickle)
+    rep = run(src, dst, weights=weights.value, force=force, unsafe_pickle=unsafe_pickle)
     for line in rep.lines():
         out.print(line, highlight=False)
     out.print(f"wrote {dst}", highlight=False)
@@ -210,17 +210,17 @@ def train(
 def sample(
     ckpt: Path = typer.Option(..., "--ckpt", help="Weights: our .safetensors / training .pt, or an official .ckpt.", rich_help_panel="Model"),
     preset: Optional[str] = typer.Option(None, "--preset", help="Sampling defaults of a preset (default: the xl256 release settings).", rich_help_panel="Model"),
-    weights: str = typer.Option("ema", "--weights", help="ema or raw (checkpoints that hold both).", rich_help_panel="Model"),
-    unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", help="Allow checkpoints whose pickle runs code (only files you trust).", rich_help_panel="Model"),
+    weights: Weights = typer.Option(Weights.ema, "--weights", help="ema or raw (checkpoints that hold both).", rich_help_panel="Model"),
+    unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", metavar="", help="Allow checkpoints whose pickle runs code (only files you trust).", rich_help_panel="Model"),
     classes: Optional[list[str]] = typer.Option(None, "--class", help="Class id or ImageNet name; repeat for several (cycled).", rich_help_panel="Sampling"),
-    class_mode: str = typer.Option("uniform", "--classes", help="Without --class: uniform (random per index) or balanced (n/classes each, in order).", rich_help_panel="Sampling"),
+    class_mode: ClassMode = typer.Option(ClassMode.uniform, "--classes", help="Without --class: uniform (random per index) or balanced (n/classes each, in order).", rich_help_panel="Sampling"),
     prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="Text-to-image prompt; repeat for several (cycled).", rich_help_panel="Text"),
     prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="A text file with one prompt per line.", rich_help_panel="Text"),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="Negative prompt (default: the empty prompt).", rich_help_panel="Text"),
     text_encoder: Optional[Path] = typer.Option(None, "--text-encoder", help="Local Gemma-2-2b-it directory (T2I).", rich_help_panel="Text"),
     n: int = typer.Option(64, "--n", help="Number of images.", rich_help_panel="Sampling"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sample i uses seed + i [default: the config's sample.seed, 0].", rich_help_panel="Sampling"),
-    solver: Optional[str] = typer.Option(None, "--solver", help="flowdpm | euler | heun | dpm++2m.", rich_help_panel="Sampling"),
+    solver: Optional[Solver] = typer.Option(None, "--solver", help="The ODE solver [default: the preset's or checkpoint's].", rich_help_panel="Sampling"),
     steps: Optional[int] = typer.Option(None, "--steps", help="Solver steps (= network calls).", rich_help_panel="Sampling"),
     shift: Optional[float] = typer.Option(None, "--shift", help="Time shift s (c2i convention).", rich_help_panel="Sampling"),
     height: Optional[int] = typer.Option(None, "--height", help="Image height (multiple of p).", rich_help_panel="Sampling"),
@@ -230,13 +230,13 @@ def sample(
     cfg_interval: Optional[tuple[float, float]] = typer.Option(None, "--cfg-interval", help="LO HI: guide only for LO < t < HI.", rich_help_panel="Guidance"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward; does not change the images [default: the config's sample.batch_size, 32].", rich_help_panel="Distributed"),
     nproc: int = typer.Option(1, "--nproc", help="Start this many worker processes here (torchrun not needed).", rich_help_panel="Distributed"),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16.", rich_help_panel="Distributed"),
+    precision: Precision = typer.Option(Precision.auto, "--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16.", rich_help_panel="Distributed"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present; torchrun: the local rank's GPU) | cpu | cuda | cuda:N.", rich_help_panel="Distributed"),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the network.", rich_help_panel="Distributed"),
+    compile: bool = typer.Option(False, "--compile", metavar="", help="torch.compile the network.", rich_help_panel="Distributed"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: named after every knob).", rich_help_panel="Output"),
-    npz: bool = typer.Option(False, "--npz", help="Make sure an ADM samples.npz is written (arr_0 uint8 NHWC, arr_1 labels).", rich_help_panel="Output"),
-    fmt: str = typer.Option("auto", "--format", help="png | npz | both | auto (both up to 1000 images, the npz alone above).", rich_help_panel="Output"),
-    as_json: bool = typer.Option(False, "--json", help="Print results.json's content as one JSON object (no progress bar).", rich_help_panel="Output"),
+    npz: bool = typer.Option(False, "--npz", metavar="", help="Make sure an ADM samples.npz is written (arr_0 uint8 NHWC, arr_1 labels).", rich_help_panel="Output"),
+    fmt: SampleFormat = typer.Option(SampleFormat.auto, "--format", help="auto: both up to 1000 images, the npz alone above.", rich_help_panel="Output"),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print results.json's content as one JSON object (no progress bar).", rich_help_panel="Output"),
 ):
     """Sample images: per-index PNGs, grid.png, results.json (and samples.npz)."""
     from .config import defaults_for
@@ -253,7 +253,7 @@ def sample(
     from .dist import init_distributed
 
     _, _, dev = init_distributed(device)
-    model = load_model(ckpt, weights=weights, device=dev, unsafe_pickle=unsafe_pickle)
+    model = load_model(ckpt, weights=weights.value, device=dev, unsafe_pickle=unsafe_pickle)
     mc = model.config
     if mc.kind == "t2i" and classes:
         raise PixelDiTError("--class was given but this is a text-to-image checkpoint", "use --prompt")
@@ -282,18 +282,16 @@ def sample(
     names = getattr(model, "class_names", None) or (imagenet_names() if mc.num_classes == 1000 else None)
     ids = tuple(parse_class(c, mc.num_classes, names) for c in classes or [])
     job = SampleJob(
-        ckpt=str(ckpt), n=n, out=str(out_dir or ""), classes=ids, mode=class_mode,
-        solver=solver or sc.solver, steps=steps if steps is not None else sc.steps,
+        ckpt=str(ckpt), n=n, out=str(out_dir or ""), classes=ids, mode=class_mode.value,
+        solver=solver.value if solver else sc.solver, steps=steps if steps is not None else sc.steps,
         cfg=cfg if cfg is not None else sc.cfg, interval=tuple(cfg_interval) if cfg_interval else sc.interval,
         shift=shift if shift is not None else sc.shift, height=height if height is not None else (sc.height or res),
         width=width if width is not None else (sc.width or res), seed=sc.seed if seed is None else seed,
-        batch_size=sc.batch_size if batch_size is None else batch_size, precision=precision,
-        npz=npz, compile=compile, weights=weights, prompts=tuple(prompts), format=fmt, device=device,
+        batch_size=sc.batch_size if batch_size is None else batch_size, precision=precision.value,
+        npz=npz, compile=compile, weights=weights.value, prompts=tuple(prompts), format=fmt.value, device=device,
         negative_prompt=negative_prompt if negative_prompt is not None else base.text.negative_prompt,
         text_encoder=str(text_encoder or base.text.encoder or ""),
     )
-    if not ids and class_mode not in ("uniform", "balanced"):
-        raise PixelDiTError(f"unknown --classes mode {class_mode!r}", "use uniform or balanced, or give --class")
     validate(job, mc)
     result = run(job, model=model, progress=not as_json)
     if result:
@@ -307,7 +305,7 @@ def sample(
     if result:
         what = {"png": "PNGs", "npz": "samples.npz", "both": "PNGs and samples.npz"}[result["format"]]
         rule = " (--format auto: over 1000 images only samples.npz; --format both for PNGs too)" \
-            if fmt == "auto" and result["format"] == "npz" else ""
+            if fmt is SampleFormat.auto and result["format"] == "npz" else ""
         out.print(f"{n} images in {result['settings']['out']} as {what}{rule}  (NFE per sample {result['nfe_per_sample']}, "
                   f"{result['generated_this_run']} generated, {result['resumed_from_disk']} already on disk)", highlight=False,
                   soft_wrap=True)
@@ -343,14 +341,14 @@ def edit(
     shift: Optional[float] = typer.Option(None, "--shift", help="Time shift of the grid (c2i convention) [default: 1.0].", rich_help_panel="Edit"),
     seed: int = typer.Option(0, "--seed", help="Seed of the per-step noise.", rich_help_panel="Edit"),
     num_seeds: int = typer.Option(1, "--num-seeds", help="Edit with seeds seed..seed+K-1.", rich_help_panel="Edit"),
-    fit: str = typer.Option("crop", "--fit", help="crop | pad | resize to a multiple of the patch size.", rich_help_panel="Input"),
+    fit: Fit = typer.Option(Fit.crop, "--fit", help="How to make the size a multiple of the patch size.", rich_help_panel="Input"),
     mask: Optional[Path] = typer.Option(None, "--mask", help="Edit-region mask (white = edited), image-sized.", rich_help_panel="Metrics"),
     bbox: Optional[tuple[int, int, int, int]] = typer.Option(None, "--bbox", help="Edit box x0 y0 x1 y1 (pixels).", rich_help_panel="Metrics"),
     out_dir: Path = typer.Option(Path("edits"), "--out", help="Output folder.", rich_help_panel="Output"),
-    as_json: bool = typer.Option(False, "--json", help="Print results.json's content as one JSON object.", rich_help_panel="Output"),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print results.json's content as one JSON object.", rich_help_panel="Output"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present) | cpu | cuda | cuda:N.", rich_help_panel="Model"),
-    unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", help="Allow checkpoints whose pickle runs code (only files you trust).", rich_help_panel="Model"),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16.", rich_help_panel="Model"),
+    unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", metavar="", help="Allow checkpoints whose pickle runs code (only files you trust).", rich_help_panel="Model"),
+    precision: Precision = typer.Option(Precision.auto, "--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16.", rich_help_panel="Model"),
 ):
     """Edit an image with FlowEdit (class to class); MSE/SSIM outside the edit region with --mask/--bbox."""
     from .edit import run_edit
@@ -359,8 +357,8 @@ def edit(
         raise PixelDiTError(f"checkpoint {ckpt} does not exist", "check the --ckpt path")
     given = {k: v for k, v in dict(steps=steps, n_min=n_min, n_avg=n_avg, src_cfg=src_cfg, tgt_cfg=tgt_cfg,
                                    shift=shift).items() if v is not None}  # the rest: edit.DEFAULTS
-    r = run_edit(image, ckpt, src, tgt, out_dir, strength=strength, n_max=n_max, **given, seed=seed, num_seeds=num_seeds, fit=fit, mask=mask, bbox=bbox,
-                 text_encoder=text_encoder, negative_prompt=negative_prompt, device=device, precision=precision,
+    r = run_edit(image, ckpt, src, tgt, out_dir, strength=strength, n_max=n_max, **given, seed=seed, num_seeds=num_seeds, fit=fit.value, mask=mask, bbox=bbox,
+                 text_encoder=text_encoder, negative_prompt=negative_prompt, device=device, precision=precision.value,
                  unsafe_pickle=unsafe_pickle)
     if as_json:
         print(json.dumps(r))
@@ -394,25 +392,22 @@ def eval_fid(
     inception: Optional[Path] = typer.Option(None, "--inception", help="pt_inception-2015-12-05 state dict (local path)."),
     inception_sha256: Optional[str] = typer.Option(None, "--inception-sha256", help="Refuse weights with another SHA-256."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per Inception forward."),
-    pr_mode: str = typer.Option("fp16", "--pr-distances", help="fp16 (ADM's tiles) or fp32."),
-    fid_method: str = typer.Option("scipy", "--sqrtm", help="scipy (ADM's path) or eigh (fast, symmetric)."),
+    pr_mode: PRDistances = typer.Option(PRDistances.fp16, "--pr-distances", help="fp16 (ADM's tiles) or fp32."),
+    fid_method: Sqrtm = typer.Option(Sqrtm.scipy, "--sqrtm", help="scipy (ADM's path) or eigh (fast, symmetric)."),
     cache_dir: Path = typer.Option(Path.home() / ".cache" / "pixeldit" / "fid", "--cache-dir", help="Reference feature cache."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the cache."),
-    make_ref: bool = typer.Option(False, "--make-ref", help="Write an ADM reference batch from SAMPLES to REF."),
+    no_cache: bool = typer.Option(False, "--no-cache", metavar="", help="Do not read or write the cache."),
+    make_ref: bool = typer.Option(False, "--make-ref", metavar="", help="Write an ADM reference batch from SAMPLES to REF."),
     ref_images: int = typer.Option(10000, "--ref-images", help="With --make-ref: images kept in arr_0."),
-    force: bool = typer.Option(False, "--force", help="With --make-ref: overwrite REF."),
+    force: bool = typer.Option(False, "--force", metavar="", help="With --make-ref: overwrite REF."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present; torchrun: the local rank's GPU) | cpu | cuda | cuda:N."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print one JSON object."),
 ):
     """FID, sFID, Inception Score, precision and recall with the ADM protocol, in PyTorch."""
     from .metrics.evaluate import evaluate, make_reference
 
     if batch_size < 1:
         raise PixelDiTError(f"--batch-size must be at least 1, got {batch_size}")
-    if pr_mode not in ("fp16", "fp32"):
-        raise PixelDiTError(f"unknown --pr-distances {pr_mode!r}", "use fp16 or fp32")
-    if fid_method not in ("scipy", "eigh"):
-        raise PixelDiTError(f"unknown --sqrtm {fid_method!r}", "use scipy or eigh")
+    pr_mode, fid_method = pr_mode.value, fid_method.value
     if make_ref:
         r = make_reference(samples, ref, inception, inception_sha256, ref_images, batch_size, force, progress=not as_json,
                            device=device)

@@ -11,9 +11,10 @@ import sys
 
 import torch
 
+from .choices import Precision, values
 from .errors import PixelDiTError
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = values(Precision)  # ("auto", "fp32", "bf16")
 
 
 def dist_env() -> tuple[int, int, int]:

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .choices import ClassMode, values
 from .errors import PixelDiTError
 
 _DATA = Path(__file__).resolve().parent / "data"
-CLASS_MODES = ("uniform", "balanced")
+CLASS_MODES = values(ClassMode)  # ("uniform", "balanced")
 
 
 def imagenet_names() -> list[str]:

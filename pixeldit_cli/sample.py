@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .choices import SampleFormat, values
 from .dist import autocast_dtype, barrier, broadcast, device_report, gather, init_distributed, resolve_precision
 from .errors import PixelDiTError
 from .io import NpzWriter, ensure_writable_dir, file_sha256, grid_image, remove_stale_temporaries, write_json, write_png
@@ -29,7 +30,7 @@ from .records import PartWriter, RecordReader, scan
 from .solvers import SOLVERS, noise_for, solve, to_uint8
 from .validate import finite, positive
 
-FORMATS = ("auto", "png", "npz", "both")
+FORMATS = values(SampleFormat)  # ("auto", "png", "npz", "both")
 AUTO_PNG_LIMIT = 1000  # --format auto: PNGs and npz up to this many images, the npz alone above it
 
 

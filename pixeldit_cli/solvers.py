@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-SOLVERS = ("flowdpm", "euler", "heun", "dpm++2m")
+from .choices import Solver, values
+
+SOLVERS = values(Solver)  # ("flowdpm", "euler", "heun", "dpm++2m")
 
 
 @dataclass

@@ -120,7 +120,7 @@ def one_line_error(r, msg):
     (["--seed", "-5"], "--seed must be 0 or more"),
     (["--height", "0", "--width", "0"], "image size 0x0 is invalid"),
     (["--height", "100000", "--width", "100000"], "need about"),
-    (["--format", "jpeg"], "unknown --format"),
+    (["--format", "jpeg"], "'jpeg' is not one of"),
 ])
 def test_sample_refuses_bad_numbers_before_any_work(tiny, tmp_path, args, msg):
     out = tmp_path / "o"
