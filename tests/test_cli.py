@@ -100,7 +100,7 @@ def test_help_imports_nothing_heavy_and_completion_is_on():
     assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr[-1000:]
     r = runner.invoke(app, ["--help"])
     assert "--install-completion" in r.output and "<bool>" not in r.output.split("--install-completion")[0]
-    r = runner.invoke(app, ["sample", "--help"], terminal_width=200)
+    r = runner.invoke(app, ["sample", "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
     assert "flowdpm|euler|heun|dpm++2m" in r.output and "auto|png|npz|both" in r.output
 
 
