@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .choices import ClassMode, Fit, Precision, PRDistances, SampleFormat, Solver, Sqrtm, Weights
+from .config import dotted_keys
 from .errors import PixelDiTError
 
 app = typer.Typer(
@@ -130,11 +131,20 @@ def convert(
     weights: Weights = typer.Option(Weights.ema, "--weights", help="ema (what the release samples with) or raw."),
     force: bool = typer.Option(False, "--force", metavar="", help="Overwrite DST if it exists."),
     unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", metavar="", help="Allow pickles that run code (only for files you trust)."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the key report as one JSON object."),
 ):
     """Convert a checkpoint to safetensors; the architecture is read from the tensor shapes."""
     from .convert import convert as run
 
     rep = run(src, dst, weights=weights.value, force=force, unsafe_pickle=unsafe_pickle)
+    if as_json:
+        from dataclasses import asdict
+
+        d = asdict(rep)
+        d["dropped"] = {k: len(v) for k, v in d["dropped"].items()}
+        d["used"] = len(d["used"])
+        print(json.dumps({**d, "out": str(dst)}))
+        return
     for line in rep.lines():
         out.print(line, highlight=False)
     out.print(f"wrote {dst}", highlight=False)
@@ -153,9 +163,10 @@ def convert(
     "  torchrun --nproc_per_node=8 -m pixeldit_cli -- train --preset xl256 --out runs/xl256 --data.path /data/in256\n\n"
     "  pixeldit train --preset smoke --out runs/smoke --steps 4000 --train.lr 1e-4   # continue, longer\n\n"
     "  pixeldit train --preset t2i512-stage1 --out runs/t2i --data.path captions/ --text-encoder gemma-2-2b-it --repa-encoder dinov2-base\n\n"
-    "Any preset value is a dotted override: --train.lr 1e-5, --data.path DIR, --sample.cfg 2.0. The "
-    "resolved config is printed, saved as OUT/config.yaml and in every checkpoint. Re-running the same "
-    "command resumes from OUT/checkpoints/last.pt (--resume auto)."
+    "Any preset value is a dotted override: --train.lr 1e-5, --data.path DIR, --sample.cfg 2.0 "
+    "(`--print-config` shows them all, resolved). The resolved config is printed, saved as OUT/config.yaml "
+    "and in every checkpoint. Re-running the same command resumes from OUT/checkpoints/last.pt (--resume auto).\n\n"
+    "Config keys: " + ", ".join(dotted_keys())
 )
 @friendly
 def train(
@@ -167,6 +178,8 @@ def train(
     repa_encoder: Optional[str] = typer.Option(None, "--repa-encoder", help="Local DINOv2 ViT-B/14 folder (transformers format)."),
     text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="T2I: local Gemma-2-2b-it folder."),
     nproc: int = typer.Option(1, "--nproc", help="Start this many worker processes here (torchrun not needed)."),
+    print_config: bool = typer.Option(False, "--print-config", metavar="", help="Print the resolved config (every dotted key) and exit."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the run's summary as one JSON object (logs go to stderr)."),
 ):
     """Train PixelDiT with the release's recipe: class-conditional (REPA, EMA) or text-to-image stages."""
     from .config import parse_overrides, resolve
@@ -184,6 +197,18 @@ def train(
     if text_encoder is not None:
         overrides["text.encoder"] = text_encoder
     cfg = resolve(preset, overrides)
+    if print_config:
+        from .config import to_yaml
+
+        print(json.dumps(cfg.to_dict())) if as_json else print(to_yaml(cfg), end="")
+        return
+    if as_json:  # one JSON object on stdout: the trainer's own lines go to stderr
+        import contextlib
+
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = run_training(cfg, out_dir, resume="" if resume == "none" else resume, progress=False)
+        print(json.dumps(summary))
+        return
     summary = run_training(cfg, out_dir, resume="" if resume == "none" else resume)
     if summary.get("last"):
         last = summary["last"]

@@ -226,6 +226,28 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
     return out
 
 
+def dotted_keys(cls=Config, prefix: str = "") -> list[str]:
+    """Every settable key, dotted: ['model.name', ..., 'train.lr', ...]."""
+    keys = []
+    for f in fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys += dotted_keys(tp, f"{prefix}{f.name}.")
+        elif prefix:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown_key(key: str) -> PixelDiTError:
+    import difflib
+
+    close = difflib.get_close_matches(key, dotted_keys(), n=3, cutoff=0.6)
+    if not close:  # the right key in another section? (`--lr` for `train.lr`)
+        close = [k for k in dotted_keys() if k.split(".")[-1] == key.split(".")[-1]][:3]
+    hint = f"did you mean {', '.join(close)}?" if close else "`pixeldit train --print-config` lists every key"
+    return PixelDiTError(f"unknown config key {key!r}", hint)
+
+
 def apply_overrides(cfg: Config, overrides: dict[str, typing.Any]) -> Config:
     """Dotted overrides; string values are parsed as YAML scalars/lists ('1e-5', '[0.1, 0.9]', 'true')."""
     data = cfg.to_dict()
@@ -234,7 +256,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, typing.Any]) -> Config:
         node = data
         for j, part in enumerate(parts):
             if not isinstance(node, dict) or part not in node:
-                raise PixelDiTError(f"unknown config key {key!r}", "run `pixeldit train --help` for the sections; keys are in the preset files")
+                raise _unknown_key(key)
             if j < len(parts) - 1:
                 node = node[part]
         value = raw

@@ -116,3 +116,25 @@ def test_import_pixeldit_is_the_same_package():
     from pixeldit import load_model, sample
 
     assert callable(sample) and sample is pixeldit_cli.sample and load_model.__module__ == "pixeldit_cli.convert"
+
+
+def test_unknown_config_keys_get_a_suggestion_and_print_config_lists_every_key(tmp_path):
+    r = runner.invoke(app, ["train", "--preset", "smoke", "--out", str(tmp_path / "r"), "--train.ema", "0.9"])
+    assert r.exit_code == 1 and "did you mean" in r.output and "train.ema_decay" in r.output
+    r = runner.invoke(app, ["train", "--preset", "smoke", "--out", str(tmp_path / "r"), "--lr", "1e-3"])
+    assert r.exit_code == 1 and "train.lr" in r.output  # the key in its section
+    r = runner.invoke(app, ["train", "--preset", "smoke", "--out", str(tmp_path / "r"), "--print-config", "--json",
+                            "--train.lr", "3e-4"])
+    cfg = json.loads(r.output)
+    assert cfg["train"]["lr"] == 3e-4 and cfg["data"]["resolution"] == 32 and not (tmp_path / "r").exists()
+    from pixeldit_cli.config import dotted_keys
+
+    assert "train.ema_decay" in dotted_keys() and "sample.interval" in dotted_keys()
+
+
+def test_convert_json_is_one_object(fixtures, tmp_path):
+    r = runner.invoke(app, ["convert", str(fixtures / "official_c2i_small.ckpt"), str(tmp_path / "c.safetensors"), "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert rep["source_format"].startswith("official class-conditional") and rep["weights"] == "ema"
+    assert rep["dropped"]["training only (REPA projector)"] == 6
