@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .choices import ClassMode, Fit, Precision, PRDistances, SampleFormat, Solver, Sqrtm, Weights
+from .choices import ClassMode, Fit, Precision, PRDistances, SampleFormat, Solver, Sqrtm, Weights, WeightsFormat
 from .config import dotted_keys
 from .errors import PixelDiTError
 
@@ -122,21 +122,25 @@ def flops(
     "  pixeldit convert imagenet256_pixeldit_xl_epoch320.ckpt xl256.safetensors\n\n"
     "  pixeldit convert imagenet256_pixeldit_xl_epoch320.ckpt xl256_raw.safetensors --weights raw\n\n"
     "  pixeldit convert pixeldit_t2i_v1.pth t2i1024.safetensors\n\n"
-    "  pixeldit convert runs/demo/checkpoints/last.pt demo.safetensors"
+    "  pixeldit convert runs/demo/checkpoints/last.pt demo.safetensors\n\n"
+    "  pixeldit convert imagenet256_pixeldit_xl_epoch320.ckpt pixeldit-xl256 --format hf   # config.json + model.safetensors"
 )
 @friendly
 def convert(
     src: Path = typer.Argument(..., help="Official .ckpt (c2i), official .pth (T2I), our training .pt, or safetensors."),
-    dst: Path = typer.Argument(..., help="Output .safetensors (config stored in its metadata)."),
+    dst: Path = typer.Argument(..., help="Output .safetensors (config in its metadata), or a folder with --format hf."),
     weights: Weights = typer.Option(Weights.ema, "--weights", help="ema (what the release samples with) or raw."),
     force: bool = typer.Option(False, "--force", metavar="", help="Overwrite DST if it exists."),
     unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", metavar="", help="Allow pickles that run code (only for files you trust)."),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print the key report as one JSON object."),
+    fmt: WeightsFormat = typer.Option(WeightsFormat.safetensors, "--format", help="safetensors (one file) or hf: a folder with config.json + model.safetensors, loadable by every --ckpt."),
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="With --format hf: shard the weights above this size (huggingface_hub's rule)."),
 ):
     """Convert a checkpoint to safetensors; the architecture is read from the tensor shapes."""
     from .convert import convert as run
 
-    rep = run(src, dst, weights=weights.value, force=force, unsafe_pickle=unsafe_pickle)
+    rep = run(src, dst, weights=weights.value, force=force, unsafe_pickle=unsafe_pickle, format=fmt.value,
+              max_shard_size=max_shard_size)
     if as_json:
         from dataclasses import asdict
 

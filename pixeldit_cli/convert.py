@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import PixelDiTError
-from .io import atomic_path, ensure_writable_file
+from .io import atomic_path, ensure_writable_dir, ensure_writable_file, write_error, write_text
 from .models.config import ModelConfig
 from .models.registry import empty_model
 
@@ -77,7 +77,7 @@ def read_state(path: str | os.PathLike, unsafe_pickle: bool = False):
     if not path.exists():
         raise PixelDiTError(f"checkpoint {path} does not exist", "check the path")
     if path.is_dir():
-        raise PixelDiTError(f"checkpoint {path} is a directory, not a file", "pass the .ckpt/.pth/.pt/.safetensors file")
+        return read_hf_folder(path)
     kind = _kind_of_file(path)
     if kind == "safetensors":
         try:
@@ -105,6 +105,78 @@ def read_state(path: str | os.PathLike, unsafe_pickle: bool = False):
         raise PixelDiTError(f"{path} is not a readable checkpoint ({str(e).splitlines()[0]})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise PixelDiTError(f"{path} is truncated or not a checkpoint ({str(e).splitlines()[0]})", "re-download or re-copy the file") from None
+
+
+#################################################################################
+#              Hugging Face style folders: config.json + model.safetensors      #
+#################################################################################
+
+HF_CONFIG, HF_WEIGHTS, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
+
+
+def shard_files(folder: Path) -> list[Path]:
+    """The weight files of a folder: model.safetensors, or the shards its index names."""
+    if (folder / HF_INDEX).is_file():
+        index = json.loads((folder / HF_INDEX).read_text())
+        return [folder / f for f in sorted(set(index["weight_map"].values()))]
+    return [folder / HF_WEIGHTS]
+
+
+def read_hf_folder(folder: Path):
+    """A folder written by `convert --format hf` (the layout of Hugging Face model repos and of
+    huggingface_hub's PyTorchModelHubMixin): (tensors, metadata) as for one safetensors file."""
+    if not (folder / HF_CONFIG).is_file():
+        raise PixelDiTError(f"checkpoint {folder} is a folder without {HF_CONFIG}",
+                            "pass a checkpoint file, or a folder written by `pixeldit convert --format hf`")
+    try:
+        conf = json.loads((folder / HF_CONFIG).read_text())
+    except ValueError as e:
+        raise PixelDiTError(f"{folder / HF_CONFIG} is not valid JSON ({e})") from None
+    if conf.get("model_type") != "pixeldit" or "pixeldit_config" not in conf:
+        raise PixelDiTError(f"{folder} is not a pixeldit model folder (config.json model_type {conf.get('model_type')!r})")
+    tensors = {}
+    for f in shard_files(folder):
+        if not f.is_file():
+            raise PixelDiTError(f"{folder} is missing {f.name}", "is the download complete?")
+        part, _ = read_state(f)
+        tensors.update(part)
+    meta = {"pixeldit_config": json.dumps(conf["pixeldit_config"]), "weights": conf.get("weights", "ema"),
+            "class_names": json.dumps(conf.get("class_names") or []), "train_config": json.dumps(conf.get("train_config") or {})}
+    return tensors, meta
+
+
+def write_hf_folder(sd: dict, cfg: ModelConfig, rep, dst: Path, source: str, max_shard_size: str = "5GB") -> None:
+    """config.json + model.safetensors (or shards and an index above `max_shard_size`), atomically as a
+    folder: written beside DST, then renamed into place. Sharding is huggingface_hub's own."""
+    import shutil
+
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        split = split_torch_state_dict_into_shards(sd, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size)
+        for filename, keys in split.filename_to_tensors.items():
+            with atomic_path(tmp / filename) as t:
+                _save(str(t), {k: sd[k].contiguous() for k in keys}, {"format": "pt"})
+        if split.is_sharded:
+            index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in sd.values())},
+                     "weight_map": dict(sorted(split.tensor_to_filename.items()))}
+            write_text(tmp / HF_INDEX, json.dumps(index, indent=2, sort_keys=True) + "\n")
+        conf = {"model_type": "pixeldit", "architectures": ["PixelDiTT2I" if cfg.kind == "t2i" else "PixelDiT"],
+                "pixeldit_config": cfg.to_dict(), "weights": rep.weights, "class_names": rep.class_names or None,
+                "train_config": rep.train_config or None, "source": source, "source_format": rep.source_format}
+        write_text(tmp / HF_CONFIG, json.dumps(conf, indent=2, sort_keys=True) + "\n")
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(dst, e) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 #################################################################################
@@ -263,13 +335,23 @@ def canonical_header(path) -> None:
         f.write(new + b" " * (n - len(new)))  # safetensors pads its header with spaces
 
 
-def convert(src, dst, weights: str = "ema", force: bool = False, unsafe_pickle: bool = False) -> KeyReport:
-    """Write the network of `src` (any understood format) to `dst` as safetensors with its config."""
+def convert(src, dst, weights: str = "ema", force: bool = False, unsafe_pickle: bool = False, format: str = "safetensors",
+            max_shard_size: str = "5GB") -> KeyReport:
+    """Write the network of `src` (any understood format) to `dst`: one safetensors file with its config in
+    the metadata, or (format "hf") a Hugging Face style folder: config.json + model.safetensors (sharded)."""
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve():
         raise PixelDiTError("destination is the source file", "choose another DST")
-    ensure_writable_file(dst, force, what="DST")  # before reading a 10 GB source, not after
+    if format == "hf":
+        if dst.exists() and not (dst.is_dir() and force):
+            raise PixelDiTError(f"{dst} already exists", "pass --force to replace the folder" if dst.is_dir() else "choose another DST")
+        ensure_writable_dir(dst.parent if str(dst.parent) else Path("."), what=f"the folder of {dst.name}")
+    else:
+        ensure_writable_file(dst, force, what="DST")  # before reading a 10 GB source, not after
     sd, cfg, rep = extract(read_state(src, unsafe_pickle), weights, str(src))
+    if format == "hf":
+        write_hf_folder(sd, cfg, rep, dst, src.name, max_shard_size)
+        return rep
     meta = {
         "format": "pixeldit",
         "pixeldit_config": json.dumps(cfg.to_dict()),
@@ -283,17 +365,22 @@ def convert(src, dst, weights: str = "ema", force: bool = False, unsafe_pickle: 
         meta["train_config"] = json.dumps(rep.train_config, sort_keys=True)
     # contiguous() is a no-op for the usual case; memory-mapped sources are copied once, here.
     with atomic_path(dst) as tmp:
-        try:
-            save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata=meta)
-        except Exception as e:  # safetensors reports an I/O failure as its own error type: "... (os error 28)"
-            import re
-
-            m = re.search(r"os error (\d+)", str(e))
-            if m is None:
-                raise
-            raise OSError(int(m.group(1)), os.strerror(int(m.group(1)))) from None
-        canonical_header(tmp)
+        _save(str(tmp), {k: v.contiguous() for k, v in sd.items()}, meta)
     return rep
+
+
+def _save(path: str, tensors: dict, meta: dict) -> None:
+    """safetensors' save_file with sorted metadata; its I/O errors come back as the OSError they are."""
+    try:
+        save_file(tensors, path, metadata=meta)
+    except Exception as e:  # safetensors reports an I/O failure as its own error type: "... (os error 28)"
+        import re
+
+        m = re.search(r"os error (\d+)", str(e))
+        if m is None:
+            raise
+        raise OSError(int(m.group(1)), os.strerror(int(m.group(1)))) from None
+    canonical_header(path)
 
 
 class _MappedPages:
@@ -312,11 +399,12 @@ class _MappedPages:
             import ctypes
             import mmap
 
-            real = os.path.realpath(path)
+            files = shard_files(Path(path)) if Path(path).is_dir() else [Path(path)]
+            real = {os.path.realpath(f) for f in files}
             with open("/proc/self/maps") as f:
                 for line in f:
                     parts = line.split(maxsplit=5)
-                    if len(parts) == 6 and parts[5].strip() == real:  # rw-p: private; we never write to it
+                    if len(parts) == 6 and parts[5].strip() in real:  # rw-p: private; we never write to it
                         lo, hi = (int(x, 16) for x in parts[0].split("-"))
                         self.ranges.append((lo, hi))
             self.page = mmap.PAGESIZE

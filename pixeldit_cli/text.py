@@ -40,14 +40,39 @@ def quiet_transformers():
         pass
 
 
+def from_local_cache(model_id: str) -> str | None:
+    """The local snapshot folder of a Hugging Face model id (`google/gemma-2-2b-it`), never downloading."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return None
+    try:
+        return snapshot_download(repo_id=model_id, local_files_only=True)
+    except Exception:  # not cached (LocalEntryNotFoundError), or not a valid repo id
+        return None
+
+
+def hub_cache_dir() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except ImportError:
+        return "~/.cache/huggingface/hub"
+
+
 def load_pretrained(what: str, path, hint: str, load):
-    """`load(path, local_files_only)` for a local folder (a hub id only with PIXELDIT_ALLOW_DOWNLOAD=1),
-    without transformers' progress bars; a loader error becomes one line naming `what`."""
+    """`load(path, local_files_only)` for a local folder or a model id already in the local Hugging Face
+    cache (resolved with local_files_only, as transformers users expect; a download only with
+    PIXELDIT_ALLOW_DOWNLOAD=1), without transformers' progress bars; errors are one line naming `what`."""
     path = str(path)
     local = os.path.isdir(path)
     if not local and not os.environ.get("PIXELDIT_ALLOW_DOWNLOAD"):
-        raise PixelDiTError(f"{what} {path!r} is not a local directory",
-                            f"{hint} (nothing is downloaded unless PIXELDIT_ALLOW_DOWNLOAD=1)")
+        cached = from_local_cache(path)
+        if cached is None:
+            raise PixelDiTError(f"{what} {path!r} is neither a local folder nor in the Hugging Face cache ({hub_cache_dir()})",
+                                f"{hint} (nothing is downloaded unless PIXELDIT_ALLOW_DOWNLOAD=1)")
+        path, local = cached, True
     quiet_transformers()
     try:
         return load(path, local)

@@ -216,3 +216,34 @@ def test_convert_is_byte_identical_across_processes_and_world_readable(fixtures,
     raw = outs[0].read_bytes()
     meta = json.loads(raw[8: 8 + struct.unpack("<Q", raw[:8])[0]])["__metadata__"]  # dict keeps the file's order
     assert list(meta) == sorted(meta)
+
+
+@pytest.mark.parametrize("shard", [None, "40KB"])
+def test_hf_folder_round_trip(fixtures, tmp_path, shard):
+    """convert --format hf writes config.json + model.safetensors (sharded with an index above the size);
+    load_model and every --ckpt read the folder back to the same network."""
+    from typer.testing import CliRunner
+
+    from pixeldit_cli.cli import app
+
+    src = fixtures / "official_c2i_small.ckpt"
+    dst = tmp_path / "pixeldit-small"
+    args = ["convert", str(src), str(dst), "--format", "hf"] + (["--max-shard-size", shard] if shard else [])
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    conf = json.loads((dst / "config.json").read_text())
+    assert conf["model_type"] == "pixeldit" and conf["architectures"] == ["PixelDiT"] and conf["weights"] == "ema"
+    if shard:
+        index = json.loads((dst / "model.safetensors.index.json").read_text())
+        files = sorted(set(index["weight_map"].values()))
+        assert len(files) > 1 and all((dst / f).is_file() for f in files) and not (dst / "model.safetensors").exists()
+    else:
+        assert sorted(p.name for p in dst.iterdir()) == ["config.json", "model.safetensors"]
+    a, b = load_model(src), load_model(dst)
+    assert a.config == b.config
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    r = CliRunner().invoke(app, ["sample", "--ckpt", str(dst), "--n", "1", "--steps", "1", "--height", "8", "--width", "8",
+                                 "--out", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 1 and "already exists" in again.output

@@ -139,3 +139,27 @@ def test_release_aspect_ratio_buckets():
     assert aspect_bucket("16:9", 512) == (384, 672)  # the 512 table is the 1024 one halved
     with pytest.raises(PixelDiTError, match="is not W:H"):
         aspect_bucket("wide")
+
+
+def test_model_ids_resolve_from_the_local_hf_cache_only(tmp_path, monkeypatch):
+    """An id already in the local Hugging Face cache loads with local_files_only; an absent one is one line
+    naming the cache. Nothing is downloaded."""
+    from huggingface_hub import constants
+    from transformers import Dinov2Config, Dinov2Model
+
+    from pixeldit_cli.errors import PixelDiTError
+    from pixeldit_cli.train.objective import DinoEncoder
+
+    cache = tmp_path / "hub"
+    snap = cache / "models--tiny-org--tiny-dino" / "snapshots" / "0123456789abcdef"
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                             patch_size=7, image_size=14)).save_pretrained(snap)
+    (cache / "models--tiny-org--tiny-dino" / "refs").mkdir()
+    (cache / "models--tiny-org--tiny-dino" / "refs" / "main").write_text("0123456789abcdef")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    enc = DinoEncoder("tiny-org/tiny-dino")
+    assert enc.dim == 16
+    with pytest.raises(PixelDiTError, match=rf"neither a local folder nor in the Hugging Face cache \({cache}\)"):
+        DinoEncoder("tiny-org/not-there")
