@@ -403,6 +403,24 @@ def edit(
 
 
 @app.command(
+    epilog="Examples:\n\n"
+    "  pixeldit plot runs/smoke                     # runs/smoke/loss.png\n\n"
+    "  pixeldit plot runs/xl256 --out xl256-curves.png"
+)
+@friendly
+def plot(
+    run: Path = typer.Argument(..., help="A run folder written by `pixeldit train` (reads its metrics.jsonl)."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="Image to write (default: RUN/loss.png)."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print {\"out\": PATH} as one JSON object."),
+):
+    """Training curves: loss, REPA loss, learning rate and gradient norm against step (training also draws it at every checkpoint)."""
+    from .plot import plot_metrics
+
+    path = plot_metrics(run, out_path)
+    print(json.dumps({"out": str(path)})) if as_json else out.print(f"wrote {path}", highlight=False)
+
+
+@app.command(
     "eval-fid",
     epilog="Examples:\n\n"
     "  pixeldit eval-fid samples.npz VIRTUAL_imagenet256_labeled.npz --inception pt_inception-2015-12-05-6726825d.pth\n\n"

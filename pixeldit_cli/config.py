@@ -66,6 +66,7 @@ class TrainSection:
     keep_last: int = 2
     keep_every: int = 100_000
     max_nonfinite: int = 10               # stop after this many non-finite steps in a row
+    tensorboard: bool = False             # also log every metrics line to OUT/tensorboard (needs tensorboard)
 
 
 @dataclass(frozen=True)

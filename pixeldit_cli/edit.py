@@ -111,15 +111,24 @@ def _gauss(size=11, sigma=1.5):
     return torch.outer(g, g)
 
 
+def _symmetric_pad(t, r: int):
+    """Pad the last two dims by r, mirroring the edge sample too (`cba|abc`; torch's "reflect" is `dcb|abcd`)."""
+    t = torch.cat([t[..., :r].flip(-1), t, t[..., -r:].flip(-1)], dim=-1)
+    return torch.cat([t[..., :r, :].flip(-2), t, t[..., -r:, :].flip(-2)], dim=-2)
+
+
 def ssim_map(a, b, data_range: float = 1.0):
     """SSIM map (Wang et al. 2004: Gaussian window 11, σ 1.5, K1 0.01, K2 0.03), per pixel, mean over channels.
 
-    a, b: (C, H, W) in [0, data_range]. Zero-padded borders ('same' size), so the map covers every pixel.
+    a, b: (C, H, W) in [0, data_range]. The map covers every pixel: borders are padded half-sample
+    symmetrically (`cba|abc`, scipy.ndimage's "reflect"), the convention of scikit-image's
+    `structural_similarity(..., gaussian_weights=True, sigma=1.5, use_sample_covariance=False, full=True)`,
+    whose map this equals everywhere (tested).
     """
     C1, C2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     a, b = a.double().unsqueeze(1), b.double().unsqueeze(1)                        # (C, 1, H, W)
     w = _gauss().to(a).view(1, 1, 11, 11)
-    pad = lambda t: F.pad(t, (5, 5, 5, 5), mode="reflect") if min(t.shape[-2:]) > 5 else F.pad(t, (5, 5, 5, 5), mode="replicate")
+    pad = lambda t: _symmetric_pad(t, 5) if min(t.shape[-2:]) >= 5 else F.pad(t, (5, 5, 5, 5), mode="replicate")
     mu_a, mu_b = F.conv2d(pad(a), w), F.conv2d(pad(b), w)
     saa = F.conv2d(pad(a * a), w) - mu_a**2
     sbb = F.conv2d(pad(b * b), w) - mu_b**2

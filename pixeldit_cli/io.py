@@ -283,8 +283,37 @@ def grid_image(images_u8: torch.Tensor, nrow: int, padding: int = 2, pad_value: 
     return grid
 
 
-def write_grid(images_u8: torch.Tensor, path, nrow: int) -> None:
-    write_png(grid_image(images_u8, nrow), path)
+def write_grid(images_u8: torch.Tensor, path, nrow: int, column_labels=None, min_tile: int = 96) -> None:
+    """A grid PNG; with `column_labels`, small images are upscaled (nearest, no smoothing) to at least
+    `min_tile` pixels and each column gets its label on a white strip above it."""
+    if column_labels:
+        images_u8 = _upscale(images_u8, min_tile)
+    grid = grid_image(images_u8, nrow)
+    if column_labels:
+        grid = _label_columns(grid, images_u8.shape[-1], column_labels[:nrow])
+    write_png(grid, path)
+
+
+def _upscale(images_u8: torch.Tensor, min_tile: int) -> torch.Tensor:
+    k = max(1, -(-min_tile // max(images_u8.shape[-2:])))
+    return images_u8.repeat_interleave(k, -2).repeat_interleave(k, -1) if k > 1 else images_u8
+
+
+def _label_columns(grid: torch.Tensor, tile: int, labels, padding: int = 2, strip: int = 14) -> torch.Tensor:
+    """Add a white strip above the grid with each column's label, cut to the column's width."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    c, h, w = grid.shape
+    canvas = Image.new("RGB", (w, h + strip), "white")
+    canvas.paste(Image.fromarray(np.ascontiguousarray(grid.permute(1, 2, 0).numpy())), (0, strip))
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    for i, label in enumerate(labels):
+        text = str(label)
+        while text and draw.textlength(text, font=font) > tile:
+            text = text[:-1]
+        x = padding + i * (tile + padding) + (tile - draw.textlength(text, font=font)) / 2
+        draw.text((x, 1), text, fill="black", font=font)
+    return torch.from_numpy(np.array(canvas)).permute(2, 0, 1).contiguous()
 
 
 #################################################################################

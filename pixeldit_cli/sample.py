@@ -307,7 +307,9 @@ def _finish(job, cfg, model, out: Path, fmt: str, inv, label_of, encoder) -> dic
                     write_png(torch.from_numpy(np.array(reader.pixels(i))).permute(2, 0, 1), out / png_name(i, text))
                     exported += 1
         columns = len(job.prompts) if encoder is not None else len(job.classes)
-        _write_grid(reader, out, job.n, columns)
+        names = class_names_of(model)
+        labels = list(job.prompts) if encoder is not None else [names[c] if names else str(c) for c in job.classes]
+        _write_grid(reader, out, job.n, columns, labels)
         if fmt in ("npz", "both"):
             _write_npz(reader, out, job.n, label_of)
     finally:
@@ -329,10 +331,13 @@ def grid_layout(n: int, columns: int = 0, k: int = 64) -> tuple[int, int]:
     return k, max(1, int(np.ceil(np.sqrt(k))))
 
 
-def _write_grid(reader, out: Path, n: int, columns: int):
+def _write_grid(reader, out: Path, n: int, columns: int, labels=None):
+    """The first images; with one column per cycled class or prompt, each column is labelled."""
+    from .io import write_grid
+
     k, nrow = grid_layout(n, columns)
     imgs = torch.stack([torch.from_numpy(np.array(reader.pixels(i))).permute(2, 0, 1) for i in range(k)])
-    write_png(grid_image(imgs, nrow), out / "grid.png")
+    write_grid(imgs, out / "grid.png", nrow, column_labels=labels if nrow == columns and labels else None)
 
 
 def _write_npz(reader, out: Path, n: int, label_of):

@@ -138,3 +138,36 @@ def test_convert_json_is_one_object(fixtures, tmp_path):
     rep = json.loads(r.output)
     assert rep["source_format"].startswith("official class-conditional") and rep["weights"] == "ema"
     assert rep["dropped"]["training only (REPA projector)"] == 6
+
+
+def test_plot_draws_the_curves_of_a_run(tmp_path):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": s, "loss": 1 / s, "loss_flow": 0.9 / s, "loss_repa": 0.1, "grad_norm": 2.0, "lr": 1e-4,
+             "grad_clip": 1.0} for s in range(1, 21)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 21, "lo')  # torn last line
+    r = runner.invoke(app, ["plot", str(run), "--json"])
+    assert r.exit_code == 0, r.output
+    from PIL import Image
+
+    im = Image.open(json.loads(r.output)["out"])
+    assert im.size == (1000, 650)
+    r = runner.invoke(app, ["plot", str(tmp_path)])
+    assert r.exit_code == 1 and "has no metrics.jsonl" in r.output
+
+
+def test_labelled_grid_upscales_and_names_the_columns(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from pixeldit_cli.io import write_grid
+
+    imgs = torch.zeros(8, 3, 32, 32, dtype=torch.uint8)
+    write_grid(imgs, tmp_path / "g.png", nrow=4, column_labels=["T-shirt/top", "Trouser", "Pullover", "Dress"])
+    a = np.asarray(Image.open(tmp_path / "g.png"))
+    # 32 px tiles are upscaled 3x to 96; 4 columns, 2 rows, 2 px gaps; a 14 px label strip on top
+    assert a.shape == (14 + 2 + 2 * (96 + 2), 2 + 4 * (96 + 2), 3)
+    strip = a[:14]
+    assert (strip < 128).any() and (a[16:112, 2:98] == 0).all()  # text in the strip, the image below

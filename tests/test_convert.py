@@ -187,7 +187,7 @@ def test_code_pickles_refused_unless_unsafe(official, tmp_path):
 def test_bad_paths(tmp_path):
     with pytest.raises(PixelDiTError, match="does not exist"):
         load_model(tmp_path / "nope.safetensors")
-    with pytest.raises(PixelDiTError, match="is a directory"):
+    with pytest.raises(PixelDiTError, match="is a folder without config.json"):
         load_model(tmp_path)
     (tmp_path / "list.pt").write_bytes(b"")
     torch.save([1, 2], tmp_path / "list.pt")

@@ -176,3 +176,18 @@ def test_strength_works_for_any_steps_and_matches_n_max(tmp_path):
     a, sa = flowedit(m, x, torch.tensor([0]), torch.tensor([1]), steps=10, strength=0.66, seed=1)
     b, sb = flowedit(m, x, torch.tensor([0]), torch.tensor([1]), steps=10, n_max=7, seed=1)
     assert torch.equal(a, b) and sa["edited_steps"] == 7
+
+
+def test_ssim_map_equals_scikit_image_everywhere_including_borders():
+    import numpy as np
+    from skimage.metrics import structural_similarity
+
+    from pixeldit_cli.edit import ssim_map
+
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 23, 31))
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
+    _, full = structural_similarity(a, b, channel_axis=0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                    data_range=1.0, full=True)
+    ours = ssim_map(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    assert np.abs(ours - full.mean(0)).max() < 1e-12  # interior and the 5-pixel border alike

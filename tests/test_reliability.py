@@ -381,3 +381,14 @@ def test_edit_on_a_full_disk_leaves_no_partial_outputs(tiny, photo, tmp_path):
     left = sorted(x.name for x in out.iterdir())
     assert "results.json" not in left and not [n for n in left if n.endswith(".tmp")]
     assert all(is_complete_png(out / n) for n in left)  # what is there is whole; what did not fit is absent
+
+
+def test_tensorboard_without_the_package_is_one_line_before_any_work(data, tmp_path, monkeypatch):
+    from test_train import cfg_for
+
+    from pixeldit_cli.train import train
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    with pytest.raises(PixelDiTError, match="train.tensorboard needs the tensorboard package"):
+        train(cfg_for(data, **{"train.tensorboard": True}), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()

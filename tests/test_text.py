@@ -71,7 +71,7 @@ def test_truncation_is_recorded_and_prompts_cleaned(gemma):
 def test_bad_encoders(gemma, tmp_path):
     with pytest.raises(PixelDiTError, match="12-wide states but the checkpoint expects 2304"):
         TextEncoder(gemma, expected_dim=2304)
-    with pytest.raises(PixelDiTError, match="is not a local directory"):
+    with pytest.raises(PixelDiTError, match="neither a local folder nor in the Hugging Face cache"):
         TextEncoder(tmp_path / "missing")
 
 
@@ -104,7 +104,7 @@ def test_prompt_sampling_end_to_end(gemma, t2i, tmp_path):
     ([], "give --prompt or --prompts"),
     (["--prompt", "a red fox", "--height", "10"], "not a multiple of the patch size 4"),
     (["--prompts", "EMPTY"], "holds no prompts"),
-    (["--prompt", "a red fox", "--text-encoder", "NOPE"], "is not a local directory"),
+    (["--prompt", "a red fox", "--text-encoder", "NOPE"], "neither a local folder nor in the Hugging Face cache"),
     (["--class", "3"], "text-to-image checkpoint"),
 ])
 def test_prompt_sampling_bad_input(gemma, t2i, tmp_path, args, msg):

@@ -322,7 +322,7 @@ def test_repa_with_a_tiny_dinov2(data, tmp_path):
 def test_bad_runs(data, tmp_path):
     with pytest.raises(PixelDiTError, match="not divisible by world size 1 × micro-batch 3"):
         train(cfg_for(data, **{"train.micro_batch": 3}), tmp_path / "a", progress=False)
-    with pytest.raises(PixelDiTError, match="not a local directory"):
+    with pytest.raises(PixelDiTError, match="neither a local folder nor in the Hugging Face cache"):
         train(cfg_for(data, **{"train.repa_weight": 0.5, "train.repa_encoder": str(tmp_path / "nodino")}), tmp_path / "b", progress=False)
     with pytest.raises(PixelDiTError, match="no DINOv2 encoder was given"):
         train(cfg_for(data, **{"train.repa_weight": 0.5}), tmp_path / "c", progress=False)

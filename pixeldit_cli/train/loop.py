@@ -74,9 +74,35 @@ def ema_update(ema_params, params, decay: float):
 
 
 def grid_labels(num_classes: int, per_class: int = 4) -> list[int]:
+    """The training grid's classes: up to 16 classes, one column each (per_class rows); else 16 fixed ImageNet ones."""
     if num_classes <= 16:
-        return [c for c in range(num_classes) for _ in range(per_class)]
+        return [c for _ in range(per_class) for c in range(num_classes)]
     return [88, 207, 279, 291, 360, 387, 388, 417, 812, 974, 980, 33, 1, 130, 250, 949][: min(16, num_classes)]
+
+
+def _plot(out: Path) -> None:
+    """loss.png beside metrics.jsonl at every checkpoint, when matplotlib is installed (never fatal)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        return
+    from ..plot import plot_metrics
+
+    try:
+        plot_metrics(out)
+    except PixelDiTError:
+        pass  # nothing logged yet
+
+
+def _tensorboard(cfg: Config, out: Path, rank: int):
+    """A SummaryWriter on OUT/tensorboard when train.tensorboard is set (rank 0), checked before any work."""
+    if not cfg.train.tensorboard or rank != 0:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise PixelDiTError("train.tensorboard needs the tensorboard package", "pip install 'pixeldit[tensorboard]'") from None
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def trim_metrics(path: Path, step: int) -> None:
@@ -164,6 +190,7 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
         raise PixelDiTError(f"{out} already holds a training run", "continue it with --resume auto, or choose another --out")
     if rank == 0:
         ensure_writable_dir(out)  # before the dataset and the encoders load
+    tb = _tensorboard(cfg, out, rank)
     state, resume_path, note = checkpoint.load_for_resume(resume, out)
     if note and rank == 0:
         print(f"note: {note}", flush=True)
@@ -256,6 +283,7 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
                   "class_names": class_names, "nonfinite_skipped": skipped,
                   "data_position": {"step": step, "epoch": step // sampler.per_epoch, "batch_in_epoch": step % sampler.per_epoch}}
             checkpoint.save(st, out / "checkpoints", step, tc.keep_last, tc.keep_every)
+            _plot(out)
         barrier(world)
 
     def sample_grid():
@@ -268,10 +296,11 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
             cond, uncond = torch.tensor(fixed_labels, device=device), None
         imgs, _ = solve(ema, fixed_noise.to(device), cond, uncond, solver=sc.solver,
                         steps=min(sc.steps, 50), cfg=sc.cfg, interval=sc.interval, shift=sc.shift)
-        per_row = 4 if t2i else (4 * 2 if null <= 16 else 4)
+        per_row = 4 if t2i else (null if null <= 16 else 4)
         (out / "samples").mkdir(exist_ok=True)
         if rank == 0:
-            write_grid(to_uint8(imgs).cpu(), out / "samples" / f"{step:07d}.png", nrow=per_row)
+            labels = None if t2i or null > 16 else [class_names[c] if c < len(class_names) else str(c) for c in range(null)]
+            write_grid(to_uint8(imgs).cpu(), out / "samples" / f"{step:07d}.png", nrow=per_row, column_labels=labels)
 
     bar = None
     if progress and rank == 0:
@@ -354,6 +383,10 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
                        "grad_norm": gnorm.item(), "lr": lr, "grad_clip": clip, "img_per_s": imgs_log / (now - t_log),
                        "data_wait": wait_log / (now - t_log), "nonfinite_skipped": skipped}
                 append_line(out / "metrics.jsonl", json.dumps(rec))
+                if tb is not None:
+                    for k, v in rec.items():
+                        if k != "step":
+                            tb.add_scalar(k, v, step)
                 last_log, t_log, wait_log, imgs_log = rec, now, 0.0, 0
                 if bar is not None:
                     bar.update(task, completed=step, info=f"loss {rec['loss']:.4f} repa {rec['loss_repa']:.3f} "

@@ -1,0 +1,66 @@
+"""`pixeldit plot RUN`: the training curves of a run folder as one image, from its metrics.jsonl.
+
+Four panels against step: the loss (total, and the flow part when REPA adds its own), the REPA loss,
+the learning rate, and the gradient norm before clipping (with the clip threshold). The trainer also
+draws it at every checkpoint when matplotlib is installed (`pip install pixeldit[plot]`).
+"""
+
+import json
+from pathlib import Path
+
+from .errors import PixelDiTError
+from .io import atomic_path
+
+
+def read_metrics(run: Path) -> list[dict]:
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        raise PixelDiTError(f"{run} has no metrics.jsonl", "pass a run folder written by `pixeldit train`")
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a line a crash tore
+    if not rows:
+        raise PixelDiTError(f"{path} holds no logged steps yet", "plot again after the first log line")
+    return rows
+
+
+def plot_metrics(run, out=None) -> Path:
+    """Write RUN/loss.png (or `out`) and return its path."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PixelDiTError("plotting needs matplotlib", "pip install 'pixeldit[plot]' (or matplotlib)") from None
+    rows = read_metrics(run)
+    step = [r["step"] for r in rows]
+    col = lambda k: [r.get(k, float("nan")) for r in rows]
+    fig, ax = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
+    ax[0, 0].plot(step, col("loss"), label="total")
+    if any(r.get("loss_repa", 0) for r in rows):
+        ax[0, 0].plot(step, col("loss_flow"), label="flow", alpha=0.8)
+        ax[0, 0].legend()
+    ax[0, 0].set_title("loss")
+    ax[0, 1].plot(step, col("loss_repa"), color="tab:purple")
+    ax[0, 1].set_title("REPA loss (0 when REPA is off)")
+    ax[1, 0].plot(step, col("lr"), color="tab:green")
+    ax[1, 0].set_title("learning rate")
+    ax[1, 1].plot(step, col("grad_norm"), color="tab:red", label="grad norm")
+    ax[1, 1].plot(step, col("grad_clip"), color="black", linestyle="--", linewidth=0.8, label="clip")
+    ax[1, 1].set_title("gradient norm (before clipping)")
+    ax[1, 1].legend()
+    for a in ax[1]:
+        a.set_xlabel("step")
+    for a in ax.flat:
+        a.grid(alpha=0.3)
+    fig.suptitle(f"{Path(run).name}: {len(rows)} log lines, step {step[-1]}")
+    fig.tight_layout()
+    out = Path(out) if out else Path(run) / "loss.png"
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return out
