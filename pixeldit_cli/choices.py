@@ -51,6 +51,11 @@ class SampleFormat(str, Enum):
     both = "both"
 
 
+class ReuseSchedule(str, Enum):
+    uniform = "uniform"
+    ends = "ends"
+
+
 class WeightsFormat(str, Enum):
     safetensors = "safetensors"
     hf = "hf"

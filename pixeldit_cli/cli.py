@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .choices import ClassMode, Fit, Precision, PRDistances, SampleFormat, Solver, Sqrtm, Weights, WeightsFormat
+from .choices import ClassMode, Fit, Precision, PRDistances, ReuseSchedule, SampleFormat, Solver, Sqrtm, Weights, WeightsFormat
 from .config import dotted_keys
 from .errors import PixelDiTError
 
@@ -256,6 +256,8 @@ def sample(
     width: Optional[int] = typer.Option(None, "--width", help="Image width, a multiple of p [default: the training resolution].", rich_help_panel="Sampling"),
     aspect_ratio: Optional[str] = typer.Option(None, "--aspect-ratio", help="W:H, snapped to the release's T2I bucket list (scaled to the resolution).", rich_help_panel="Sampling"),
     cfg: Optional[float] = typer.Option(None, "--cfg", help="Guidance scale, 1 = off [default: the preset's or checkpoint's, e.g. 2.75 for xl256].", rich_help_panel="Guidance"),
+    semantic_reuse: int = typer.Option(1, "--semantic-reuse", help="Run the patch (semantic) pathway every K-th network evaluation, the pixel pathway on every one: faster, see the README's trade-off table.", rich_help_panel="Guidance"),
+    reuse_schedule: ReuseSchedule = typer.Option(ReuseSchedule.uniform, "--reuse-schedule", help="uniform, or ends: also recompute on every evaluation of the first and last 10% of the steps.", rich_help_panel="Guidance"),
     cfg_interval: Optional[tuple[float, float]] = typer.Option(None, "--cfg-interval", help="LO HI: guide only for LO < t < HI [default: the preset's or checkpoint's].", rich_help_panel="Guidance"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward; does not change the images [default: the config's sample.batch_size, 32].", rich_help_panel="Distributed"),
     nproc: int = typer.Option(1, "--nproc", help="Start this many worker processes here (torchrun not needed).", rich_help_panel="Distributed"),
@@ -318,6 +320,7 @@ def sample(
         width=width if width is not None else (sc.width or res), seed=sc.seed if seed is None else seed,
         batch_size=sc.batch_size if batch_size is None else batch_size, precision=precision.value,
         npz=npz, compile=compile, weights=weights.value, prompts=tuple(prompts), format=fmt.value, device=device,
+        semantic_reuse=semantic_reuse, reuse_schedule=reuse_schedule.value,
         negative_prompt=negative_prompt if negative_prompt is not None else base.text.negative_prompt,
         text_encoder=str(text_encoder or base.text.encoder or ""),
     )

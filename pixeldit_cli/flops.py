@@ -44,6 +44,21 @@ def analytic_flops(cfg: ModelConfig, height: int, width: int, batch: int = 1, te
     return parts
 
 
+def pathway_flops(cfg: ModelConfig, height: int, width: int, text_len: int | None = None) -> dict:
+    """One forward's FLOPs split at PixelDiT's seam: the patch pathway (patch and text embedders, patch
+    blocks) and the pixel pathway (time embedder, pixel embedder, PiT blocks, final layer). They add up
+    to the total; semantic reuse skips the first on some evaluations."""
+    p, C, D, d = cfg.patch_size, cfg.in_channels, cfg.hidden_size, cfg.pixel_hidden
+    HW, L = height * width, (height // p) * (width // p)
+    Ly = (cfg.text_len if text_len is None else min(text_len, cfg.text_len)) if cfg.kind == "t2i" else 0
+    parts = analytic_flops(cfg, height, width, 1, text_len)
+    patch_embed = 2 * L * (C * p * p) * D + 2 * Ly * cfg.text_dim * D
+    time_embed = 2 * 256 * D + 2 * D * D
+    pixel_io = 2 * (2 * HW * C * d)
+    assert parts["embedders"] == patch_embed + time_embed + pixel_io
+    return {"patch": parts["patch_blocks"] + patch_embed, "pixel": parts["pixel_blocks"] + time_embed + pixel_io}
+
+
 #################################################################################
 #                        Hook counter (the official method)                     #
 #################################################################################

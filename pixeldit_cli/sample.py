@@ -24,7 +24,7 @@ import torch
 from .choices import SampleFormat, values
 from .dist import autocast_dtype, barrier, broadcast, device_report, gather, init_distributed, resolve_precision
 from .errors import PixelDiTError
-from .io import NpzWriter, ensure_writable_dir, file_sha256, grid_image, remove_stale_temporaries, write_json, write_png
+from .io import NpzWriter, ensure_writable_dir, file_sha256, remove_stale_temporaries, write_json, write_png
 from .labels import CLASS_MODES, class_names_of, labels_for
 from .records import PartWriter, RecordReader, scan
 from .solvers import SOLVERS, noise_for, solve, to_uint8
@@ -40,10 +40,11 @@ AUTO_PNG_LIMIT = 1000  # --format auto: PNGs and npz up to this many images, the
 
 
 def sample(model, noise, cond, uncond=None, *, solver="flowdpm", steps=100, cfg=1.0, interval=(0.0, 1.0),
-           shift=1.0, autocast=None):
-    """Images in [-1, 1] (unclipped) from `noise` for either model. interval/shift in the c2i convention."""
+           shift=1.0, autocast=None, semantic_reuse=1, reuse_schedule="uniform"):
+    """Images in [-1, 1] (unclipped) from `noise` for either model. interval/shift in the c2i convention.
+    semantic_reuse K recomputes the patch pathway every K-th evaluation (docs/semantic-reuse.md)."""
     return solve(model, noise, cond, uncond, solver=solver, steps=steps, cfg=cfg, interval=interval,
-                 shift=shift, autocast=autocast)[0]
+                 shift=shift, autocast=autocast, semantic_reuse=semantic_reuse, reuse_schedule=reuse_schedule)[0]
 
 
 #################################################################################
@@ -76,12 +77,16 @@ class SampleJob:
     text_encoder: str = ""       # local Gemma-2-2b-it directory
     format: str = "auto"         # png | npz | both | auto (both up to AUTO_PNG_LIMIT images, npz above)
     device: str = "auto"         # auto | cpu | cuda | cuda:N
+    semantic_reuse: int = 1      # run the patch pathway every K-th evaluation (1: always, the release's sampler)
+    reuse_schedule: str = "uniform"  # uniform | ends (also every evaluation of the first and last 10%)
 
     def identity(self) -> dict:
         """What determines the images (a re-run must match it to resume into the same folder)."""
         d = asdict(self)
         for k in ("out", "batch_size", "npz", "compile", "n", "text_encoder", "format", "device"):
             d.pop(k)
+        if self.semantic_reuse == 1:  # the plain sampler: folders made before the option existed still resume
+            d.pop("semantic_reuse"), d.pop("reuse_schedule")
         d["ckpt"] = os.path.abspath(self.ckpt)
         return _plain(d)  # tuples as lists, so it compares equal to what run.json holds
 
@@ -116,6 +121,12 @@ def validate(job: SampleJob, cfg=None) -> None:
         raise PixelDiTError(f"--seed must be 0 or more, got {job.seed}", "sample i uses seed + i")
     if job.solver not in SOLVERS:
         raise PixelDiTError(f"unknown solver {job.solver!r}", f"use one of {', '.join(SOLVERS)}")
+    if job.semantic_reuse < 1:
+        raise PixelDiTError(f"--semantic-reuse must be at least 1, got {job.semantic_reuse}", "1 recomputes the patch pathway at every step")
+    from .solvers import REUSE_SCHEDULES
+
+    if job.reuse_schedule not in REUSE_SCHEDULES:
+        raise PixelDiTError(f"unknown --reuse-schedule {job.reuse_schedule!r}", f"use one of {', '.join(REUSE_SCHEDULES)}")
     if job.format not in FORMATS:
         raise PixelDiTError(f"unknown --format {job.format!r}", f"use one of {', '.join(FORMATS)}")
     if not job.classes and job.mode not in CLASS_MODES:
@@ -264,7 +275,8 @@ def _generate(job, model, encoder, device, autocast, mine, total, world, out, fm
                     texts, uncond = [None] * len(idx), None
                     y = torch.tensor([label_of(i) for i in idx], device=device)
                 imgs, stats = solve(net, x, y, uncond, solver=job.solver, steps=job.steps, cfg=job.cfg,
-                                    interval=job.interval, shift=job.shift, autocast=autocast)
+                                    interval=job.interval, shift=job.shift, autocast=autocast,
+                                    semantic_reuse=job.semantic_reuse, reuse_schedule=job.reuse_schedule)
                 if made == 0:
                     _warn_if_nonfinite(imgs)
                 u8 = to_uint8(imgs).cpu()
@@ -361,6 +373,9 @@ def _report(job, cfg, stats, todo, done, elapsed, out, fmt, device, precision, n
         "negative_prompt": job.negative_prompt if encoder is not None else None,
         "truncated_prompts": encoder.truncated if encoder is not None else None,
         "nfe_per_sample": stats.evals,            # network evaluations actually made per sample
+        "patch_path_evals_per_sample": stats.patch_evals,   # < pixel-path evals with --semantic-reuse
+        "pixel_path_evals_per_sample": stats.evals,
+        "gflops_per_image": _gflops_per_image(cfg, job, stats),
         "network_calls_per_batch": stats.calls,
         "guided_steps": sum(stats.guided_steps),
         "generated_this_run": len(todo),
@@ -373,6 +388,14 @@ def _report(job, cfg, stats, todo, done, elapsed, out, fmt, device, precision, n
         **device_report(device, precision),
         "versions": versions(),
     }
+
+
+def _gflops_per_image(cfg, job, stats) -> float:
+    """Analytic FLOPs of one image's solve: patch pathway × its runs + pixel pathway × its runs."""
+    from .flops import pathway_flops
+
+    f = pathway_flops(cfg, job.height, job.width)
+    return round((f["patch"] * stats.patch_evals + f["pixel"] * stats.evals) / 1e9, 4)
 
 
 def versions() -> dict:
@@ -391,8 +414,18 @@ def _dry_stats(job, cfg):
         def forward(self, x, t, y):
             return torch.zeros_like(x)
 
+        def semantics(self, x, t, y):
+            return SimpleNamespace(s=torch.zeros(x.shape[0], 1, 1), t_emb=None)
+
+        def time_embedding(self, t):
+            return None
+
+        def pixels(self, x, t_emb, s):
+            return torch.zeros_like(x)
+
     cond = torch.zeros(1, dtype=torch.long) if cfg.kind == "c2i" else torch.zeros(1, 1, 1)
     _, st = solve(Zero(), torch.zeros(1, 1, 1, 1), cond, None if cfg.kind == "c2i" else cond, solver=job.solver,
-                  steps=job.steps, cfg=job.cfg, interval=job.interval, shift=job.shift)
+                  steps=job.steps, cfg=job.cfg, interval=job.interval, shift=job.shift,
+                  semantic_reuse=job.semantic_reuse, reuse_schedule=job.reuse_schedule)
     return st
 

@@ -18,16 +18,66 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .choices import Solver, values
+from .choices import ReuseSchedule, Solver, values
 
 SOLVERS = values(Solver)  # ("flowdpm", "euler", "heun", "dpm++2m")
+
+
+REUSE_SCHEDULES = values(ReuseSchedule)  # ("uniform", "ends")
 
 
 @dataclass
 class Stats:
     calls: int = 0           # network forward calls
-    evals: int = 0           # evaluations per sample: 2 for a guided call, 1 for an unguided one
+    evals: int = 0           # evaluations per sample: 2 for a guided call, 1 for an unguided one (= pixel-path runs)
     guided_steps: list = field(default_factory=list)
+    patch_evals: int = 0     # patch-path (semantic) runs per sample, counted the same way; < evals with reuse
+
+
+class SemanticReuse:
+    """Run PixelDiT's patch pathway only on the evaluations where it is due; reuse its tokens in between.
+
+    The patch pathway (71% of XL/16's FLOPs at 256²) turns the noisy image into semantic tokens s; the
+    pixel pathway turns s and the image into the velocity. Adjacent solver steps see nearly the same s,
+    so s is recomputed every `every` evaluations and the pixel pathway — with the *current* time
+    embedding, SiLU(t_emb + s) — runs on every one. This is feature caching in the manner of FORA
+    (Selvaraju et al., 2024: reuse the outputs of a DiT's blocks across steps) and Δ-DiT (Chen et al.,
+    2024: cache the rear blocks early, the front blocks late), applied at PixelDiT's natural seam.
+
+      schedule "uniform": due when e % every == 0 (evaluation e = 0, 1, ...).
+      schedule "ends":    also due on every evaluation of the first and last 10% of the steps, where
+                          the semantics move fastest (the layout forms early; the last steps refine).
+    CFG: the cache holds the tokens of the batch that was run — [uncond; cond] on a guided step, cond
+    alone on an unguided one. A guided step whose cache holds no unconditional tokens (the first step
+    inside the guidance interval) recomputes, whatever the schedule says. Every solver works: the count
+    is of network evaluations, so Heun's corrector and DPM-Solver++'s model calls are evaluations too.
+    """
+
+    def __init__(self, every: int, schedule: str = "uniform", steps: int = 0):
+        if every < 1:
+            raise ValueError(f"semantic reuse must be >= 1, got {every}")
+        if schedule not in REUSE_SCHEDULES:
+            raise ValueError(f"unknown reuse schedule {schedule!r}; choose one of {', '.join(REUSE_SCHEDULES)}")
+        self.every, self.schedule, self.steps = every, schedule, steps
+        self.count, self.cache = 0, {}
+
+    def due(self, e: int) -> bool:
+        m = max(1, round(0.1 * self.steps)) if self.schedule == "ends" else 0
+        if e < m or e >= self.steps - m:
+            return True
+        return (e - m) % self.every == 0
+
+    def __call__(self, model, x, t_in, y, key: str, stats: Stats):
+        e, self.count = self.count, self.count + 1
+        cached = self.cache.get(key)
+        if cached is None and key == "cond" and "both" in self.cache:
+            cached = self.cache["both"][self.cache["both"].shape[0] // 2:]  # [uncond; cond]: the cond half
+        if cached is None or self.due(e):
+            sem = model.semantics(x, t_in, y)
+            self.cache = {key: sem.s}
+            stats.patch_evals += 2 if key == "both" else 1
+            return model.pixels(x, sem.t_emb, sem.s)
+        return model.pixels(x, model.time_embedding(t_in), cached)
 
 
 def f32(v: float) -> float:
@@ -70,8 +120,10 @@ class Velocity:
     or (1, Lt, C) for T2I. `autocast` is a dtype for CUDA autocast or None (fp32).
     """
 
-    def __init__(self, model, cond, uncond=None, cfg: float = 1.0, interval=(0.0, 1.0), autocast=None):
-        self.model, self.cfg, self.autocast = model, float(cfg), autocast
+    def __init__(self, model, cond, uncond=None, cfg: float = 1.0, interval=(0.0, 1.0), autocast=None, reuse=None):
+        self.model, self.cfg, self.autocast, self.reuse = model, float(cfg), autocast, reuse
+        if reuse is not None and not hasattr(model, "semantics"):
+            raise ValueError("semantic reuse needs a PixelDiT network (one with semantics() and pixels())")
         self.t2i = model.config.kind == "t2i"
         self.lo, self.hi = f32(interval[0]), f32(interval[1])
         B = cond.shape[0]
@@ -88,15 +140,22 @@ class Velocity:
         """Guidance at time t (c2i convention, float32 compare, strict interval)."""
         return self.cfg != 1.0 and self.lo < f32(t) < self.hi
 
-    def net(self, x, t_in, y):
-        """One raw forward; t_in is what the network is fed (t, or 1000·σ for T2I)."""
+    def net(self, x, t_in, y, key: str = "cond"):
+        """One raw forward; t_in is what the network is fed (t, or 1000·σ for T2I); key names the batch
+        ("both" = [uncond; cond], "cond") for semantic reuse."""
         self.stats.calls += 1
         if self.autocast is not None:
             if self.t2i and self.autocast == torch.bfloat16:
                 t_in = t_in.to(torch.bfloat16).float()  # the release runs T2I in pure bf16: it sees rounded times
             with torch.autocast(x.device.type, dtype=self.autocast):
-                return self.model(x, t_in, y).float()
-        return self.model(x, t_in, y)
+                return self._forward(x, t_in, y, key).float()
+        return self._forward(x, t_in, y, key)
+
+    def _forward(self, x, t_in, y, key):
+        if self.reuse is None:
+            self.stats.patch_evals += 2 if key == "both" else 1
+            return self.model(x, t_in, y)
+        return self.reuse(self.model, x, t_in, y, key, self.stats)
 
     def raw(self, x, t_value: float, t_tensor, sigma=None):
         """Network output(s) at time t: (uncond, cond) when guided, else (None, cond).
@@ -112,9 +171,9 @@ class Velocity:
         else:
             t_in = t_tensor
         if g:
-            out = self.net(torch.cat([x, x]), t_in.expand(2 * B), self.both)
+            out = self.net(torch.cat([x, x]), t_in.expand(2 * B), self.both, key="both")
             return out[:B], out[B:]
-        return None, self.net(x, t_in.expand(B), self.cond)
+        return None, self.net(x, t_in.expand(B), self.cond, key="cond")
 
     def __call__(self, x, t_value: float, t_tensor):
         """Guided velocity in the c2i convention."""
@@ -213,8 +272,11 @@ def dpmpp_2m(v: Velocity, x, sigmas):
 
 
 def solve(model, noise, cond, uncond=None, *, solver: str = "flowdpm", steps: int = 100, cfg: float = 1.0,
-          interval=(0.0, 1.0), shift: float = 1.0, autocast=None):
-    """Integrate from noise (t = 0) to data (t = 1); returns (images in [-1, 1] unclipped, Stats)."""
+          interval=(0.0, 1.0), shift: float = 1.0, autocast=None, semantic_reuse: int = 1, reuse_schedule: str = "uniform"):
+    """Integrate from noise (t = 0) to data (t = 1); returns (images in [-1, 1] unclipped, Stats).
+
+    semantic_reuse K > 1 runs the patch pathway every K-th network evaluation only (SemanticReuse);
+    K = 1 is the plain forward, bit for bit."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     if steps < 1:
@@ -222,7 +284,8 @@ def solve(model, noise, cond, uncond=None, *, solver: str = "flowdpm", steps: in
     lo, hi = interval
     if not (0.0 <= lo <= hi <= 1.0):
         raise ValueError(f"guidance interval must satisfy 0 <= lo <= hi <= 1, got [{lo}, {hi}]")
-    v = Velocity(model, cond, uncond, cfg, interval, autocast)
+    reuse = SemanticReuse(semantic_reuse, reuse_schedule, steps) if semantic_reuse != 1 else None
+    v = Velocity(model, cond, uncond, cfg, interval, autocast, reuse)
     x = noise if noise.dtype == torch.float64 else noise.float()  # float64 only for numerical tests
     with torch.inference_mode():
         if solver == "dpm++2m":

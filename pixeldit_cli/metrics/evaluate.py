@@ -7,7 +7,6 @@ features are cached by (file hash, weights hash, feature version).
 """
 
 import hashlib
-import json
 import time
 import warnings
 from pathlib import Path

@@ -16,6 +16,7 @@ import torch.utils.checkpoint
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .base import PixelDiTBase, Semantics
 from .config import ModelConfig
 from .layers import (
     FinalLayer,
@@ -27,10 +28,7 @@ from .layers import (
     TimestepEmbedder,
     modulate,
     patchify,
-    pixel_sincos,
-    pixel_tokens,
     rope_2d,
-    unpatchify_pixels,
 )
 
 
@@ -89,7 +87,7 @@ class DiTBlock(nn.Module):
 #################################################################################
 
 
-class PixelDiT(nn.Module):
+class PixelDiT(PixelDiTBase):
     """Class-conditional PixelDiT. forward(x (B,C,H,W) in [-1,1], t (B,) with 1 = data, y (B,)) -> v = x − ε."""
 
     def __init__(self, config: ModelConfig):
@@ -125,50 +123,25 @@ class PixelDiT(nn.Module):
             nn.init.zeros_(block.adaLN_modulation[0].weight)
             nn.init.zeros_(block.adaLN_modulation[0].bias)
 
-    def _run(self, block, *args):
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
-
-    def tables(self, H: int, W: int, dtype, device):
-        """RoPE for the patch grid (patch and pixel head dims) and the pixel sin-cos table, cached per size."""
-        key = (H, W, dtype, device)
+    def patch_tables(self, H: int, W: int, dtype, device):
+        """RoPE for the patch grid, cached per size (not state)."""
+        key = ("patch", H, W, dtype, device)
         if key not in self._tables:
             with torch.inference_mode(False), torch.no_grad():  # usable by later training forwards
-                self._tables[key] = self._make_tables(H, W, dtype, device)
+                self._tables[key] = rope_2d(self.config.head_dim, H // self.config.patch_size, W // self.config.patch_size, device)
         return self._tables[key]
 
-    def _make_tables(self, H, W, dtype, device):
-        cfg, p = self.config, self.config.patch_size
-        rope_s = rope_2d(cfg.head_dim, H // p, W // p, device)
-        rope_x = rope_2d(cfg.pixel_attn_hidden // cfg.pixel_heads, H // p, W // p, device)
-        pos = pixel_sincos(H, W, cfg.pixel_hidden, dtype, device).view(H, W, cfg.pixel_hidden)
-        return rope_s, rope_x, pos
-
-    def forward(self, x, t, y, return_patch_tokens_at: int = 0):
-        """Optionally also return the patch tokens after block `return_patch_tokens_at` (1-based; REPA)."""
+    def semantics(self, x, t, y, return_patch_tokens_at: int = 0) -> Semantics:
+        """The patch pathway: semantics on L = (H/p)·(W/p) tokens, conditioned on time and class."""
+        self._check_size(x)
         B, C, H, W = x.shape
-        p = self.config.patch_size
-        if H % p or W % p:
-            raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {p}")
-        rope_s, rope_x, pos = self.tables(H, W, x.dtype, x.device)
-
-        # ---- patch level: semantics on L = (H/p)·(W/p) tokens -------------------------------------
-        t_emb = self.t_embedder(t).unsqueeze(1)                       # (B, 1, D)
+        rope_s = self.patch_tables(H, W, x.dtype, x.device)
+        t_emb = self.time_embedding(t)                                # (B, 1, D)
         c = F.silu(t_emb + self.y_embedder(y).unsqueeze(1))           # (B, 1, D) global condition
-        s = self.s_embedder(patchify(x, p))                           # (B, L, D)
+        s = self.s_embedder(patchify(x, self.config.patch_size))      # (B, L, D)
         aligned = None
         for i, block in enumerate(self.patch_blocks, start=1):
             s = self._run(block, s, c, rope_s)
             if i == return_patch_tokens_at:
                 aligned = s
-        L = s.shape[1]
-        s_cond = F.silu(t_emb + s).reshape(B * L, -1)                 # (B·L, D); no class term here
-
-        # ---- pixel level: every pixel, conditioned per patch ---------------------------------------
-        X = self.pixel_embedder(x.permute(0, 2, 3, 1)) + pos          # (B, H, W, d)
-        X = pixel_tokens(X, p)                                        # (B·L, p², d)
-        for block in self.pixel_blocks:
-            X = self._run(block, X, s_cond, B, rope_x)
-        out = unpatchify_pixels(self.final_layer(X), B, H, W, p)     # (B, C, H, W)
-        return (out, aligned) if return_patch_tokens_at else out
+        return Semantics(s, t_emb, aligned)

@@ -11,6 +11,7 @@ import torch.utils.checkpoint
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .base import PixelDiTBase, Semantics
 from .config import ModelConfig
 from .layers import (
     FinalLayer,
@@ -22,11 +23,8 @@ from .layers import (
     apply_rope,
     modulate,
     patchify,
-    pixel_sincos,
-    pixel_tokens,
     rope_1d,
     rope_2d,
-    unpatchify_pixels,
 )
 from .pixeldit import PatchEmbedder
 
@@ -110,7 +108,7 @@ class MMDiTBlock(nn.Module):
 #################################################################################
 
 
-class PixelDiTT2I(nn.Module):
+class PixelDiTT2I(PixelDiTBase):
     """forward(x (B,3,H,W), t (B,) = 1000·σ, y (B, Lt, text_dim) text states) -> v = ε − x."""
 
     def __init__(self, config: ModelConfig):
@@ -144,52 +142,29 @@ class PixelDiTT2I(nn.Module):
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
-    def _run(self, block, *args):
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
-
-    def tables(self, H: int, W: int, Lt: int, dtype, device):
-        """Image RoPE (patch and pixel head dims), text RoPE and the pixel sin-cos table, cached per size."""
-        key = (H, W, Lt, dtype, device)
+    def patch_tables(self, H: int, W: int, Lt: int, dtype, device):
+        """Image RoPE on the patch grid and text RoPE, cached per size (not state)."""
+        key = ("patch", H, W, Lt, dtype, device)
         if key not in self._tables:
+            cfg, p = self.config, self.config.patch_size
             with torch.inference_mode(False), torch.no_grad():  # usable by later training forwards
-                self._tables[key] = self._make_tables(H, W, Lt, dtype, device)
+                self._tables[key] = (rope_2d(cfg.head_dim, H // p, W // p, device), rope_1d(cfg.head_dim, Lt, device))
         return self._tables[key]
 
-    def _make_tables(self, H, W, Lt, dtype, device):
-        cfg, p = self.config, self.config.patch_size
-        rope_s = rope_2d(cfg.head_dim, H // p, W // p, device)
-        rope_t = rope_1d(cfg.head_dim, Lt, device)
-        rope_x = rope_2d(cfg.pixel_attn_hidden // cfg.pixel_heads, H // p, W // p, device)
-        pos = pixel_sincos(H, W, cfg.pixel_hidden, dtype, device).view(H, W, cfg.pixel_hidden)
-        return rope_s, rope_t, rope_x, pos
-
-    def forward(self, x, t, y, return_patch_tokens_at: int = 0):
+    def semantics(self, x, t, y, return_patch_tokens_at: int = 0) -> Semantics:
+        """The patch pathway: joint image/text attention (MM-DiT); the text never reaches the pixel pathway."""
+        self._check_size(x)
         B, C, H, W = x.shape
-        p = self.config.patch_size
-        if H % p or W % p:
-            raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {p}")
         y = y[:, : self.config.text_len]                              # the window: first text_len tokens
         Lt = y.shape[1]
-        rope_s, rope_t, rope_x, pos = self.tables(H, W, Lt, x.dtype, x.device)
-
-        # ---- patch level: joint image/text attention ------------------------------------------------
-        t_emb = self.t_embedder(t).unsqueeze(1)                       # (B, 1, D)
+        rope_s, rope_t = self.patch_tables(H, W, Lt, x.dtype, x.device)
+        t_emb = self.time_embedding(t)                                # (B, 1, D)
         c = F.silu(t_emb)                                             # no pooled text
-        s = self.s_embedder(patchify(x, p))                           # (B, L, D)
+        s = self.s_embedder(patchify(x, self.config.patch_size))      # (B, L, D)
         u = self.y_embedder(y) + self.y_pos_embedding[:, :Lt]         # (B, Lt, D)
         aligned = None
         for i, block in enumerate(self.patch_blocks, start=1):
             s, u = self._run(block, s, u, c, rope_s, rope_t)
             if i == return_patch_tokens_at:
                 aligned = s
-        L = s.shape[1]
-        s_cond = F.silu(t_emb + s).reshape(B * L, -1)                 # (B·L, D)
-
-        # ---- pixel level: identical to the class-conditional model ---------------------------------
-        X = pixel_tokens(self.pixel_embedder(x.permute(0, 2, 3, 1)) + pos, p)
-        for block in self.pixel_blocks:
-            X = self._run(block, X, s_cond, B, rope_x)
-        out = unpatchify_pixels(self.final_layer(X), B, H, W, p)
-        return (out, aligned) if return_patch_tokens_at else out
+        return Semantics(s, t_emb, aligned)

@@ -10,7 +10,6 @@ asked: the release uses no augmentation.
 """
 
 import gzip
-import io
 import json
 import math
 import os

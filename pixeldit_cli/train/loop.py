@@ -10,8 +10,6 @@ of step s is a function of (seed, s) (StepSampler), and every random draw of a s
 import contextlib
 import copy
 import json
-import math
-import os
 import time
 from pathlib import Path
 
