@@ -1,0 +1,136 @@
+"""Semantic reuse on the demo model: speed against quality, measured (the README's table and plot).
+
+    .venv/bin/python benchmarks/semantic_reuse_study.py --ckpt runs/demo/train/checkpoints/last.pt
+
+For each variant — K = 1 (the release's sampler), 2, 3, 4, and K = 3 with the "ends" schedule — it
+samples the same N images (same seeds, classes balanced) with the model's own sampling settings,
+measures img/s in this process, FID / precision / recall against held-out Fashion-MNIST test images
+(the ADM protocol; the fallback Inception weights unless --inception is given), and the pixel-space
+distance of every image to its K = 1 twin (mean |Δ| in 0..255 and PSNR). Writes OUT/study.json,
+OUT/table.md and OUT/reuse_tradeoff.png.
+"""
+
+import argparse
+import importlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+VARIANTS = [("K=1", 1, "uniform"), ("K=2", 2, "uniform"), ("K=3", 3, "uniform"), ("K=4", 4, "uniform"),
+            ("K=3 ends", 3, "ends")]
+
+
+def reference(out: Path, n: int) -> Path:
+    """The first n Fashion-MNIST test images as an ADM npz (the data the model never saw)."""
+    from pixeldit_cli.metrics.npz import write_npz
+    from pixeldit_cli.train.data import FashionMNIST
+
+    path = out / f"fashion_test_{n}.npz"
+    if not path.exists():
+        ds = FashionMNIST("test", 32)
+        imgs = np.stack([ds[i][0].permute(1, 2, 0).numpy() for i in range(n)])
+        write_npz(path, imgs, arr_1=ds.labels[:n].numpy())
+    return path
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean()
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def run_variant(S, model, args, label, k, schedule, out: Path) -> dict:
+    job = S.SampleJob(ckpt=args.ckpt, n=args.n, out=str(out / label.replace(" ", "-").replace("=", "")),
+                      mode="balanced", solver=args.solver, steps=args.steps, cfg=args.cfg, interval=tuple(args.interval),
+                      shift=1.0, height=32, width=32, seed=0, batch_size=args.batch_size, format="npz",
+                      semantic_reuse=k, reuse_schedule=schedule)
+    t0 = time.perf_counter()
+    r = S.run(job, model=model, progress=False)
+    wall = time.perf_counter() - t0
+    return {"variant": label, "K": k, "schedule": schedule, "img_per_s": r["images_per_second"] or args.n / wall,
+            "patch_evals": r["patch_path_evals_per_sample"], "pixel_evals": r["pixel_path_evals_per_sample"],
+            "gflops_per_image": r["gflops_per_image"], "npz": str(Path(job.out) / "samples.npz")}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ckpt", default="runs/demo/train/checkpoints/last.pt")
+    ap.add_argument("--out", default="runs/reuse-study")
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--ref-n", type=int, default=2000, help="held-out test images in the FID reference")
+    ap.add_argument("--solver", default="flowdpm")
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--cfg", type=float, default=2.0)
+    ap.add_argument("--interval", type=float, nargs=2, default=[0.1, 1.0])
+    ap.add_argument("--batch-size", type=int, default=250)
+    ap.add_argument("--inception", default=None, help="pt_inception-2015-12-05 weights (default: the fallback)")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    from pixeldit_cli import load_model
+    from pixeldit_cli.metrics.evaluate import evaluate
+
+    S = importlib.import_module("pixeldit_cli.sample")  # the package exports a function of the same name
+    model = load_model(args.ckpt)
+    ref = reference(out, args.ref_n)
+    rows = []
+    for label, k, schedule in VARIANTS:
+        row = run_variant(S, model, args, label, k, schedule, out)
+        m = evaluate(row["npz"], ref, args.inception, None, 100, "fp16", "eigh", out / "cache", progress=False)
+        row.update(fid=m["fid"], precision=m["precision"], recall=m["recall"])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    base = np.load(rows[0]["npz"])["arr_0"]
+    for row in rows:
+        imgs = np.load(row["npz"])["arr_0"]
+        row["speedup"] = row["img_per_s"] / rows[0]["img_per_s"]
+        row["flops_saving"] = 1 - row["gflops_per_image"] / rows[0]["gflops_per_image"]
+        row["mean_abs_diff_to_K1"] = float(np.abs(imgs.astype(np.int16) - base.astype(np.int16)).mean())
+        row["psnr_to_K1"] = psnr(imgs, base)
+    (out / "study.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n")
+    table = ["| variant | patch / pixel evals per image | GFLOPs per image | img/s | speed-up | FID | precision | recall | mean abs Δ to K=1 | PSNR to K=1 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        table.append(f"| {r['variant']} | {r['patch_evals']} / {r['pixel_evals']} | {r['gflops_per_image']:.2f} | "
+                     f"{r['img_per_s']:.1f} | {r['speedup']:.2f}× | {r['fid']:.2f} | {r['precision']:.3f} | "
+                     f"{r['recall']:.3f} | {r['mean_abs_diff_to_K1']:.2f} | "
+                     f"{'∞' if r['psnr_to_K1'] == float('inf') else format(r['psnr_to_K1'], '.1f')} dB |")
+    (out / "table.md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+    plot(rows, out / "reuse_tradeoff.png", args)
+
+
+def plot(rows, path: Path, args):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    for r in rows:
+        ax[0].scatter(r["speedup"], r["fid"], s=40, color="tab:orange" if r["schedule"] == "ends" else "tab:blue")
+        ax[0].annotate(r["variant"], (r["speedup"], r["fid"]), textcoords="offset points", xytext=(5, 4))
+    ax[0].set_xlabel("speed-up over K=1 (img/s, this CPU)")
+    ax[0].set_ylabel(f"FID vs {args.ref_n} held-out test images")
+    ax[0].set_title(f"speed against quality, N = {args.n}")
+    ax[0].grid(alpha=0.3)
+    ks = [r for r in rows if r["schedule"] == "uniform" and r["K"] > 1]
+    ax[1].plot([r["K"] for r in ks], [r["psnr_to_K1"] for r in ks], marker="o", label="uniform")
+    for r in rows:
+        if r["schedule"] == "ends":
+            ax[1].scatter(r["K"], r["psnr_to_K1"], color="tab:orange", label="K=3 ends", zorder=3)
+    ax[1].set_xlabel("K (patch pathway every K-th evaluation)")
+    ax[1].set_ylabel("PSNR to the K=1 image (dB)")
+    ax[1].set_title("how far each image moves")
+    ax[1].legend()
+    ax[1].grid(alpha=0.3)
+    fig.suptitle(f"Semantic reuse on the demo model ({args.solver}, {args.steps} steps, CFG {args.cfg})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
