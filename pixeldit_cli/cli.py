@@ -270,9 +270,7 @@ def sample(
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print results.json's content as one JSON object (no progress bar).", rich_help_panel="Output"),
 ):
     """Sample images: per-index PNGs, grid.png, results.json (and samples.npz)."""
-    from .config import defaults_for
-    from .labels import imagenet_names, parse_class
-    from .sample import SampleJob, run, validate
+    from .sample import job_for, read_prompts, run
 
     if nproc > 1:
         from .dist import launch_workers
@@ -285,46 +283,14 @@ def sample(
 
     _, _, dev = init_distributed(device)
     model = load_model(ckpt, weights=weights.value, device=dev, unsafe_pickle=unsafe_pickle)
-    mc = model.config
-    if mc.kind == "t2i" and classes:
-        raise PixelDiTError("--class was given but this is a text-to-image checkpoint", "use --prompt")
-    prompts = list(prompt or [])
-    if prompts_file is not None:
-        if not prompts_file.is_file():
-            raise PixelDiTError(f"prompt file {prompts_file} does not exist")
-        try:
-            lines = [l.strip() for l in prompts_file.read_text(encoding="utf-8").splitlines() if l.strip()]
-        except UnicodeDecodeError as e:
-            raise PixelDiTError(f"prompt file {prompts_file} is not UTF-8 text (byte {e.start})", "save it as UTF-8") from None
-        if not lines:
-            raise PixelDiTError(f"prompt file {prompts_file} holds no prompts", "one prompt per line")
-        prompts += lines
-    if mc.kind == "c2i" and prompts:
-        raise PixelDiTError("--prompt was given but this is a class-conditional checkpoint", "use --class")
-    base, defaults_from = defaults_for(model, preset)
-    sc = base.sample
-    res = base.data.resolution
-    if aspect_ratio:
-        from .labels import aspect_bucket
-
-        if height is not None or width is not None:
-            raise PixelDiTError("--aspect-ratio and --height/--width both given", "use one of them")
-        height, width = aspect_bucket(aspect_ratio, sc.height or res)
-    names = getattr(model, "class_names", None) or (imagenet_names() if mc.num_classes == 1000 else None)
-    ids = tuple(parse_class(c, mc.num_classes, names) for c in classes or [])
-    job = SampleJob(
-        ckpt=str(ckpt), n=n, out=str(out_dir or ""), classes=ids, mode=class_mode.value,
-        solver=solver.value if solver else sc.solver, steps=steps if steps is not None else sc.steps,
-        cfg=cfg if cfg is not None else sc.cfg, interval=tuple(cfg_interval) if cfg_interval else sc.interval,
-        shift=shift if shift is not None else sc.shift, height=height if height is not None else (sc.height or res),
-        width=width if width is not None else (sc.width or res), seed=sc.seed if seed is None else seed,
-        batch_size=sc.batch_size if batch_size is None else batch_size, precision=precision.value,
-        npz=npz, compile=compile, weights=weights.value, prompts=tuple(prompts), format=fmt.value, device=device,
-        semantic_reuse=semantic_reuse, reuse_schedule=reuse_schedule.value,
-        negative_prompt=negative_prompt if negative_prompt is not None else base.text.negative_prompt,
-        text_encoder=str(text_encoder or base.text.encoder or ""),
-    )
-    validate(job, mc)
+    prompts = list(prompt or []) + (read_prompts(prompts_file) if prompts_file is not None else [])
+    job, defaults_from = job_for(
+        model, ckpt, preset=preset, classes=classes or [], prompts=prompts, aspect_ratio=aspect_ratio,
+        n=n, out=str(out_dir or ""), mode=class_mode.value, solver=solver.value if solver else None, steps=steps, cfg=cfg,
+        interval=cfg_interval, shift=shift, height=height, width=width, seed=seed, batch_size=batch_size,
+        precision=precision.value, npz=npz, compile=compile, weights=weights.value, format=fmt.value, device=device,
+        semantic_reuse=semantic_reuse, reuse_schedule=reuse_schedule.value, negative_prompt=negative_prompt,
+        text_encoder=text_encoder)
     result = run(job, model=model, progress=not as_json)
     if result:
         result["defaults_from"] = defaults_from
@@ -333,7 +299,7 @@ def sample(
             print(json.dumps(result))
         return
     for t in (result or {}).get("truncated_prompts") or []:
-        err.print(f"note: prompt truncated to the {mc.text_len}-token window: {t[:60]!r}", highlight=False)
+        err.print(f"note: prompt truncated to the {model.config.text_len}-token window: {t[:60]!r}", highlight=False)
     if result:
         what = {"png": "PNGs", "npz": "samples.npz", "both": "PNGs and samples.npz"}[result["format"]]
         rule = " (--format auto: over 1000 images only samples.npz; --format both for PNGs too)" \

@@ -101,6 +101,52 @@ def _plain(d):
     return json.loads(json.dumps(d))
 
 
+def read_prompts(path) -> list[str]:
+    """One prompt per non-empty line of a UTF-8 text file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PixelDiTError(f"prompt file {path} does not exist")
+    try:
+        lines = [l.strip() for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+    except UnicodeDecodeError as e:
+        raise PixelDiTError(f"prompt file {path} is not UTF-8 text (byte {e.start})", "save it as UTF-8") from None
+    if not lines:
+        raise PixelDiTError(f"prompt file {path} holds no prompts", "one prompt per line")
+    return lines
+
+
+def job_for(model, ckpt, *, preset=None, classes=(), prompts=(), aspect_ratio=None, **given) -> tuple[SampleJob, str]:
+    """The job a command line asks for, and where its defaults came from: every value given (not None)
+    wins; the rest come from --preset, else the checkpoint's own training config, else the release
+    preset of the model's family (config.defaults_for). Class names or ids are resolved here."""
+    from .config import defaults_for
+    from .labels import aspect_bucket, parse_class
+
+    mc = model.config
+    if mc.kind == "t2i" and classes:
+        raise PixelDiTError("--class was given but this is a text-to-image checkpoint", "use --prompt")
+    if mc.kind == "c2i" and prompts:
+        raise PixelDiTError("--prompt was given but this is a class-conditional checkpoint", "use --class")
+    base, defaults_from = defaults_for(model, preset)
+    sc, res = base.sample, base.data.resolution
+    if aspect_ratio:
+        if given.get("height") is not None or given.get("width") is not None:
+            raise PixelDiTError("--aspect-ratio and --height/--width both given", "use one of them")
+        given["height"], given["width"] = aspect_bucket(aspect_ratio, sc.height or res)
+    defaults = {"solver": sc.solver, "steps": sc.steps, "cfg": sc.cfg, "interval": tuple(sc.interval), "shift": sc.shift,
+                "height": sc.height or res, "width": sc.width or res, "seed": sc.seed, "batch_size": sc.batch_size,
+                "negative_prompt": base.text.negative_prompt, "text_encoder": base.text.encoder or ""}
+    kw = {**defaults, **{k: v for k, v in given.items() if v is not None}}
+    if "interval" in kw:
+        kw["interval"] = tuple(kw["interval"])
+    kw["text_encoder"] = str(kw["text_encoder"])
+    names = class_names_of(model)
+    ids = tuple(parse_class(c, mc.num_classes, names) for c in classes)
+    job = SampleJob(ckpt=str(ckpt), classes=ids, prompts=tuple(prompts), **kw)
+    validate(job, mc)
+    return job, defaults_from
+
+
 def default_out(job: SampleJob) -> str:
     """A folder named after every knob (as DiT's sample_ddp does)."""
     stem = Path(job.ckpt).stem
