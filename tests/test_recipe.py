@@ -111,6 +111,10 @@ def test_ema_after_one_real_step(tmp_path):
     k = "final_layer.linear.weight"
     assert not torch.equal(st["model"][k], init[k])  # the step moved the weights
     assert torch.allclose(st["ema"][k], 0.75 * init[k] + 0.25 * st["model"][k], atol=1e-7)
+    import json
+
+    rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 < rec["mfu"] < 2 and rec["img_per_s"] > 0  # the log line carries MFU (analytic FLOPs / matmul rate)
 
 
 class TC:

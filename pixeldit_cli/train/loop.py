@@ -253,6 +253,12 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
 
     # ---- bookkeeping ------------------------------------------------------------------------------
     class_names = list(getattr(ds, "classes", []))
+    # MFU: the analytic FLOPs of a training image (forward + backward = 3 forwards, the paper's count) per
+    # second, against this device's own matmul rate in the training dtype, measured once here.
+    from ..flops import analytic_flops, matmul_rate
+
+    flops_per_image = 3 * analytic_flops(mcfg, cfg.data.resolution, cfg.data.resolution)["total"]
+    peak_rate = matmul_rate(1024, 3, autocast or torch.float32, device) * 1e9 if rank == 0 else 1.0
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", to_yaml(cfg))
@@ -380,6 +386,7 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
                 rec = {"step": step, "loss": sums[0].item(), "loss_flow": sums[1].item(), "loss_repa": sums[2].item(),
                        "grad_norm": gnorm.item(), "lr": lr, "grad_clip": clip, "img_per_s": imgs_log / (now - t_log),
                        "data_wait": wait_log / (now - t_log), "nonfinite_skipped": skipped}
+                rec["mfu"] = rec["img_per_s"] * flops_per_image / world / peak_rate  # per device, as nanoGPT reports it
                 append_line(out / "metrics.jsonl", json.dumps(rec))
                 if tb is not None:
                     for k, v in rec.items():
@@ -388,7 +395,8 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
                 last_log, t_log, wait_log, imgs_log = rec, now, 0.0, 0
                 if bar is not None:
                     bar.update(task, completed=step, info=f"loss {rec['loss']:.4f} repa {rec['loss_repa']:.3f} "
-                               f"|g| {rec['grad_norm']:.2f} lr {lr:.1e} {rec['img_per_s']:.1f} img/s wait {100 * rec['data_wait']:.0f}%")
+                               f"|g| {rec['grad_norm']:.2f} lr {lr:.1e} {rec['img_per_s']:.1f} img/s MFU {100 * rec['mfu']:.0f}% "
+                               f"wait {100 * rec['data_wait']:.0f}%")
             elif bar is not None:
                 bar.update(task, completed=step)
             if tc.sample_every and step % tc.sample_every == 0:
