@@ -356,3 +356,13 @@ def test_fsdp_two_processes_with_resume_equal_one(data, dino, tmp_path):
         assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5, part
     sa, sb = one["optimizer"]["state"], two["optimizer"]["state"]
     assert sa.keys() == sb.keys() and max((sa[k]["exp_avg"] - sb[k]["exp_avg"]).abs().max().item() for k in sa) < 1e-5
+
+
+def test_two_runs_on_one_machine_give_identical_checkpoints(data, tmp_path):
+    """The demo's determinism claim, in the scope it holds: same machine, same thread count."""
+    for name in ("a", "b"):
+        train(cfg_for(data, **{"train.steps": 2, "train.ckpt_every": 2}), tmp_path / name, progress=False)
+    a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)
+    assert states_equal(a["model"], b["model"]) and states_equal(a["ema"], b["ema"])
+    assert states_equal(a["optimizer"]["state"][0], b["optimizer"]["state"][0])
