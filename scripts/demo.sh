@@ -16,11 +16,12 @@ CLASSES=""
 for c in 0 1 2 3 4 5 6 7 8 9; do CLASSES="$CLASSES --class $c"; done
 rm -rf "$OUT/samples"
 $PY -m pixeldit_cli sample --preset smoke --ckpt "$OUT/smoke.safetensors" $CLASSES --n 200 --out "$OUT/samples" --npz
-echo "columns: T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot"
 echo "== FID against 500 held-out test images (fallback Inception features; N = 200 is a pipeline check, biased high)"
 $PY scripts/fashion_export.py "$OUT/data" --n 500
 $PY -m pixeldit_cli eval-fid "$OUT/samples/samples.npz" "$OUT/data/fashion_test.npz" --sqrtm eigh --no-cache
 echo "== FlowEdit a real test sneaker towards an ankle boot (edit box: the upper 18 rows, where a shaft would grow)"
 $PY -m pixeldit_cli edit "$OUT/data/sneaker.png" --src Sneaker --tgt "Ankle boot" --ckpt "$OUT/smoke.safetensors" \
-    --steps 50 --n-max 48 --src-cfg 1.0 --tgt-cfg 6 --n-avg 2 --num-seeds 3 --bbox 0 0 32 18 --out "$OUT/edit"
-echo "grid: $OUT/samples/grid.png  strip: $OUT/edit/strip.png  curve: $OUT/train/metrics.jsonl"
+    --steps 50 --strength 0.96 --src-cfg 1.0 --tgt-cfg 6 --n-avg 2 --num-seeds 3 --bbox 0 0 32 18 --out "$OUT/edit"
+echo "== training curves"
+$PY -m pixeldit_cli plot "$OUT/train"
+echo "grid: $OUT/samples/grid.png (class names over the columns)  strip: $OUT/edit/strip.png  curves: $OUT/train/loss.png"

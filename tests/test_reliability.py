@@ -392,3 +392,34 @@ def test_tensorboard_without_the_package_is_one_line_before_any_work(data, tmp_p
     with pytest.raises(PixelDiTError, match="train.tensorboard needs the tensorboard package"):
         train(cfg_for(data, **{"train.tensorboard": True}), tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def _cli_with_file_limit(nbytes, *argv):
+    code = ("import resource, signal, sys\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({nbytes}, {nbytes}))\n"
+            "from pixeldit_cli.cli import main\nsys.argv = ['pixeldit', *sys.argv[1:]]\nmain()")
+    return subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_train_on_a_full_disk_is_one_line_and_keeps_no_partial_checkpoint(data, tmp_path):
+    from test_train import overrides_for
+
+    flags = [str(a) for k, v in overrides_for(data, **{"train.steps": 2}).items() for a in (f"--{k}", v)]
+    out = tmp_path / "run"
+    p = _cli_with_file_limit(60_000, "train", "--preset", "smoke", "--out", out, *flags)  # a checkpoint is ~1.5 MB
+    assert p.returncode == 1 and "could not write" in p.stderr and "Traceback" not in p.stderr, p.stderr[-1500:]
+    ck = out / "checkpoints"
+    assert not ck.exists() or not [f for f in ck.iterdir() if f.name.endswith(".pt") or f.name.endswith(".tmp")]
+
+
+def test_make_ref_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    from pixeldit_cli.metrics.npz import write_npz
+
+    rng = np.random.default_rng(0)
+    write_npz(tmp_path / "imgs.npz", rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
+    out = tmp_path / "o"
+    out.mkdir()
+    p = _cli_with_file_limit(20_000, "eval-fid", "--make-ref", tmp_path / "imgs.npz", out / "ref.npz")  # sigma alone is 32 MB
+    assert p.returncode == 1 and "could not write" in p.stderr and "Traceback" not in p.stderr, p.stderr[-1500:]
+    assert list(out.iterdir()) == []
