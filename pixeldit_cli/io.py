@@ -51,6 +51,28 @@ def _temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+class _RecordingFile:
+    """A file that remembers the OSError a write raised: writers such as torch.save's zip writer catch it
+    and raise their own error ("unexpected pos ...") instead, which would hide a full disk."""
+
+    def __init__(self, f):
+        self._f, self.error = f, None
+
+    def write(self, data):
+        try:
+            n = self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+        want = memoryview(data).nbytes
+        if n is not None and n < want and self.error is None:  # a short write: the file could not grow
+            self.error = OSError(errno.ENOSPC, f"wrote {n} of {want} bytes (is the disk full?)")
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
 @contextlib.contextmanager
 def atomic_file(path, durable: bool = True):
     """Yield a binary file whose content appears at `path` only if everything was written and synced.
@@ -64,9 +86,10 @@ def atomic_file(path, durable: bool = True):
         f = open(tmp, "wb")
     except OSError as e:
         raise write_error(path, e) from None
+    rec = _RecordingFile(f)
     try:
         with f:
-            yield f
+            yield rec
             f.flush()
             if durable:
                 os.fsync(f.fileno())
@@ -78,6 +101,8 @@ def atomic_file(path, durable: bool = True):
         raise write_error(path, e) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
+        if rec.error is not None:  # the writer turned a failed write into its own error type
+            raise write_error(path, rec.error) from None
         raise
 
 
