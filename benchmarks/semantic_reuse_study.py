@@ -79,9 +79,8 @@ def main():
     state_file = out / "study.json"
     rows = json.loads(state_file.read_text())["rows"] if state_file.exists() else []
     save = lambda: state_file.write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n")
-    if args.timing:
-        timing(rows, args)
-        save()
+    if args.timing:  # its own file: a study still running keeps writing study.json
+        (out / "timing.json").write_text(json.dumps(timing(rows, args), indent=2) + "\n")
     elif not args.report_only:
         S = importlib.import_module("pixeldit_cli.sample")  # the package exports a function of the same name
         model = load_model(args.ckpt)
@@ -127,14 +126,17 @@ def timing(rows, args):
             t0 = time.perf_counter()
             solve(model, x, y, None, **kw, semantic_reuse=k, reuse_schedule=schedule)
             best[label] = min(best.get(label, float("inf")), time.perf_counter() - t0)
-    for row in rows:
-        if row["variant"] in best:
-            row["img_per_s_quiet"] = n / best[row["variant"]]
-    print(json.dumps({k: round(n / v, 2) for k, v in best.items()}), flush=True)
+    result = {k: n / v for k, v in best.items()}
+    print(json.dumps({k: round(v, 2) for k, v in result.items()}), flush=True)
+    return result
 
 
 def report(rows, out: Path, args):
     rows = [r for r in rows if r.get("fid") is not None]
+    quiet = json.loads((out / "timing.json").read_text()) if (out / "timing.json").exists() else {}
+    for row in rows:
+        if row["variant"] in quiet:
+            row["img_per_s_quiet"] = quiet[row["variant"]]
     base = np.load(rows[0]["npz"])["arr_0"]
     for row in rows:
         imgs = np.load(row["npz"])["arr_0"]
