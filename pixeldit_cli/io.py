@@ -73,6 +73,16 @@ class _RecordingFile:
         return getattr(self._f, name)
 
 
+def _discard(tmp: Path, path: Path, e: BaseException, recorded: OSError | None = None):
+    """The one failure path of both atomic writers: remove the temporary, then say why in one line. A
+    write error that a writer turned into its own error type (`recorded`) is reported as what it was."""
+    tmp.unlink(missing_ok=True)
+    cause = e if isinstance(e, OSError) else recorded
+    if cause is not None:
+        raise write_error(path, cause) from None
+    raise e
+
+
 @contextlib.contextmanager
 def atomic_file(path, durable: bool = True):
     """Yield a binary file whose content appears at `path` only if everything was written and synced.
@@ -96,14 +106,8 @@ def atomic_file(path, durable: bool = True):
             if os.fstat(f.fileno()).st_size != f.tell():  # a short write that no call reported
                 raise OSError(errno.EIO, f"wrote {f.tell()} bytes but the file holds {os.fstat(f.fileno()).st_size}")
         os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise write_error(path, e) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        if rec.error is not None:  # the writer turned a failed write into its own error type
-            raise write_error(path, rec.error) from None
-        raise
+    except BaseException as e:
+        _discard(tmp, path, e, rec.error)
 
 
 @contextlib.contextmanager
@@ -120,12 +124,8 @@ def atomic_path(path, durable: bool = True, mode: int = 0o644):
                 os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise write_error(path, e) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    except BaseException as e:
+        _discard(tmp, path, e)
 
 
 def write_bytes(path, data: bytes, durable: bool = True) -> None:
