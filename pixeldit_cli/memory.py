@@ -11,7 +11,7 @@ is checked, so they are not in what the device still has free):
   patch level   per patch token: x, qkv (3·D), the attention output, the norm and modulated copies and
                 the SwiGLU's two hidden projections — about 12·D + 2·mlp_hidden floats.
 Attention runs through SDPA's fused kernels (flash / memory-efficient on CUDA, the flash kernel on CPU),
-which never hold the N×N score matrix. A 1.5× margin covers the allocator and temporaries; a test
+which never hold the N×N score matrix. A 2× margin covers the allocator and temporaries; a test
 checks that the estimate is above the measured peak of a real forward.
 """
 
@@ -19,7 +19,7 @@ import torch
 
 from .errors import PixelDiTError
 
-MARGIN = 1.5
+MARGIN = 2.0  # 1.5 was exceeded on a fresh clone (S/4 128², batch 2: 109 MB measured vs 102 MB)
 
 
 def forward_bytes(cfg, height: int, width: int, batch: int) -> int:
