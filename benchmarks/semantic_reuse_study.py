@@ -6,8 +6,10 @@ For each variant — K = 1 (the release's sampler), 2, 3, 4, and K = 3 with the 
 samples the same N images (same seeds, classes balanced) with the model's own sampling settings,
 measures img/s in this process, FID / precision / recall against held-out Fashion-MNIST test images
 (the ADM protocol; the fallback Inception weights unless --inception is given), and the pixel-space
-distance of every image to its K = 1 twin (mean |Δ| in 0..255 and PSNR). Writes OUT/study.json,
-OUT/table.md and OUT/reuse_tradeoff.png.
+distance of every image to its K = 1 twin (mean |Δ| in 0..255 and PSNR). With --classifier (the demo's
+independent Fashion-MNIST classifier, scripts/fashion_classifier.py) also the share of samples assigned to
+the class they were drawn for, a second quality read whose binomial standard error is known.
+Writes OUT/study.json, OUT/table.md and OUT/reuse_tradeoff.png.
 """
 
 import argparse
@@ -65,6 +67,7 @@ def main():
     ap.add_argument("--interval", type=float, nargs=2, default=[0.1, 1.0])
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--inception", default=None, help="pt_inception-2015-12-05 weights (default: the fallback)")
+    ap.add_argument("--classifier", default=None, help="classifier.pt from scripts/fashion_classifier.py (adds class agreement)")
     ap.add_argument("--report-only", action="store_true", help="redraw table and plot from OUT/study.json")
     ap.add_argument("--timing", action="store_true", help="only time the variants (interleaved, quiet machine) into study.json")
     ap.add_argument("--timing-n", type=int, default=100)
@@ -138,6 +141,12 @@ def report(rows, out: Path, args):
         if row["variant"] in quiet:
             row["img_per_s_quiet"] = quiet[row["variant"]]
     base = np.load(rows[0]["npz"])["arr_0"]
+    clf = None
+    if args.classifier:
+        from pixeldit_cli.metrics.classifier import load_classifier, predict
+
+        clf, _ = load_classifier(args.classifier)
+        base_pred = predict(clf, base)
     for row in rows:
         imgs = np.load(row["npz"])["arr_0"]
         if "img_per_s_quiet" in row:  # the interleaved timing pass, when it has run
@@ -146,6 +155,11 @@ def report(rows, out: Path, args):
         row["flops_saving"] = 1 - row["gflops_per_image"] / rows[0]["gflops_per_image"]
         row["mean_abs_diff_to_K1"] = float(np.abs(imgs.astype(np.int16) - base.astype(np.int16)).mean())
         row["psnr_to_K1"] = psnr(imgs, base)
+        if clf is not None:
+            pred, asked = predict(clf, imgs), np.load(row["npz"])["arr_1"]
+            p = float((pred == asked).mean())
+            row.update(class_agreement=p, class_agreement_se=float(np.sqrt(p * (1 - p) / len(pred))),
+                       verdict_changed_vs_K1=float((pred != base_pred).mean()))
     (out / "report.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n")
     table = ["| variant | patch / pixel evals per image | GFLOPs per image | img/s | speed-up | FID | precision | recall | mean abs Δ to K=1 | PSNR to K=1 |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -154,6 +168,10 @@ def report(rows, out: Path, args):
                      f"{r['img_per_s']:.1f} | {r['speedup']:.2f}× | {r['fid']:.2f} | {r['precision']:.3f} | "
                      f"{r['recall']:.3f} | {r['mean_abs_diff_to_K1']:.2f} | "
                      f"{'∞' if r['psnr_to_K1'] == float('inf') else format(r['psnr_to_K1'], '.1f')} dB |")
+    if clf is not None:
+        table += ["", "| variant | samples assigned to their class (± s.e.) | class verdict changed vs K=1 |", "|---|---|---|"]
+        table += [f"| {r['variant']} | {r['class_agreement']:.1%} ± {r['class_agreement_se']:.1%} | "
+                  f"{r['verdict_changed_vs_K1']:.1%} |" for r in rows]
     (out / "table.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
     plot(rows, out / "reuse_tradeoff.png", args)
