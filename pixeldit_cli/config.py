@@ -83,6 +83,26 @@ class SampleSection:
 
 
 @dataclass(frozen=True)
+class EditSection:
+    """FlowEdit's SD3 schedule (T = 50, editing from noise level 0.66) with guidance scales for PixelDiT,
+    which samples at CFG ~3 rather than SD3's 13.5 (docs/editing.md#schedule)."""
+    steps: int = 50                       # the time grid T
+    strength: float = 0.66                # editing starts at this noise level: n_max = round(strength·steps)
+    n_min: int = 0                        # last steps sampled from the target alone
+    n_avg: int = 1                        # noise draws averaged per step
+    src_cfg: float = 1.5
+    tgt_cfg: float = 4.0
+    shift: float = 1.0                    # time shift of the grid (c2i convention)
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    batch_size: int = 64                  # images per Inception forward
+    pr_distances: str = "fp16"            # fp16 (ADM's distance tiles) | fp32
+    sqrtm: str = "scipy"                  # scipy (ADM's path) | eigh (fast, symmetric)
+
+
+@dataclass(frozen=True)
 class TextSection:
     encoder: str = ""                     # local Gemma-2-2b-it directory (the text window is the model's: 300)
     negative_prompt: str = ""
@@ -96,6 +116,8 @@ class Config:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     sample: SampleSection = field(default_factory=SampleSection)
+    edit: EditSection = field(default_factory=EditSection)
+    eval: EvalSection = field(default_factory=EvalSection)
     text: TextSection = field(default_factory=TextSection)
 
     def to_dict(self) -> dict:
@@ -208,6 +230,19 @@ def defaults_for(model, preset: str | None = None) -> tuple[Config, str]:
             pass  # written by another version with other keys: the family default below
     name = "t2i1024" if model.config.kind == "t2i" else "xl256"
     return load_preset(name), f"preset {name} (the release's settings)"
+
+
+def command_config(preset: str | None, overrides: dict | None, model=None) -> tuple[Config, str]:
+    """The resolved config of a command other than train, and where its defaults came from: the preset,
+    the checkpoint's training config or the family default (defaults_for; the built-in defaults when
+    there is no model), then the dotted overrides. Flags a command was given win over both."""
+    if model is not None:
+        base, where = defaults_for(model, preset)
+    else:
+        base, where = (load_preset(preset), f"preset {preset}") if preset else (Config(), "the built-in defaults")
+    if overrides:
+        base, where = apply_overrides(base, overrides), where + " with overrides"
+    return base, where
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:

@@ -14,11 +14,13 @@ bit for bit (the velocity difference is exactly zero).
 """
 
 import math
+from dataclasses import asdict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import EditSection
 from .solvers import Velocity, c2i_grid
 
 
@@ -27,9 +29,8 @@ from .solvers import Velocity, c2i_grid
 #################################################################################
 
 
-# FlowEdit's SD3 schedule (T = 50, editing from noise level 0.66, i.e. n_max = 33) with guidance scales for
-# PixelDiT, which samples at CFG ~3 rather than SD3's 13.5 (docs/editing.md#schedule). The one place these live.
-DEFAULTS = {"steps": 50, "strength": 0.66, "n_min": 0, "n_avg": 1, "src_cfg": 1.5, "tgt_cfg": 4.0, "shift": 1.0}
+# FlowEdit's defaults live in the config's edit section (config.EditSection: T = 50, strength 0.66, CFG 1.5 -> 4).
+DEFAULTS = asdict(EditSection())
 
 
 def n_max_of(strength: float, steps: int) -> int:
@@ -216,7 +217,8 @@ def _check_numbers(steps, n_max, n_min, n_avg, num_seeds, src_cfg, tgt_cfg, shif
 def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=DEFAULTS["steps"], strength=None, n_max=None,
              n_min=DEFAULTS["n_min"], n_avg=DEFAULTS["n_avg"], src_cfg=DEFAULTS["src_cfg"], tgt_cfg=DEFAULTS["tgt_cfg"],
              shift=DEFAULTS["shift"], seed=0, num_seeds=1, fit="crop", mask=None, bbox=None, model=None, text_encoder=None,
-             negative_prompt: str = "", device: str = "auto", precision: str = "auto", unsafe_pickle: bool = False) -> dict:
+             negative_prompt: str = "", device: str = "auto", precision: str = "auto", unsafe_pickle: bool = False,
+             provenance: dict | None = None) -> dict:
     """Edit one image file; writes edited*.png, strip.png and results.json into `out`.
 
     How far to edit: `strength` in [0, 1] (default 0.66) for any `steps`, or `n_max` in FlowEdit's notation."""
@@ -326,7 +328,7 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=DEFAULTS["steps"], s
         "num_seeds": num_seeds, "fit": info, "size": [int(fitted.shape[2]), int(fitted.shape[1])],
         "outputs": names, "strip": "strip.png", **stats,
         "region": ({"mask": str(mask)} if mask is not None else {"bbox": list(bbox)} if bbox is not None else None),
-        "background": metrics, **device_report(dev, prec),
+        "background": metrics, **device_report(dev, prec), **(provenance or {}),
     }
     write_json(out / "results.json", result)
     return result

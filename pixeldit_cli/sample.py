@@ -115,11 +115,12 @@ def read_prompts(path) -> list[str]:
     return lines
 
 
-def job_for(model, ckpt, *, preset=None, classes=(), prompts=(), aspect_ratio=None, **given) -> tuple[SampleJob, str]:
-    """The job a command line asks for, and where its defaults came from: every value given (not None)
-    wins; the rest come from --preset, else the checkpoint's own training config, else the release
-    preset of the model's family (config.defaults_for). Class names or ids are resolved here."""
-    from .config import defaults_for
+def job_for(model, ckpt, *, preset=None, overrides=None, classes=(), prompts=(), aspect_ratio=None, **given):
+    """(job, where its defaults came from, the resolved config) for a command line: every value given (not
+    None) wins; the rest come from --preset, else the checkpoint's own training config, else the release
+    preset of the model's family (config.command_config), with dotted overrides (`sample.cfg=3`)
+    applied on top. Class names or ids are resolved here."""
+    from .config import command_config
     from .labels import aspect_bucket, parse_class
 
     mc = model.config
@@ -127,7 +128,7 @@ def job_for(model, ckpt, *, preset=None, classes=(), prompts=(), aspect_ratio=No
         raise PixelDiTError("--class was given but this is a text-to-image checkpoint", "use --prompt")
     if mc.kind == "c2i" and prompts:
         raise PixelDiTError("--prompt was given but this is a class-conditional checkpoint", "use --class")
-    base, defaults_from = defaults_for(model, preset)
+    base, defaults_from = command_config(preset, overrides, model)
     sc, res = base.sample, base.data.resolution
     if aspect_ratio:
         if given.get("height") is not None or given.get("width") is not None:
@@ -144,7 +145,7 @@ def job_for(model, ckpt, *, preset=None, classes=(), prompts=(), aspect_ratio=No
     ids = tuple(parse_class(c, mc.num_classes, names) for c in classes)
     job = SampleJob(ckpt=str(ckpt), classes=ids, prompts=tuple(prompts), **kw)
     validate(job, mc)
-    return job, defaults_from
+    return job, defaults_from, base
 
 
 def default_out(job: SampleJob) -> str:
@@ -258,8 +259,9 @@ def _open_folder(job: SampleJob, out: Path, num_classes: int, rank: int, world: 
     return inv, set(done)
 
 
-def run(job: SampleJob, model=None, progress=True) -> dict:
-    """Run (or finish) a sampling job on this process's share; rank 0 writes grid/npz/results.json."""
+def run(job: SampleJob, model=None, progress=True, provenance: dict | None = None) -> dict:
+    """Run (or finish) a sampling job on this process's share; rank 0 writes grid/npz/results.json
+    (with `provenance`, e.g. the resolved config and where its defaults came from, when given)."""
     from .convert import load_model
 
     validate(job)
@@ -296,6 +298,7 @@ def run(job: SampleJob, model=None, progress=True) -> dict:
             inv.pngs.update(names)
         result = _finish(job, cfg, model, out, fmt, inv, label_of, encoder)
         result.update(_report(job, cfg, stats, todo, done, elapsed, out, fmt, device, precision, class_names_of(model), encoder))
+        result.update(provenance or {})
         write_json(out / "results.json", result)
     barrier(world)
     return result

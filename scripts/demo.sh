@@ -1,27 +1,47 @@
 #!/usr/bin/env bash
-# make demo: train the smoke preset on real Fashion-MNIST (CPU, ~10 min), sample a labelled grid, score it
-# against held-out test images, and edit a real test sneaker into an ankle boot. Re-running resumes.
+# make demo: train the smoke preset on real Fashion-MNIST (CPU), sample a labelled grid, score it (FID /
+# precision / recall, and an independent classifier), and measure FlowEdit over real test images with a
+# small sweep. Budget: 10 minutes on two quiet cores; every stage prints the elapsed time, and the total
+# and per-stage times land in OUT/timings.txt. Re-running resumes the training and re-does the rest.
 set -euo pipefail
 OUT=${1:-runs/demo}
 PY=${PY:-.venv/bin/python}
 mkdir -p "$OUT"
-echo "== FLOPs of the paper's XL/16 at 256² (Table 16 convention)"
+T0=$SECONDS
+LAST=$SECONDS
+: > "$OUT/timings.txt"
+stage() {  # close the previous stage's timing, announce the next
+    if [ -n "${NAME:-}" ]; then printf '%-10s %4d s\n' "$NAME" $((SECONDS - LAST)) >> "$OUT/timings.txt"; fi
+    NAME=$1; LAST=$SECONDS
+    printf '== [%d:%02d] %s\n' $(((SECONDS - T0) / 60)) $(((SECONDS - T0) % 60)) "$2"
+}
+
+stage flops "FLOPs of the paper's XL/16 at 256² (Table 16 convention)"
 $PY -m pixeldit_cli flops --res 256 --patch 16
-echo "== train PixelDiT-S/4 on Fashion-MNIST 32x32 (preset smoke: 2000 steps of 64 images)"
+
+stage train "train PixelDiT-S/4 on Fashion-MNIST 32x32 (preset smoke; progress and ETA below)"
 $PY -m pixeldit_cli train --preset smoke --out "$OUT/train"
-echo "== EMA weights -> safetensors"
 $PY -m pixeldit_cli convert "$OUT/train/checkpoints/last.pt" "$OUT/smoke.safetensors" --force
-echo "== sample a class-labelled grid (FlowDPM 50 steps, CFG 2 in [0.1, 1]): one row per seed, one column per class"
+
+stage sample "sample a class-labelled grid (the preset's FlowDPM settings): one column per class, 20 seeds each"
 CLASSES=""
 for c in 0 1 2 3 4 5 6 7 8 9; do CLASSES="$CLASSES --class $c"; done
 rm -rf "$OUT/samples"
-$PY -m pixeldit_cli sample --preset smoke --ckpt "$OUT/smoke.safetensors" $CLASSES --n 200 --out "$OUT/samples" --npz
-echo "== FID against 500 held-out test images (fallback Inception features; N = 200 is a pipeline check, biased high)"
-$PY scripts/fashion_export.py "$OUT/data" --n 500
+$PY -m pixeldit_cli sample --ckpt "$OUT/smoke.safetensors" $CLASSES --n 200 --out "$OUT/samples" --format both
+
+stage judge "an independent classifier (real training images only), then: are the samples the class they were drawn for?"
+$PY scripts/fashion_export.py "$OUT/data" --n 250
+$PY scripts/fashion_classifier.py "$OUT/classifier.pt" --judge "$OUT/samples/samples.npz"
+
+stage fid "FID / precision / recall against 250 held-out test images (fallback Inception; N = 200 checks the pipeline, biased high)"
 $PY -m pixeldit_cli eval-fid "$OUT/samples/samples.npz" "$OUT/data/fashion_test.npz" --sqrtm eigh --no-cache
-echo "== FlowEdit a real test sneaker towards an ankle boot (edit box: the upper 18 rows, where a shaft would grow)"
-$PY -m pixeldit_cli edit "$OUT/data/sneaker.png" --src Sneaker --tgt "Ankle boot" --ckpt "$OUT/smoke.safetensors" \
-    --steps 50 --strength 0.96 --src-cfg 1.0 --tgt-cfg 6 --n-avg 2 --num-seeds 3 --bbox 0 0 32 18 --out "$OUT/edit"
-echo "== training curves"
+
+stage edit "FlowEdit over real test images, scored by the classifier: a strength x target-CFG sweep"
+$PY scripts/edit_study.py --ckpt "$OUT/smoke.safetensors" --classifier "$OUT/classifier.pt" --out "$OUT/edit" --per-pair 10
+
+stage plot "training curves"
 $PY -m pixeldit_cli plot "$OUT/train"
-echo "grid: $OUT/samples/grid.png (class names over the columns)  strip: $OUT/edit/strip.png  curves: $OUT/train/loss.png"
+stage done "finished"
+printf '%-10s %4d s\n' total $((SECONDS - T0)) >> "$OUT/timings.txt"
+cat "$OUT/timings.txt"
+echo "grid: $OUT/samples/grid.png  curves: $OUT/train/loss.png  edits: $OUT/edit/edit_table.md, $OUT/edit/strip.png"

@@ -2,8 +2,8 @@
 
     python scripts/fashion_classifier.py OUT.pt [--epochs 3] [--judge samples.npz]
 
-Trains on the 60k real training images at the demo's 32×32 padding, measures accuracy on the 10k test
-images, stores both with the weights. Re-running with OUT.pt present only re-reads and prints it.
+Trains on the 60k real training images (28×28; the 32×32 images the diffusion model makes are centre-
+cropped back to them), measures accuracy on the 10k test images, stores both with the weights. Re-running with OUT.pt present only re-reads and prints it.
 --judge scores class-conditional samples (an ADM npz: arr_0 images, arr_1 the classes asked for): the
 share the classifier assigns to the class they were sampled for, read against its own test accuracy.
 """
@@ -20,8 +20,8 @@ from pixeldit_cli.train.data import FashionMNIST
 
 
 def gray(ds) -> torch.Tensor:
-    """(N, 1, 32, 32) in [-1, 1]: the padded first channel, as the diffusion model sees the data."""
-    return torch.stack([ds[i][0][:1] for i in range(len(ds))]).float() / 127.5 - 1
+    """(N, 1, 28, 28) in [-1, 1]."""
+    return ds.images.unsqueeze(1).float() / 127.5 - 1
 
 
 def main():
@@ -46,7 +46,7 @@ def main():
 
 def fit(out: Path, epochs: int):
     t0 = time.perf_counter()
-    train, test = FashionMNIST("train", 32), FashionMNIST("test", 32)
+    train, test = FashionMNIST("train", 28), FashionMNIST("test", 28)
     model = train_classifier(gray(train), train.labels, 10, epochs=epochs, log=print)
     acc = accuracy(model, gray(test), test.labels.numpy())
     secs = time.perf_counter() - t0

@@ -191,3 +191,24 @@ def test_ssim_map_equals_scikit_image_everywhere_including_borders():
                                     data_range=1.0, full=True)
     ours = ssim_map(torch.from_numpy(a), torch.from_numpy(b)).numpy()
     assert np.abs(ours - full.mean(0)).max() < 1e-12  # interior and the 5-pixel border alike
+
+
+def test_cli_edit_defaults_come_from_the_config_and_land_in_results(tiny, tmp_path):
+    """`--edit.strength 0` (a dotted override of the edit section) edits nothing: the output is the
+    cropped input bit for bit; a flag wins over the override; results.json holds the resolved config."""
+    r = runner.invoke(app, ["edit", str(tiny / "in.png"), "--ckpt", str(tiny / "tiny.safetensors"), "--src", "cat",
+                            "--tgt", "dog", "--out", str(tmp_path / "o"), "--edit.strength", "0", "--edit.steps", "6",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert res["n_max"] == 0 and res["steps"] == 6 and res["network_evaluations_per_image"] == 0
+    assert res["config"]["edit"]["strength"] == 0 and res["defaults_from"] == "the built-in defaults with overrides"
+    assert torch.equal(read_image(str(tmp_path / "o" / "edited.png")), read_image(str(tiny / "in.png"))[:, 1:17, 1:21])
+    r = runner.invoke(app, ["edit", str(tiny / "in.png"), "--ckpt", str(tiny / "tiny.safetensors"), "--src", "cat",
+                            "--tgt", "dog", "--out", str(tmp_path / "p"), "--edit.strength", "0", "--steps", "4",
+                            "--strength", "0.5", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["n_max"] == 2  # the flags: round(0.5 · 4)
+    bad = runner.invoke(app, ["edit", str(tiny / "in.png"), "--ckpt", str(tmp_path / "missing"), "--src", "cat",
+                              "--tgt", "dog", "--edit.strenght", "0.5"])
+    assert bad.exit_code != 0 and "unknown config key 'edit.strenght'" in bad.output and "edit.strength" in bad.output

@@ -34,6 +34,9 @@ def test_classifier_learns_a_separable_task_and_round_trips(tmp_path):
     u8 = ((xt.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     rgb = u8.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).contiguous()
     assert np.array_equal(predict(m, rgb), predict(m, u8.float() / 127.5 - 1))
+    # a larger image is centre-cropped to the trained size: Fashion's 28×28 inside the model's 32×32
+    padded = torch.nn.functional.pad(xt, (2, 2, 2, 2), value=-1.0)
+    assert np.array_equal(predict(m, padded), predict(m, xt))
 
 
 def test_summarize_and_choose_by_hand():

@@ -257,3 +257,16 @@ def test_eval_bad_inputs_are_one_line_and_resolutions_are_noted(sets, tmp_path):
     write_npz(tmp_path / "big.npz", big)
     res = eval_json(tmp_path / "big.npz", sets / "a.npz")
     assert any("64x64 but the reference images are 32x32" in n for n in res["notes"])
+
+
+def test_cli_eval_defaults_come_from_the_config(sets):
+    """The eval section sets --sqrtm / --batch-size defaults; the resolved config is in the result, and a
+    bad value is one line."""
+    r = runner.invoke(app, ["eval-fid", str(sets / "a.npz"), str(sets / "b.npz"), "--json", "--no-cache",
+                            "--eval.sqrtm", "eigh", "--eval.batch_size", "4"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output.strip().splitlines()[-1])
+    assert res["config"]["eval"] == {"batch_size": 4, "pr_distances": "fp16", "sqrtm": "eigh"}
+    assert res["fid"] == pytest.approx(eval_json(sets / "a.npz", sets / "b.npz")["fid"], rel=1e-9)
+    bad = runner.invoke(app, ["eval-fid", str(sets / "a.npz"), str(sets / "b.npz"), "--eval.sqrtm", "cholesky"])
+    assert bad.exit_code != 0 and "eval.sqrtm is 'cholesky'" in bad.output and "scipy, eigh" in bad.output

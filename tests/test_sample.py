@@ -265,3 +265,24 @@ def test_cli_t2i_checkpoint_with_class_and_missing_checkpoint(fixtures, tmp_path
     assert r.exit_code == 1 and "text-to-image checkpoint" in r.output
     r = runner.invoke(app, ["sample", "--ckpt", str(tmp_path / "nope.safetensors")])
     assert r.exit_code == 1 and "does not exist" in r.output
+
+
+def test_cli_dotted_overrides_set_the_sample_section_and_results_hold_the_config(tiny, tmp_path):
+    """`--sample.steps 3 --sample.cfg 1.5` over the family default (xl256: 100 steps, CFG 2.75); a flag
+    (`--seed`) wins over `--sample.seed`; results.json records the resolved config and where it came from;
+    the images equal a library job with the same settings."""
+    args = ["sample", "--ckpt", str(tiny), "--n", "3", "--height", "16", "--width", "16", "--out", str(tmp_path / "o"),
+            "--sample.steps", "3", "--sample.cfg", "1.5", "--sample.seed", "9", "--seed", "4", "--json"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    s = res["settings"]
+    assert (s["steps"], s["cfg"], s["seed"]) == (3, 1.5, 4)
+    assert res["config"]["sample"]["steps"] == 3 and res["config"]["sample"]["seed"] == 9
+    assert res["defaults_from"] == "preset xl256 (the release's settings) with overrides"
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["config"] == res["config"]
+    lib = run(job(tiny, tmp_path / "lib", n=3, steps=3, cfg=1.5, seed=4, height=16, width=16,
+                  interval=(0.1, 0.9), shift=1.0), progress=False)
+    assert lib and torch.equal(pngs(tmp_path / "o", 3), pngs(tmp_path / "lib", 3))
+    bad = runner.invoke(app, ["sample", "--ckpt", str(tmp_path / "missing.safetensors"), "--sample.stepz", "3"])
+    assert bad.exit_code != 0 and "unknown config key 'sample.stepz'" in bad.output and "sample.steps" in bad.output

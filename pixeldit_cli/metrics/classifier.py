@@ -7,7 +7,7 @@ the diffusion model (its own architecture, its own training, the real labels onl
 fooled by the model agreeing with itself.
 
 The network is LeNet-shaped (two 5×5 conv + pool stages, BatchNorm, one linear head): about 3.7 M
-multiply-adds per 32×32 image, two epochs of Fashion-MNIST in about a minute on two CPU cores, ≈ 90%
+multiply-adds per 28×28 image, three epochs of Fashion-MNIST in about a minute on two CPU cores, ≈ 90%
 test accuracy — the accuracy is measured and stored with the weights, never assumed.
 """
 
@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 
 class SmallClassifier(nn.Module):
-    """Gray images in [-1, 1] of one size (RGB inputs are averaged over channels)."""
+    """Gray images in [-1, 1] of one size; RGB inputs are averaged over channels and larger inputs centre-
+    cropped to it (Fashion-MNIST's 28×28 inside the 32×32 the diffusion model makes)."""
 
     def __init__(self, num_classes: int, width: int = 16, size: int = 32):
         super().__init__()
@@ -35,6 +36,9 @@ class SmallClassifier(nn.Module):
     def forward(self, x):
         if x.shape[1] == 3:
             x = x.mean(1, keepdim=True)
+        if x.shape[-1] > self.size or x.shape[-2] > self.size:
+            top, left = (x.shape[-2] - self.size) // 2, (x.shape[-1] - self.size) // 2
+            x = x[..., top: top + self.size, left: left + self.size]
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
         x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
         return self.head(x.flatten(1))
@@ -51,7 +55,7 @@ def to_input(images) -> torch.Tensor:
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 2,
-                     batch_size: int = 128, lr: float = 2e-3, seed: int = 0, width: int = 16, log=None):
+                     batch_size: int = 256, lr: float = 3e-3, seed: int = 0, width: int = 16, log=None):
     """Adam with a cosine schedule on (N, C, H, W) images in [-1, 1]; returns the model in eval mode."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)

