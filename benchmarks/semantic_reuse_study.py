@@ -148,7 +148,8 @@ def report(rows, out: Path, args):
         clf, _ = load_classifier(args.classifier)
         base_pred = predict(clf, base)
     for row in rows:
-        imgs = np.load(row["npz"])["arr_0"]
+        with np.load(row["npz"]) as f:
+            imgs, asked = f["arr_0"], f["arr_1"]
         if "img_per_s_quiet" in row:  # the interleaved timing pass, when it has run
             row["img_per_s"] = row["img_per_s_quiet"]
         row["speedup"] = row["img_per_s"] / rows[0]["img_per_s"]
@@ -156,7 +157,7 @@ def report(rows, out: Path, args):
         row["mean_abs_diff_to_K1"] = float(np.abs(imgs.astype(np.int16) - base.astype(np.int16)).mean())
         row["psnr_to_K1"] = psnr(imgs, base)
         if clf is not None:
-            pred, asked = predict(clf, imgs), np.load(row["npz"])["arr_1"]
+            pred = predict(clf, imgs)
             p = float((pred == asked).mean())
             row.update(class_agreement=p, class_agreement_se=float(np.sqrt(p * (1 - p) / len(pred))),
                        verdict_changed_vs_K1=float((pred != base_pred).mean()))

@@ -25,3 +25,19 @@ def randomize(model, seed=0):
 @pytest.fixture
 def fixtures():
     return FIXTURES
+
+
+# Two small randomized networks, one per family, shared by the bf16 and semantic-reuse tests (a test
+# module that needs another `t2i` defines its own fixture, which takes precedence).
+@pytest.fixture(scope="module")
+def c2i():
+    from pixeldit_cli import build_model
+
+    return randomize(build_model("PixelDiT-S/4", hidden_size=32, num_heads=2, patch_depth=2, num_classes=10), 0)
+
+
+@pytest.fixture(scope="module")
+def t2i():
+    from pixeldit_cli import build_model
+
+    return randomize(build_model("PixelDiT-T2I-S/16"), 1)

@@ -32,16 +32,6 @@ def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-@pytest.fixture(scope="module")
-def c2i():
-    return randomize(build_model("PixelDiT-S/4", hidden_size=32, num_heads=2, patch_depth=2, num_classes=10), 0)
-
-
-@pytest.fixture(scope="module")
-def t2i():
-    return randomize(build_model("PixelDiT-T2I-S/16"), 1)
-
-
 def test_c2i_forward_under_bf16_autocast(c2i):
     x, t, y = noise_for(range(2), 0, (3, 16, 16)), torch.tensor([0.3, 0.8]), torch.tensor([1, 7])
     with torch.no_grad():

@@ -7,19 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import randomize
-from pixeldit_cli import build_model
 from pixeldit_cli.solvers import SOLVERS, SemanticReuse, Velocity, noise_for, solve
-
-
-@pytest.fixture(scope="module")
-def c2i():
-    return randomize(build_model("PixelDiT-S/4", hidden_size=32, num_heads=2, patch_depth=2, num_classes=10), 0)
-
-
-@pytest.fixture(scope="module")
-def t2i():
-    return randomize(build_model("PixelDiT-T2I-S/16"), 1)
 
 
 def test_the_two_pathways_compose_to_the_forward_bit_for_bit(c2i, t2i):
