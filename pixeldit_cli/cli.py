@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .choices import ClassMode, Fit, Precision, PRDistances, ReuseSchedule, SampleFormat, Solver, Sqrtm, Weights, WeightsFormat
-from .config import command_config, dotted_keys, parse_overrides
+from .config import command_config, dotted_keys, parse_overrides, with_values
 from .errors import PixelDiTError
 
 app = typer.Typer(
@@ -272,6 +272,7 @@ def sample(
     npz: bool = typer.Option(False, "--npz", metavar="", help="Make sure an ADM samples.npz is written (arr_0 uint8 NHWC, arr_1 labels).", rich_help_panel="Output"),
     fmt: SampleFormat = typer.Option(SampleFormat.auto, "--format", help="auto: both up to 1000 images, the npz alone above.", rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print results.json's content as one JSON object (no progress bar).", rich_help_panel="Output"),
+    print_config: bool = typer.Option(False, "--print-config", metavar="", help="Print the resolved config (flags folded in) and exit.", rich_help_panel="Output"),
 ):
     """Sample images: per-index PNGs, grid.png, results.json (and samples.npz)."""
     from .sample import job_for, read_prompts, run
@@ -297,6 +298,8 @@ def sample(
         precision=precision.value, npz=npz, compile=compile, weights=weights.value, format=fmt.value, device=device,
         semantic_reuse=semantic_reuse, reuse_schedule=reuse_schedule.value, negative_prompt=negative_prompt,
         text_encoder=text_encoder)
+    if print_config:
+        return _print_config(config, defaults_from, as_json)
     result = run(job, model=model, progress=not as_json,
                  provenance={"defaults_from": defaults_from, "config": config.to_dict()})
     if as_json:
@@ -357,20 +360,25 @@ def edit(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present) | cpu | cuda | cuda:N.", rich_help_panel="Model"),
     unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", metavar="", help="Allow checkpoints whose pickle runs code (only files you trust).", rich_help_panel="Model"),
     precision: Precision = typer.Option(Precision.auto, "--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16.", rich_help_panel="Model"),
+    print_config: bool = typer.Option(False, "--print-config", metavar="", help="Print the resolved config (flags folded in) and exit.", rich_help_panel="Output"),
 ):
     """Edit an image with FlowEdit (class to class); MSE/SSIM outside the edit region with --mask/--bbox."""
     from .edit import run_edit
 
     config, defaults_from = command_config(preset, parse_overrides(list(ctx.args)))
+    # the edit section gives the defaults; every flag given wins (and is what the recorded config says)
+    config = with_values(config, "edit", steps=steps, n_min=n_min, n_avg=n_avg, src_cfg=src_cfg, tgt_cfg=tgt_cfg,
+                         shift=shift, strength=strength)
+    if print_config:
+        return _print_config(config, defaults_from, as_json)
     if not ckpt.exists():
         raise PixelDiTError(f"checkpoint {ckpt} does not exist", "check the --ckpt path")
-    # the edit section gives the defaults; every flag given wins
     ed = config.edit
     kw = dict(steps=ed.steps, n_min=ed.n_min, n_avg=ed.n_avg, src_cfg=ed.src_cfg, tgt_cfg=ed.tgt_cfg, shift=ed.shift)
-    kw.update({k: v for k, v in dict(steps=steps, n_min=n_min, n_avg=n_avg, src_cfg=src_cfg, tgt_cfg=tgt_cfg,
-                                     shift=shift).items() if v is not None})
-    if n_max is None and strength is None:
+    if n_max is None:
         strength = ed.strength
+    elif strength is None and ed.steps >= 1:  # FlowEdit's notation: recorded as the strength it amounts to
+        config = with_values(config, "edit", strength=n_max / ed.steps)
     r = run_edit(image, ckpt, src, tgt, out_dir, strength=strength, n_max=n_max, **kw, seed=seed, num_seeds=num_seeds, fit=fit.value, mask=mask, bbox=bbox,
                  text_encoder=text_encoder, negative_prompt=negative_prompt, device=device, precision=precision.value,
                  unsafe_pickle=unsafe_pickle, provenance={"defaults_from": defaults_from, "config": config.to_dict()})
@@ -437,15 +445,20 @@ def eval_fid(
     force: bool = typer.Option(False, "--force", metavar="", help="With --make-ref: overwrite REF."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present; torchrun: the local rank's GPU) | cpu | cuda | cuda:N."),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print one JSON object."),
+    print_config: bool = typer.Option(False, "--print-config", metavar="", help="Print the resolved config (flags folded in) and exit."),
 ):
     """FID, sFID, Inception Score, precision and recall with the ADM protocol, in PyTorch."""
     from .metrics.evaluate import evaluate, make_reference
 
     config, defaults_from = command_config(preset, parse_overrides(list(ctx.args)))
+    config = with_values(config, "eval", batch_size=batch_size, pr_distances=pr_mode.value if pr_mode else None,
+                         sqrtm=fid_method.value if fid_method else None)
+    if print_config:
+        return _print_config(config, defaults_from, as_json)
     ec = config.eval
-    batch_size = ec.batch_size if batch_size is None else batch_size
-    pr_mode = pr_mode.value if pr_mode else _choice(PRDistances, ec.pr_distances, "eval.pr_distances")
-    fid_method = fid_method.value if fid_method else _choice(Sqrtm, ec.sqrtm, "eval.sqrtm")
+    batch_size = ec.batch_size
+    pr_mode = _choice(PRDistances, ec.pr_distances, "eval.pr_distances")
+    fid_method = _choice(Sqrtm, ec.sqrtm, "eval.sqrtm")
     if batch_size < 1:
         raise PixelDiTError(f"--batch-size must be at least 1, got {batch_size}")
     if make_ref:
@@ -479,6 +492,16 @@ def eval_fid(
         err.print(f"skipped {k}: {why}", highlight=False)
     for n in r["notes"]:
         err.print(f"note: {n}", highlight=False)
+
+
+def _print_config(config, defaults_from: str, as_json: bool) -> None:
+    """--print-config of sample / edit / eval-fid: the config the command would run with, and its source."""
+    from .config import to_yaml
+
+    if as_json:
+        print(json.dumps({"defaults_from": defaults_from, "config": config.to_dict()}))
+    else:
+        print(f"# defaults from {defaults_from}; flags given are folded in\n" + to_yaml(config), end="")
 
 
 def _choice(enum, value: str, key: str) -> str:

@@ -55,6 +55,7 @@ class TrainSection:
     repa_weight: float = 0.5
     repa_block: int = 8                   # 1-based patch block whose output is aligned (T2I: 6)
     repa_encoder: str = ""                # local DINOv2 ViT-B/14 directory (transformers format)
+    repa_width: int = 0                   # the REPA projector's hidden width (0: the network's; the T2I release: 2048)
     precision: str = "bf16"               # CUDA autocast; the CPU always trains in fp32
     grad_checkpointing: bool = False
     fsdp: bool = False                    # shard params/grads/optimizer over ranks (FSDP2); needs > 1 process
@@ -228,7 +229,9 @@ def defaults_for(model, preset: str | None = None) -> tuple[Config, str]:
             return config_from_dict(stored), "the checkpoint's training config"
         except PixelDiTError:
             pass  # written by another version with other keys: the family default below
-    name = "t2i1024" if model.config.kind == "t2i" else "xl256"
+    from .families import family_of
+
+    name = family_of(model.config).release_preset
     return load_preset(name), f"preset {name} (the release's settings)"
 
 
@@ -282,6 +285,13 @@ def _unknown_key(key: str) -> PixelDiTError:
         close = [k for k in dotted_keys() if k.split(".")[-1] == key.split(".")[-1]][:3]
     hint = f"did you mean {', '.join(close)}?" if close else "`pixeldit train --print-config` lists every key"
     return PixelDiTError(f"unknown config key {key!r}", hint)
+
+
+def with_values(config: Config, section: str, /, **values) -> Config:
+    """`cfg` with the given (non-None) values in one section: a command's flags folded into its config, so
+    that the config it prints and records is the one it ran with."""
+    given = {k: v for k, v in values.items() if v is not None}
+    return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **given)}) if given else config
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, typing.Any]) -> Config:

@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import PixelDiTError
+from .families import family_of
 from .io import atomic_path, ensure_writable_dir, ensure_writable_file, write_error, write_text
 from .models.config import ModelConfig
 from .models.registry import empty_model
@@ -78,8 +79,8 @@ def read_state(path: str | os.PathLike, unsafe_pickle: bool = False):
         raise PixelDiTError(f"checkpoint {path} does not exist", "check the path")
     if path.is_dir():
         return read_hf_folder(path)
-    kind = _kind_of_file(path)
-    if kind == "safetensors":
+    fmt = _kind_of_file(path)
+    if fmt == "safetensors":
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
@@ -87,15 +88,15 @@ def read_state(path: str | os.PathLike, unsafe_pickle: bool = False):
         except Exception as e:  # safetensors raises its own error type for bad headers / short files
             raise PixelDiTError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]})", "is the file complete?") from None
         return tensors, meta
-    if kind not in ("zip", "pickle"):
+    if fmt not in ("zip", "pickle"):
         raise PixelDiTError(f"{path} is not a checkpoint (not a torch zip, pickle or safetensors file)", "pass a .ckpt/.pth/.pt/.safetensors file")
-    if kind == "zip":
+    if fmt == "zip":
         try:
             zipfile.ZipFile(path).testzip()
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             raise PixelDiTError(f"{path} is truncated or corrupt ({e})", "re-download or re-copy the file") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=not unsafe_pickle, mmap=kind == "zip")
+        return torch.load(path, map_location="cpu", weights_only=not unsafe_pickle, mmap=fmt == "zip")
     except pickle.UnpicklingError as e:
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             raise PixelDiTError(
@@ -164,7 +165,7 @@ def write_hf_folder(sd: dict, cfg: ModelConfig, rep, dst: Path, source: str, max
             index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in sd.values())},
                      "weight_map": dict(sorted(split.tensor_to_filename.items()))}
             write_text(tmp / HF_INDEX, json.dumps(index, indent=2, sort_keys=True) + "\n")
-        conf = {"model_type": "pixeldit", "architectures": ["PixelDiTT2I" if cfg.kind == "t2i" else "PixelDiT"],
+        conf = {"model_type": "pixeldit", "architectures": [family_of(cfg).architecture],
                 "pixeldit_config": cfg.to_dict(), "weights": rep.weights, "class_names": rep.class_names or None,
                 "train_config": rep.train_config or None, "source": source, "source_format": rep.source_format}
         write_text(tmp / HF_CONFIG, json.dumps(conf, indent=2, sort_keys=True) + "\n")
@@ -251,53 +252,11 @@ def extract(obj, weights: str = "ema", source: str = "checkpoint") -> tuple[dict
     rep = KeyReport(weights=weights)
     cfg = None
     if isinstance(obj, tuple):  # safetensors
-        sd, meta = obj
-        rep.source_format = "safetensors"
-        if "pixeldit_config" in meta:
-            cfg = ModelConfig.from_dict(json.loads(meta["pixeldit_config"]))
-            rep.weights = meta.get("weights", weights)
-        rep.class_names = json.loads(meta.get("class_names", "[]"))
-        rep.train_config = json.loads(meta.get("train_config", "{}"))
+        sd, cfg = _from_safetensors(*obj, weights, rep)
     elif isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT:
-        rep.source_format = "pixeldit training checkpoint"
-        sd = dict(obj["ema" if weights == "ema" else "model"])
-        rep.class_names = list(obj.get("class_names") or [])
-        rep.train_config = dict(obj.get("config") or {})
-        cfg = ModelConfig.from_dict(obj["model_config"])
-        rep.dropped.update({"training state": [k for k in obj if k not in ("ema", "model")]})
-        rep.dropped["the other weights"] = list(obj["model" if weights == "ema" else "ema"])
+        sd, cfg = _from_training(obj, weights, rep)
     elif isinstance(obj, dict):
-        full = obj.get("state_dict", obj)
-        if not isinstance(full, dict) or not all(isinstance(v, torch.Tensor) for v in full.values()):
-            raise PixelDiTError(f"{source} holds no state dict of tensors", "is this a PixelDiT checkpoint?")
-        if any(k.startswith(("ema_denoiser.", "denoiser.")) for k in full):
-            rep.source_format = "official class-conditional (Lightning)"
-            keep = "ema_denoiser." if weights == "ema" else "denoiser."
-            sd = _strip(full, keep)
-            if not sd:
-                raise PixelDiTError(f"{source} has no {keep}* tensors", "try --weights raw" if weights == "ema" else "try --weights ema")
-            rep.dropped["the other weights"] = [k for k in full if k.startswith("denoiser." if keep == "ema_denoiser." else "ema_denoiser.")]
-            rep.dropped["training only (REPA projector)"] = [k for k in full if k.startswith("diffusion_trainer.")]
-            rest = [k for k in full if not k.startswith(("denoiser.", "ema_denoiser.", "diffusion_trainer."))]
-        elif any(k.startswith("core.") for k in full):
-            rep.source_format = "official text-to-image"
-            use = full
-            if weights == "ema" and isinstance(obj.get("state_dict_ema"), dict):
-                use = obj["state_dict_ema"]
-            elif weights == "ema":
-                rep.notes.append("no EMA weights in this file (the release trains without EMA): using state_dict, as the official inference does")
-            sd = _strip(use, "core.")
-            rep.dropped["training only (REPA projector)"] = [k for k in use if k.startswith("_repa_projector.")]
-            rep.dropped["unused position table"] = [k for k in use if k in ("pos_embed", "core.pos_embed")]
-            sd.pop("pos_embed", None)
-            rest = [k for k in use if not k.startswith(("core.", "_repa_projector.")) and k != "pos_embed"]
-        else:
-            rep.source_format = "flat state dict"
-            sd = dict(full)
-            rest = []
-        rep.unexpected = rest
-        if rest:
-            raise PixelDiTError(f"{source} has {len(rest)} unexpected tensor(s): {', '.join(rest[:4])}", "is this a PixelDiT checkpoint?")
+        sd = _from_state_dict(obj, weights, source, rep)
     else:
         raise PixelDiTError(f"{source} holds a {type(obj).__name__}, not a checkpoint dict")
     if cfg is None:
@@ -306,6 +265,65 @@ def extract(obj, weights: str = "ema", source: str = "checkpoint") -> tuple[dict
     rep.used = list(sd)
     rep.dropped = {k: v for k, v in rep.dropped.items() if v}
     return sd, cfg, rep
+
+
+def _from_safetensors(sd: dict, meta: dict, weights: str, rep: KeyReport):
+    """Our .safetensors: the tensors, and the config, class names and training config in its metadata."""
+    rep.source_format = "safetensors"
+    cfg = None
+    if "pixeldit_config" in meta:
+        cfg = ModelConfig.from_dict(json.loads(meta["pixeldit_config"]))
+        rep.weights = meta.get("weights", weights)
+    rep.class_names = json.loads(meta.get("class_names", "[]"))
+    rep.train_config = json.loads(meta.get("train_config", "{}"))
+    return sd, cfg
+
+
+def _from_training(obj: dict, weights: str, rep: KeyReport):
+    """Our training checkpoint: the EMA (or raw) network; optimizer, RNG and projector are dropped."""
+    rep.source_format = "pixeldit training checkpoint"
+    sd = dict(obj["ema" if weights == "ema" else "model"])
+    rep.class_names = list(obj.get("class_names") or [])
+    rep.train_config = dict(obj.get("config") or {})
+    rep.dropped.update({"training state": [k for k in obj if k not in ("ema", "model")]})
+    rep.dropped["the other weights"] = list(obj["model" if weights == "ema" else "ema"])
+    return sd, ModelConfig.from_dict(obj["model_config"])
+
+
+def _from_state_dict(obj: dict, weights: str, source: str, rep: KeyReport) -> dict:
+    """A torch state dict: the official class-conditional (Lightning) or text-to-image layout, or a flat one.
+    Training-only tensors are reported as dropped; anything else unexpected is refused."""
+    full = obj.get("state_dict", obj)
+    if not isinstance(full, dict) or not all(isinstance(v, torch.Tensor) for v in full.values()):
+        raise PixelDiTError(f"{source} holds no state dict of tensors", "is this a PixelDiT checkpoint?")
+    if any(k.startswith(("ema_denoiser.", "denoiser.")) for k in full):
+        rep.source_format = "official class-conditional (Lightning)"
+        keep = "ema_denoiser." if weights == "ema" else "denoiser."
+        sd = _strip(full, keep)
+        if not sd:
+            raise PixelDiTError(f"{source} has no {keep}* tensors", "try --weights raw" if weights == "ema" else "try --weights ema")
+        rep.dropped["the other weights"] = [k for k in full if k.startswith("denoiser." if keep == "ema_denoiser." else "ema_denoiser.")]
+        rep.dropped["training only (REPA projector)"] = [k for k in full if k.startswith("diffusion_trainer.")]
+        rest = [k for k in full if not k.startswith(("denoiser.", "ema_denoiser.", "diffusion_trainer."))]
+    elif any(k.startswith("core.") for k in full):
+        rep.source_format = "official text-to-image"
+        use = full
+        if weights == "ema" and isinstance(obj.get("state_dict_ema"), dict):
+            use = obj["state_dict_ema"]
+        elif weights == "ema":
+            rep.notes.append("no EMA weights in this file (the release trains without EMA): using state_dict, as the official inference does")
+        sd = _strip(use, "core.")
+        rep.dropped["training only (REPA projector)"] = [k for k in use if k.startswith("_repa_projector.")]
+        rep.dropped["unused position table"] = [k for k in use if k in ("pos_embed", "core.pos_embed")]
+        sd.pop("pos_embed", None)
+        rest = [k for k in use if not k.startswith(("core.", "_repa_projector.")) and k != "pos_embed"]
+    else:
+        rep.source_format = "flat state dict"
+        sd, rest = dict(full), []
+    rep.unexpected = rest
+    if rest:
+        raise PixelDiTError(f"{source} has {len(rest)} unexpected tensor(s): {', '.join(rest[:4])}", "is this a PixelDiT checkpoint?")
+    return sd
 
 
 #################################################################################

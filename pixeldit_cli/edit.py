@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import EditSection
-from .solvers import Velocity, c2i_grid
+from .solvers import Velocity, c2i_grid, to_uint8
 
 
 #################################################################################
@@ -221,18 +221,61 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=DEFAULTS["steps"], s
              provenance: dict | None = None) -> dict:
     """Edit one image file; writes edited*.png, strip.png and results.json into `out`.
 
-    How far to edit: `strength` in [0, 1] (default 0.66) for any `steps`, or `n_max` in FlowEdit's notation."""
+    How far to edit: `strength` in [0, 1] (default 0.66) for any `steps`, or `n_max` in FlowEdit's notation.
+    Every user error is found before the model loads; nothing in `out` is written before that."""
     from pathlib import Path
 
     from .convert import load_model
     from .dist import autocast_dtype, device_report, pick_device, resolve_precision
-    from .io import ensure_writable_dir, write_json, write_png
-    from .errors import PixelDiTError
-    from .io import file_sha256
-    from .labels import imagenet_names, parse_class
-    from .solvers import to_uint8
+    from .families import family_of
+    from .io import ensure_writable_dir, write_json
+    from .memory import check_fits
 
     image, out = Path(image), Path(out)
+    n_max = _check_request(image, steps, strength, n_max, n_min, n_avg, num_seeds, src_cfg, tgt_cfg, shift, seed)
+    dev = pick_device(device)
+    prec = resolve_precision(precision, dev)
+    ensure_writable_dir(out)  # before the model loads, not after the edit
+    names = _output_names(image, out, seed, num_seeds)
+    img, note = read_rgb(image)
+    region = edit_region(img, mask, bbox)
+    if model is None:
+        model = load_model(ckpt, device=dev, unsafe_pickle=unsafe_pickle)
+    dev, cfg = next(model.parameters()).device, model.config
+    cond_src, cond_tgt, uncond, rec_src, rec_tgt = family_of(cfg).edit_conditions(
+        model, src, tgt, text_encoder, negative_prompt, dev)
+    fitted, info = fit_image(img, cfg.patch_size, fit)
+    check_fits(cfg, fitted.shape[1], fitted.shape[2], 2, dev, "one guided FlowEdit step")
+    x = ((fitted.float() / 255 - 0.5) / 0.5).to(dev)  # the training normalisation
+
+    edits, stats = [], None
+    for k in range(num_seeds):
+        z, stats = flowedit(model, x[None], cond_src, cond_tgt, steps=steps, n_max=n_max, n_min=n_min, n_avg=n_avg,
+                            src_cfg=src_cfg, tgt_cfg=tgt_cfg, shift=shift, seed=seed + k, uncond=uncond,
+                            autocast=autocast_dtype(prec))
+        edits.append(unfit(to_uint8(z)[0].cpu(), info, *img.shape[1:]))
+    src_shown = unfit(fitted, info, *img.shape[1:])
+    _write_outputs(out, names, src_shown, edits)
+    result = {
+        "input": str(image.resolve()), "input_note": note, **_checkpoint_record(ckpt),
+        "source": {**rec_src, "cfg": src_cfg}, "target": {**rec_tgt, "cfg": tgt_cfg},
+        "negative_prompt": negative_prompt if uncond is not None else None,
+        "steps": steps, "strength": n_max / steps, "n_max": n_max, "n_min": n_min, "n_avg": n_avg, "shift": shift, "seed": seed,
+        "num_seeds": num_seeds, "fit": info, "size": [int(fitted.shape[2]), int(fitted.shape[1])],
+        "outputs": names, "strip": "strip.png", **stats,
+        "region": ({"mask": str(mask)} if mask is not None else {"bbox": list(bbox)} if bbox is not None else None),
+        "background": _background(region, info, fitted, src_shown, edits, seed),
+        **device_report(dev, prec), **(provenance or {}),
+    }
+    write_json(out / "results.json", result)
+    return result
+
+
+def _check_request(image, steps, strength, n_max, n_min, n_avg, num_seeds, src_cfg, tgt_cfg, shift, seed) -> int:
+    """The input exists and the numbers make sense; returns n_max (from `strength` unless given)."""
+    from .errors import PixelDiTError
+    from .validate import finite
+
     if image.is_dir():
         raise PixelDiTError(f"{image} is a folder, not an image", "pass one image file")
     if not image.is_file():
@@ -240,21 +283,29 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=DEFAULTS["steps"], s
     if strength is not None and n_max is not None:
         raise PixelDiTError("--strength and --n-max both given", "use one: --strength is --n-max / --steps")
     if strength is not None:
-        from .validate import finite
-
         finite("--strength", strength, lo=0.0, hi=1.0)
     if steps >= 1 and n_max is None:
         n_max = n_max_of(DEFAULTS["strength"] if strength is None else strength, steps)
     n_max = 0 if n_max is None else n_max
     _check_numbers(steps, n_max, n_min, n_avg, num_seeds, src_cfg, tgt_cfg, shift, seed)
-    dev = pick_device(device)
-    prec = resolve_precision(precision, dev)
-    ensure_writable_dir(out)  # before the model loads, not after the edit
+    return n_max
+
+
+def _output_names(image, out, seed: int, num_seeds: int) -> list[str]:
+    """edited.png (or edited_seedK.png per seed); refused when one would overwrite the input."""
+    from .errors import PixelDiTError
+
     names = [f"edited_seed{seed + k}.png" for k in range(num_seeds)] if num_seeds > 1 else ["edited.png"]
     for n in names + ["strip.png"]:
         if (out / n).resolve() == image.resolve():
             raise PixelDiTError(f"the output {out / n} would overwrite the input image", "choose another --out")
-    img, note = read_rgb(image)
+    return names
+
+
+def edit_region(img, mask=None, bbox=None):
+    """The edited region as a bool (H, W) map from --mask (white = edit) or --bbox; None without either."""
+    from .errors import PixelDiTError
+
     _, H0, W0 = img.shape
     region = None
     if mask is not None:
@@ -271,64 +322,36 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=DEFAULTS["steps"], s
     if region is not None and bool(region.all()):
         raise PixelDiTError("the edit region covers the whole image, so there is no background to measure",
                             "give a smaller --bbox or --mask, or leave both out")
+    return region
 
-    if model is None:
-        model = load_model(ckpt, device=dev, unsafe_pickle=unsafe_pickle)
-    dev = next(model.parameters()).device
-    cfg = model.config
-    uncond = None
-    if cfg.kind == "t2i":  # prompt-to-prompt: --src and --tgt are prompts
-        if not text_encoder:
-            raise PixelDiTError("a text-to-image checkpoint edits prompt to prompt", "pass --text-encoder DIR (gemma-2-2b-it)")
-        from .text import TextEncoder
 
-        enc = TextEncoder(text_encoder, device=dev, max_length=cfg.text_len, expected_dim=cfg.text_dim)
-        cond_src, cond_tgt, uncond = (t.to(dev) for t in (enc.encode([src]), enc.encode([tgt]), enc.null(negative_prompt)))
-        class_names, c_src, c_tgt = None, src, tgt
-    else:
-        class_names = getattr(model, "class_names", None) or (imagenet_names() if cfg.num_classes == 1000 else None)
-        c_src, c_tgt = parse_class(src, cfg.num_classes, class_names), parse_class(tgt, cfg.num_classes, class_names)
-        cond_src, cond_tgt = torch.tensor([c_src], device=dev), torch.tensor([c_tgt], device=dev)
-    fitted, info = fit_image(img, cfg.patch_size, fit)
-    from .memory import check_fits
+def _write_outputs(out, names, src_shown, edits) -> None:
+    """Each edit as a PNG, and strip.png: the source, then every edit, 2-pixel white separators."""
+    from .io import write_png
 
-    check_fits(cfg, fitted.shape[1], fitted.shape[2], 2, dev, "one guided FlowEdit step")
-    x = ((fitted.float() / 255 - 0.5) / 0.5).to(dev)  # the training normalisation
-
-    edits, stats = [], None
-    for k in range(num_seeds):
-        z, stats = flowedit(model, x[None], cond_src, cond_tgt, steps=steps, n_max=n_max, n_min=n_min, n_avg=n_avg,
-                            src_cfg=src_cfg, tgt_cfg=tgt_cfg, shift=shift, seed=seed + k, uncond=uncond,
-                            autocast=autocast_dtype(prec))
-        e = unfit(to_uint8(z)[0].cpu(), info, H0, W0)
-        write_png(e, out / names[k])
-        edits.append(e)
-    src_shown = unfit(fitted, info, H0, W0)
+    for name, e in zip(names, edits):
+        write_png(e, out / name)
     sep = torch.full((3, src_shown.shape[1], 2), 255, dtype=torch.uint8)
     write_png(torch.cat([t for e in [src_shown, *edits] for t in (e, sep)][:-1], dim=2), out / "strip.png")
 
-    metrics = None
-    if region is not None:
-        if fit == "crop":
-            l, t, r, b = info["box"]
-            region = region[t:b, l:r]
-        elif fit == "resize":
-            from torchvision.transforms.v2.functional import InterpolationMode, resize
-            region = resize(region[None].float(), [fitted.shape[1], fitted.shape[2]], interpolation=InterpolationMode.NEAREST)[0] > 0.5
-        metrics = [dict(seed=seed + k, **background_metrics(src_shown, e, region)) for k, e in enumerate(edits)]
-    result = {
-        "input": str(image.resolve()), "input_note": note, "checkpoint": str(Path(ckpt).resolve()) if ckpt else None,
-        "checkpoint_sha256": file_sha256(ckpt) if ckpt and Path(ckpt).is_file() else None,
-        "source": {"class": c_src, "name": class_names[c_src] if class_names else None, "cfg": src_cfg}
-        if cfg.kind == "c2i" else {"prompt": src, "cfg": src_cfg},
-        "target": {"class": c_tgt, "name": class_names[c_tgt] if class_names else None, "cfg": tgt_cfg}
-        if cfg.kind == "c2i" else {"prompt": tgt, "cfg": tgt_cfg},
-        "negative_prompt": negative_prompt if cfg.kind == "t2i" else None,
-        "steps": steps, "strength": n_max / steps, "n_max": n_max, "n_min": n_min, "n_avg": n_avg, "shift": shift, "seed": seed,
-        "num_seeds": num_seeds, "fit": info, "size": [int(fitted.shape[2]), int(fitted.shape[1])],
-        "outputs": names, "strip": "strip.png", **stats,
-        "region": ({"mask": str(mask)} if mask is not None else {"bbox": list(bbox)} if bbox is not None else None),
-        "background": metrics, **device_report(dev, prec), **(provenance or {}),
-    }
-    write_json(out / "results.json", result)
-    return result
+
+def _background(region, info, fitted, src_shown, edits, seed: int):
+    """Background preservation per seed, with the region brought to the fitted image's frame."""
+    if region is None:
+        return None
+    if info["fit"] == "crop":
+        l, t, r, b = info["box"]
+        region = region[t:b, l:r]
+    elif info["fit"] == "resize":
+        from torchvision.transforms.v2.functional import InterpolationMode, resize
+        region = resize(region[None].float(), [fitted.shape[1], fitted.shape[2]], interpolation=InterpolationMode.NEAREST)[0] > 0.5
+    return [dict(seed=seed + k, **background_metrics(src_shown, e, region)) for k, e in enumerate(edits)]
+
+
+def _checkpoint_record(ckpt) -> dict:
+    from pathlib import Path
+
+    from .io import file_sha256
+
+    return {"checkpoint": str(Path(ckpt).resolve()) if ckpt else None,
+            "checkpoint_sha256": file_sha256(ckpt) if ckpt and Path(ckpt).is_file() else None}

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .families import family_of
 from .models.config import ModelConfig
 
 
@@ -24,9 +25,10 @@ def analytic_flops(cfg: ModelConfig, height: int, width: int, batch: int = 1, te
     """FLOPs of one forward by component, plus 'total'. T2I counts `text_len` text tokens (default: the window)."""
     p, C, D, d, A, F_ = cfg.patch_size, cfg.in_channels, cfg.hidden_size, cfg.pixel_hidden, cfg.pixel_attn_hidden, cfg.mlp_hidden
     HW, L, P = height * width, (height // p) * (width // p), p * p
-    Ly = (cfg.text_len if text_len is None else min(text_len, cfg.text_len)) if cfg.kind == "t2i" else 0
+    family = family_of(cfg)
+    Ly = family.text_tokens(cfg, text_len)
     N = L + Ly                                       # tokens in one patch-level attention
-    streams = 2 if cfg.kind == "t2i" else 1          # MM-DiT: image and text Linears
+    streams = family.streams                         # MM-DiT: image and text Linears
     parts = {
         "embedders": 2 * L * (C * P) * D + 2 * 256 * D + 2 * D * D + 2 * (2 * HW * C * d) + 2 * Ly * cfg.text_dim * D,
         # per patch block: adaLN on one vector per image (per stream), qkv + proj on all N tokens, attention, SwiGLU
@@ -50,7 +52,7 @@ def pathway_flops(cfg: ModelConfig, height: int, width: int, text_len: int | Non
     to the total; semantic reuse skips the first on some evaluations."""
     p, C, D, d = cfg.patch_size, cfg.in_channels, cfg.hidden_size, cfg.pixel_hidden
     HW, L = height * width, (height // p) * (width // p)
-    Ly = (cfg.text_len if text_len is None else min(text_len, cfg.text_len)) if cfg.kind == "t2i" else 0
+    Ly = family_of(cfg).text_tokens(cfg, text_len)
     parts = analytic_flops(cfg, height, width, 1, text_len)
     patch_embed = 2 * L * (C * p * p) * D + 2 * Ly * cfg.text_dim * D
     time_embed = 2 * 256 * D + 2 * D * D
@@ -95,10 +97,7 @@ def example_inputs(cfg: ModelConfig, height: int, width: int, batch: int = 1, te
     """The counter's inputs: t = 0.5 (·1000 for T2I), class 0 or random text states."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, cfg.in_channels, height, width, generator=g)
-    if cfg.kind == "c2i":
-        return x, torch.full((batch,), 0.5), torch.zeros(batch, dtype=torch.long)
-    Ly = cfg.text_len if text_len is None else text_len
-    return x, torch.full((batch,), 500.0), torch.randn(batch, Ly, cfg.text_dim, generator=g)
+    return (x, *family_of(cfg).example_inputs(cfg, x, batch, text_len, g))
 
 
 #################################################################################
@@ -162,7 +161,7 @@ def run_flops(res=None, height=None, width=None, patch=None, model=None, preset=
     if preset:
         cfg = load_preset(preset)
         name, default_res = cfg.model.name, cfg.data.resolution
-        overrides = {"num_classes": cfg.model.num_classes} if model_config(name).kind == "c2i" else {}
+        overrides = family_of(model_config(name)).config_overrides(cfg.model)
     if model:
         name, overrides = model, {}
     for flag, v in (("--res", res), ("--height", height), ("--width", width), ("--patch", patch), ("--batch", batch)):
@@ -186,8 +185,8 @@ def run_flops(res=None, height=None, width=None, patch=None, model=None, preset=
         "gflops": parts["total"] / 1e9,
         "breakdown_gflops": {k: v / 1e9 for k, v in parts.items() if k != "total"},
     }
-    if mcfg.kind == "t2i":
-        result["text_tokens"] = mcfg.text_len if text_len is None else min(text_len, mcfg.text_len)
+    if family_of(mcfg).text_tokens(mcfg, text_len):
+        result["text_tokens"] = family_of(mcfg).text_tokens(mcfg, text_len)
     if measure:
         from .dist import autocast_dtype, device_report, pick_device, resolve_precision
 

@@ -25,7 +25,9 @@ MARGIN = 2.0  # 1.5 was exceeded on a fresh clone (S/4 128², batch 2: 109 MB me
 def forward_bytes(cfg, height: int, width: int, batch: int) -> int:
     """Estimated activation bytes of one fp32 inference forward of `batch` images (weights not included)."""
     pixels = height * width
-    tokens = (height // cfg.patch_size) * (width // cfg.patch_size) + (cfg.text_len if cfg.kind == "t2i" else 0)
+    from .families import family_of
+
+    tokens = (height // cfg.patch_size) * (width // cfg.patch_size) + family_of(cfg).text_tokens(cfg)
     pixel_level = 32 * cfg.pixel_hidden * pixels + 2 * cfg.in_channels * pixels
     patch_level = tokens * (12 * cfg.hidden_size + 2 * cfg.mlp_hidden)
     return int(MARGIN * 4 * batch * max(pixel_level, patch_level))

@@ -25,7 +25,8 @@ from .choices import SampleFormat, values
 from .dist import autocast_dtype, barrier, broadcast, device_report, gather, init_distributed, resolve_precision
 from .errors import PixelDiTError
 from .io import NpzWriter, ensure_writable_dir, file_sha256, remove_stale_temporaries, write_json, write_png
-from .labels import CLASS_MODES, class_names_of, labels_for
+from .families import family_of
+from .labels import CLASS_MODES, class_names_of
 from .records import PartWriter, RecordReader, scan
 from .solvers import SOLVERS, noise_for, solve, to_uint8
 from .validate import finite, positive
@@ -120,14 +121,11 @@ def job_for(model, ckpt, *, preset=None, overrides=None, classes=(), prompts=(),
     None) wins; the rest come from --preset, else the checkpoint's own training config, else the release
     preset of the model's family (config.command_config), with dotted overrides (`sample.cfg=3`)
     applied on top. Class names or ids are resolved here."""
-    from .config import command_config
+    from .config import command_config, with_values
     from .labels import aspect_bucket, parse_class
 
     mc = model.config
-    if mc.kind == "t2i" and classes:
-        raise PixelDiTError("--class was given but this is a text-to-image checkpoint", "use --prompt")
-    if mc.kind == "c2i" and prompts:
-        raise PixelDiTError("--prompt was given but this is a class-conditional checkpoint", "use --class")
+    family_of(mc).check_request(classes, prompts)
     base, defaults_from = command_config(preset, overrides, model)
     sc, res = base.sample, base.data.resolution
     if aspect_ratio:
@@ -145,7 +143,10 @@ def job_for(model, ckpt, *, preset=None, overrides=None, classes=(), prompts=(),
     ids = tuple(parse_class(c, mc.num_classes, names) for c in classes)
     job = SampleJob(ckpt=str(ckpt), classes=ids, prompts=tuple(prompts), **kw)
     validate(job, mc)
-    return job, defaults_from, base
+    base = with_values(base, "sample", solver=job.solver, steps=job.steps, cfg=job.cfg, interval=tuple(job.interval),
+                       shift=job.shift, height=job.height, width=job.width, seed=job.seed, batch_size=job.batch_size)
+    base = with_values(base, "text", negative_prompt=job.negative_prompt, encoder=job.text_encoder)
+    return job, defaults_from, base  # base: the config with the job's values, as results.json records it
 
 
 def default_out(job: SampleJob) -> str:
@@ -197,28 +198,6 @@ def validate(job: SampleJob, cfg=None) -> None:
 #################################################################################
 #                                  Running                                      #
 #################################################################################
-
-
-def _text_encoder(job: SampleJob, cfg, device):
-    if cfg.kind != "t2i":
-        if job.prompts:
-            raise PixelDiTError("--prompt was given but this is a class-conditional checkpoint", "use --class")
-        return None
-    if not job.prompts:
-        raise PixelDiTError("this is a text-to-image checkpoint: give --prompt or --prompts FILE")
-    if not job.text_encoder:
-        raise PixelDiTError("text-to-image sampling needs the Gemma-2 text encoder", "pass --text-encoder DIR (gemma-2-2b-it)")
-    from .text import TextEncoder
-
-    return TextEncoder(job.text_encoder, device=device, max_length=cfg.text_len, expected_dim=cfg.text_dim)
-
-
-def _label_fn(job: SampleJob, cfg):
-    """label_of(i): the class id (c2i) or prompt index (T2I) of sample i; arr_1 of samples.npz."""
-    if job.prompts:
-        return lambda i: i % len(job.prompts)
-    return lambda i: labels_for([i], classes=list(job.classes), mode=job.mode, n=job.n, num_classes=cfg.num_classes,
-                                seed=job.seed)[0]
 
 
 def png_name(i: int, prompt: str | None = None) -> str:
@@ -275,19 +254,18 @@ def run(job: SampleJob, model=None, progress=True, provenance: dict | None = Non
 
     guided = job.cfg != 1.0
     check_fits(cfg, job.height, job.width, min(job.batch_size, job.n) * (2 if guided else 1), device)
-    encoder = _text_encoder(job, cfg, device)
+    conds = family_of(cfg).sample_conditions(model, job, device)  # labels by index, tensors by batch
     fmt = job.resolved_format()
     out = Path(job.out or default_out(job))
-    label_of = _label_fn(job, cfg)
-    inv, done = _open_folder(job, out, cfg.num_classes, rank, world, label_of)
+    inv, done = _open_folder(job, out, cfg.num_classes, rank, world, conds.label)
     barrier(world)
 
     todo = [i for i in range(job.n) if i not in done]
     mine = todo[rank::world]
     writer = PartWriter(out / "parts", rank, job.height, job.width) if fmt != "png" else None
     t0 = time.perf_counter()
-    stats, written = _generate(job, model, encoder, device, autocast_dtype(precision), mine, len(todo), world, out, fmt,
-                               writer, label_of, progress and rank == 0)
+    stats, written = _generate(job, model, conds, device, autocast_dtype(precision), mine, len(todo), world, out, fmt,
+                               writer, progress and rank == 0)
     elapsed = time.perf_counter() - t0
     made = gather((writer.entries() if writer else [], written), world)  # what each rank wrote, for rank 0
     barrier(world)
@@ -296,15 +274,15 @@ def run(job: SampleJob, model=None, progress=True, provenance: dict | None = Non
         for entries, names in made:
             inv.add(entries)
             inv.pngs.update(names)
-        result = _finish(job, cfg, model, out, fmt, inv, label_of, encoder)
-        result.update(_report(job, cfg, stats, todo, done, elapsed, out, fmt, device, precision, class_names_of(model), encoder))
+        result = _finish(job, out, fmt, inv, conds)
+        result.update(_report(job, cfg, stats, todo, done, elapsed, out, fmt, device, precision, conds))
         result.update(provenance or {})
         write_json(out / "results.json", result)
     barrier(world)
     return result
 
 
-def _generate(job, model, encoder, device, autocast, mine, total, world, out, fmt, writer, label_of, show):
+def _generate(job, model, conds, device, autocast, mine, total, world, out, fmt, writer, show):
     """Make this rank's images batch by batch; each is on disk (record and/or PNG) before the next batch."""
     from .progress import progress as bar_of
 
@@ -317,23 +295,18 @@ def _generate(job, model, encoder, device, autocast, mine, total, world, out, fm
             for b in range(0, len(mine), job.batch_size):
                 idx = mine[b: b + job.batch_size]
                 x = noise_for(idx, job.seed, (cfg.in_channels, job.height, job.width)).to(device)
-                if encoder is not None:
-                    texts = [job.prompts[i % len(job.prompts)] for i in idx]
-                    y, uncond = encoder.encode(texts).to(device), encoder.null(job.negative_prompt).to(device)
-                else:
-                    texts, uncond = [None] * len(idx), None
-                    y = torch.tensor([label_of(i) for i in idx], device=device)
+                y, uncond = conds.batch(idx, device)
                 imgs, stats = solve(net, x, y, uncond, solver=job.solver, steps=job.steps, cfg=job.cfg,
                                     interval=job.interval, shift=job.shift, autocast=autocast,
                                     semantic_reuse=job.semantic_reuse, reuse_schedule=job.reuse_schedule)
                 if made == 0:
                     _warn_if_nonfinite(imgs)
                 u8 = to_uint8(imgs).cpu()
-                for i, img, text in zip(idx, u8, texts):
+                for i, img in zip(idx, u8):
                     if writer is not None:
-                        writer.append(i, label_of(i), img.permute(1, 2, 0).numpy())
+                        writer.append(i, conds.label(i), img.permute(1, 2, 0).numpy())
                     if fmt != "npz":
-                        written[i] = png_name(i, text)
+                        written[i] = png_name(i, conds.text(i))
                         write_png(img, out / written[i])
                 if writer is not None:
                     writer.flush()
@@ -353,7 +326,7 @@ def _warn_if_nonfinite(imgs):
               "those pixels are written as 0", file=sys.stderr, flush=True)
 
 
-def _finish(job, cfg, model, out: Path, fmt: str, inv, label_of, encoder) -> dict:
+def _finish(job, out: Path, fmt: str, inv, conds) -> dict:
     """Rank 0: check completeness, export PNGs made earlier as records only, grid, npz, and drop the parts."""
     missing = [i for i in range(job.n) if i not in inv.records and i not in inv.pngs]
     if missing:
@@ -364,15 +337,11 @@ def _finish(job, cfg, model, out: Path, fmt: str, inv, label_of, encoder) -> dic
         if fmt in ("png", "both"):
             for i in range(job.n):
                 if i not in inv.pngs:
-                    text = job.prompts[i % len(job.prompts)] if encoder is not None else None
-                    write_png(torch.from_numpy(np.array(reader.pixels(i))).permute(2, 0, 1), out / png_name(i, text))
+                    write_png(torch.from_numpy(np.array(reader.pixels(i))).permute(2, 0, 1), out / png_name(i, conds.text(i)))
                     exported += 1
-        columns = len(job.prompts) if encoder is not None else len(job.classes)
-        names = class_names_of(model)
-        labels = list(job.prompts) if encoder is not None else [names[c] if names else str(c) for c in job.classes]
-        _write_grid(reader, out, job.n, columns, labels)
+        _write_grid(reader, out, job.n, conds.columns, conds.column_labels)
         if fmt in ("npz", "both"):
-            _write_npz(reader, out, job.n, label_of)
+            _write_npz(reader, out, job.n, conds.label)
     finally:
         reader.close()
     if fmt in ("npz", "both"):  # every record is in samples.npz now
@@ -411,16 +380,13 @@ def _write_npz(reader, out: Path, n: int, label_of):
         w.add("arr_1", np.asarray([label_of(i) for i in range(n)], dtype=np.int64))
 
 
-def _report(job, cfg, stats, todo, done, elapsed, out, fmt, device, precision, names, encoder) -> dict:
+def _report(job, cfg, stats, todo, done, elapsed, out, fmt, device, precision, conds) -> dict:
     if stats is None:  # nothing left to do: count one solve's evaluations analytically from a dry run
         stats = _dry_stats(job, cfg)
     return {
         "settings": dict(asdict(job), out=str(out), precision=precision, format=fmt),
         "num_classes": cfg.num_classes,
-        "class_names": [names[c] for c in sorted({*job.classes} or range(cfg.num_classes))][:20] if names and encoder is None else None,
-        "prompts": list(job.prompts) if encoder is not None else None,
-        "negative_prompt": job.negative_prompt if encoder is not None else None,
-        "truncated_prompts": encoder.truncated if encoder is not None else None,
+        **conds.report(),
         "nfe_per_sample": stats.evals,            # network evaluations actually made per sample
         "patch_path_evals_per_sample": stats.patch_evals,   # < pixel-path evals with --semantic-reuse
         "pixel_path_evals_per_sample": stats.evals,
@@ -472,8 +438,8 @@ def _dry_stats(job, cfg):
         def pixels(self, x, t_emb, s):
             return torch.zeros_like(x)
 
-    cond = torch.zeros(1, dtype=torch.long) if cfg.kind == "c2i" else torch.zeros(1, 1, 1)
-    _, st = solve(Zero(), torch.zeros(1, 1, 1, 1), cond, None if cfg.kind == "c2i" else cond, solver=job.solver,
+    cond = torch.zeros(1, 1, 1)  # any condition, with an explicit uncond: the count does not depend on them
+    _, st = solve(Zero(), torch.zeros(1, 1, 1, 1), cond, cond, solver=job.solver,
                   steps=job.steps, cfg=job.cfg, interval=job.interval, shift=job.shift,
                   semantic_reuse=job.semantic_reuse, reuse_schedule=job.reuse_schedule)
     return st

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .choices import ReuseSchedule, Solver, values
+from .families import family_of
 
 SOLVERS = values(Solver)  # ("flowdpm", "euler", "heun", "dpm++2m")
 
@@ -124,13 +125,11 @@ class Velocity:
         self.model, self.cfg, self.autocast, self.reuse = model, float(cfg), autocast, reuse
         if reuse is not None and not hasattr(model, "semantics"):
             raise ValueError("semantic reuse needs a PixelDiT network (one with semantics() and pixels())")
-        self.t2i = model.config.kind == "t2i"
+        self.family = family_of(model.config)  # the condition and the time/velocity convention
         self.lo, self.hi = f32(interval[0]), f32(interval[1])
         B = cond.shape[0]
         if uncond is None:
-            if self.t2i:
-                raise ValueError("text-to-image guidance needs an unconditional (negative prompt) embedding")
-            uncond = torch.full_like(cond, model.config.num_classes)
+            uncond = self.family.null_condition(model, cond)
         if uncond.shape[0] == 1 and B > 1:
             uncond = uncond.expand(B, *uncond.shape[1:])
         self.cond, self.both = cond, torch.cat([uncond, cond])
@@ -145,8 +144,7 @@ class Velocity:
         ("both" = [uncond; cond], "cond") for semantic reuse."""
         self.stats.calls += 1
         if self.autocast is not None:
-            if self.t2i and self.autocast == torch.bfloat16:
-                t_in = t_in.to(torch.bfloat16).float()  # the release runs T2I in pure bf16: it sees rounded times
+            t_in = self.family.autocast_time(t_in, self.autocast)
             with torch.autocast(x.device.type, dtype=self.autocast):
                 return self._forward(x, t_in, y, key).float()
         return self._forward(x, t_in, y, key)
@@ -166,10 +164,7 @@ class Velocity:
         self.stats.evals += 2 if g else 1
         self.stats.guided_steps.append(g)
         B = x.shape[0]
-        if self.t2i:
-            t_in = 1000.0 * (sigma if sigma is not None else 1.0 - t_tensor)
-        else:
-            t_in = t_tensor
+        t_in = self.family.network_time(t_tensor, sigma)
         if g:
             out = self.net(torch.cat([x, x]), t_in.expand(2 * B), self.both, key="both")
             return out[:B], out[B:]
@@ -178,8 +173,7 @@ class Velocity:
     def __call__(self, x, t_value: float, t_tensor):
         """Guided velocity in the c2i convention."""
         u, c = self.raw(x, t_value, t_tensor)
-        if self.t2i:  # ε − x -> x − ε
-            u, c = (None if u is None else -u), -c
+        u, c = (None if u is None else self.family.velocity(u)), self.family.velocity(c)
         return c if u is None else u + self.cfg * (c - u)
 
 
@@ -240,8 +234,8 @@ def dpmpp_2m(v: Velocity, x, sigmas):
     def x0_pred(x, i):
         s = ss[i]
         u, c = v.raw(x, 1.0 - sv[i], 1.0 - s, sigma=s)
-        if not v.t2i:  # the c2i network's x − ε as the T2I convention's ε − x
-            u, c = (None if u is None else -u), -c
+        # in this convention's ε − x: the negated velocity (for the T2I network, its own output again)
+        u, c = (None if u is None else -v.family.velocity(u)), -v.family.velocity(c)
         # ε̂ = (1 − σ)·v + x per half, CFG in ε̂ space, x̂0 = (x − σ·ε̂) / exp(log(1 − σ)), all fp32 as released
         eps = (1 - s) * c + x
         if u is not None:

@@ -203,6 +203,11 @@ def test_cli_edit_defaults_come_from_the_config_and_land_in_results(tiny, tmp_pa
     res = json.loads(r.output)
     assert res["n_max"] == 0 and res["steps"] == 6 and res["network_evaluations_per_image"] == 0
     assert res["config"]["edit"]["strength"] == 0 and res["defaults_from"] == "the built-in defaults with overrides"
+    shown = runner.invoke(app, ["edit", "missing.png", "--ckpt", "missing", "--src", "1", "--tgt", "2", "--steps", "10",
+                                "--tgt-cfg", "7", "--print-config", "--json"])
+    assert shown.exit_code == 0, shown.output  # nothing is read: the config alone
+    ed = json.loads(shown.output)["config"]["edit"]
+    assert (ed["steps"], ed["tgt_cfg"], ed["strength"], ed["src_cfg"]) == (10, 7.0, 0.66, 1.5)
     assert torch.equal(read_image(str(tmp_path / "o" / "edited.png")), read_image(str(tiny / "in.png"))[:, 1:17, 1:21])
     r = runner.invoke(app, ["edit", str(tiny / "in.png"), "--ckpt", str(tiny / "tiny.safetensors"), "--src", "cat",
                             "--tgt", "dog", "--out", str(tmp_path / "p"), "--edit.strength", "0", "--steps", "4",

@@ -267,6 +267,10 @@ def test_cli_eval_defaults_come_from_the_config(sets):
     assert r.exit_code == 0, r.output
     res = json.loads(r.output.strip().splitlines()[-1])
     assert res["config"]["eval"] == {"batch_size": 4, "pr_distances": "fp16", "sqrtm": "eigh"}
+    shown = runner.invoke(app, ["eval-fid", "x.npz", "y.npz", "--eval.sqrtm", "eigh", "--batch-size", "7",
+                                "--print-config", "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.output)["config"]["eval"] == {
+        "batch_size": 7, "pr_distances": "fp16", "sqrtm": "eigh"}  # the flag folded in over the override
     assert res["fid"] == pytest.approx(eval_json(sets / "a.npz", sets / "b.npz")["fid"], rel=1e-9)
     bad = runner.invoke(app, ["eval-fid", str(sets / "a.npz"), str(sets / "b.npz"), "--eval.sqrtm", "cholesky"])
     assert bad.exit_code != 0 and "eval.sqrtm is 'cholesky'" in bad.output and "scipy, eigh" in bad.output

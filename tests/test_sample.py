@@ -269,8 +269,9 @@ def test_cli_t2i_checkpoint_with_class_and_missing_checkpoint(fixtures, tmp_path
 
 def test_cli_dotted_overrides_set_the_sample_section_and_results_hold_the_config(tiny, tmp_path):
     """`--sample.steps 3 --sample.cfg 1.5` over the family default (xl256: 100 steps, CFG 2.75); a flag
-    (`--seed`) wins over `--sample.seed`; results.json records the resolved config and where it came from;
-    the images equal a library job with the same settings."""
+    (`--seed`) wins over `--sample.seed`; results.json records the resolved config with the flags folded
+    in (what ran) and where it came from; --print-config prints that config without sampling; the images
+    equal a library job with the same settings."""
     args = ["sample", "--ckpt", str(tiny), "--n", "3", "--height", "16", "--width", "16", "--out", str(tmp_path / "o"),
             "--sample.steps", "3", "--sample.cfg", "1.5", "--sample.seed", "9", "--seed", "4", "--json"]
     r = runner.invoke(app, args)
@@ -278,7 +279,11 @@ def test_cli_dotted_overrides_set_the_sample_section_and_results_hold_the_config
     res = json.loads(r.output)
     s = res["settings"]
     assert (s["steps"], s["cfg"], s["seed"]) == (3, 1.5, 4)
-    assert res["config"]["sample"]["steps"] == 3 and res["config"]["sample"]["seed"] == 9
+    assert res["config"]["sample"]["steps"] == 3 and res["config"]["sample"]["seed"] == 4
+    assert (res["config"]["sample"]["height"], res["config"]["sample"]["cfg"]) == (16, 1.5)
+    shown = runner.invoke(app, args[:-1] + ["--out", str(tmp_path / "p"), "--print-config", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["config"] == res["config"] and not (tmp_path / "p").exists()
     assert res["defaults_from"] == "preset xl256 (the release's settings) with overrides"
     assert json.loads((tmp_path / "o" / "results.json").read_text())["config"] == res["config"]
     lib = run(job(tiny, tmp_path / "lib", n=3, steps=3, cfg=1.5, seed=4, height=16, width=16,

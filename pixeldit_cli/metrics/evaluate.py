@@ -108,6 +108,8 @@ def reference_stats(path: Path, net, weights_hash: str, batch_size, device, cach
 
 def evaluate(samples, ref, inception=None, inception_sha256=None, batch_size: int = 64, pr_mode: str = "fp16",
              fid_method: str = "scipy", cache_dir=None, device=None, progress=True) -> dict:
+    """FID / sFID / IS / precision / recall of `samples` (npz or folder) against an ADM reference batch,
+    with the reference's features cached by content hash. Rank 0 returns the result; other ranks {}."""
     rank, world, device = _device_setup(device)
     net, winfo = load_inception(inception, inception_sha256)
     net = net.to(device)
@@ -127,13 +129,26 @@ def evaluate(samples, ref, inception=None, inception_sha256=None, batch_size: in
     if rank != 0:
         return {}
 
-    res = {"n": int(len(src)), "resolution": list(src.shape[1:3]), "fid": None, "sfid": None, "is": None,
-           "precision": None, "recall": None}
+    res = {"n": int(len(src)), "resolution": list(src.shape[1:3])}
     ref_src = open_images(ref, require_images=False)
     if len(ref_src) and tuple(ref_src.shape[1:3]) != tuple(src.shape[1:3]):
         notes.append(f"samples are {src.shape[2]}x{src.shape[1]} but the reference images are "
                      f"{ref_src.shape[2]}x{ref_src.shape[1]}: both are resized to 299 for Inception, but FID across "
                      "resolutions is not the paper's protocol")
+    res.update(_scores(src, feats, r, stored_mu, fid_method, pr_mode, skipped, notes))
+    res.update({
+        "samples": str(samples), "reference": str(ref), "reference_sha256": ref_hash,
+        "inception": winfo, "protocol": _protocol(fid_method, pr_mode),
+        "skipped": skipped, "notes": notes, "seconds": round(time.perf_counter() - t0, 2),
+        **device_report(device, "fp32"),
+    })
+    return res
+
+
+def _scores(src, feats, r, stored_mu, fid_method, pr_mode, skipped: dict, notes: list) -> dict:
+    """FID, sFID, IS, precision and recall of the sample features against the reference statistics `r`;
+    a score that cannot be computed is None, with the reason in `skipped`."""
+    res = {"fid": None, "sfid": None, "is": None, "precision": None, "recall": None}
     if stored_mu is not None:
         notes.append("the sample file holds mu/sigma: FID/sFID use them, as ADM does")
         m1, s1 = stored_mu, src.array("sigma")
@@ -161,17 +176,15 @@ def evaluate(samples, ref, inception=None, inception_sha256=None, batch_size: in
         res["precision"], res["recall"] = precision_recall(r["pool3"], feats["pool3"], mode=pr_mode)
     else:
         skipped["precision/recall"] = "the reference holds no images (ADM uses its 10K arr_0)" if "pool3" not in r else "need more than 3 images on each side"
-    res.update({
-        "samples": str(samples), "reference": str(ref), "reference_sha256": ref_hash,
-        "inception": winfo, "protocol": {"resize": "TF1 bilinear to 299 (no half-pixel, no antialias)",
-                                          "normalise": "(x - 128) / 128", "fid": f"pool3, {fid_method} sqrtm",
-                                          "sfid": "Mixed_6d.branch1x1[:7], NHWC", "is": "1008 bias-free logits, 5000-image splits in order",
-                                          "precision_recall": f"k=3, tiles 10000, {pr_mode} distances",
-                                          "feature_version": FEATURE_VERSION},
-        "skipped": skipped, "notes": notes, "seconds": round(time.perf_counter() - t0, 2),
-        **device_report(device, "fp32"),
-    })
     return res
+
+
+def _protocol(fid_method: str, pr_mode: str) -> dict:
+    """What was computed, in words (results.json): enough to tell two evaluations apart."""
+    return {"resize": "TF1 bilinear to 299 (no half-pixel, no antialias)", "normalise": "(x - 128) / 128",
+            "fid": f"pool3, {fid_method} sqrtm", "sfid": "Mixed_6d.branch1x1[:7], NHWC",
+            "is": "1008 bias-free logits, 5000-image splits in order",
+            "precision_recall": f"k=3, tiles 10000, {pr_mode} distances", "feature_version": FEATURE_VERSION}
 
 
 def make_reference(source, out, inception=None, inception_sha256=None, ref_images: int = 10000, batch_size: int = 64,

@@ -7,7 +7,7 @@ from .layers import swiglu_hidden
 
 @dataclass(frozen=True)
 class ModelConfig:
-    kind: str = "c2i"                 # "c2i" (class-conditional) or "t2i" (text-to-image, MM-DiT patch path)
+    kind: str = "c2i"                 # the family (families/): "c2i" class-conditional, "t2i" text-to-image (MM-DiT)
     in_channels: int = 3
     patch_size: int = 16              # p
     hidden_size: int = 1152           # D, patch-level width
@@ -31,8 +31,10 @@ class ModelConfig:
         if self.mlp_hidden == 0:
             object.__setattr__(self, "mlp_hidden", swiglu_hidden(self.hidden_size))
         problems = []
-        if self.kind not in ("c2i", "t2i"):
-            problems.append(f"kind must be 'c2i' or 't2i', got {self.kind!r}")
+        from ..families import FAMILIES
+
+        if self.kind not in FAMILIES:
+            problems.append(f"kind must be one of {', '.join(map(repr, FAMILIES))}, got {self.kind!r}")
         if self.hidden_size % self.num_heads:
             problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         elif (self.hidden_size // self.num_heads) % 4:

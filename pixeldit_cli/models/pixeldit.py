@@ -92,7 +92,6 @@ class PixelDiT(PixelDiTBase):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        assert config.kind == "c2i"
         self.config = cfg = config
         D, d, p, C = cfg.hidden_size, cfg.pixel_hidden, cfg.patch_size, cfg.in_channels
         # Registration order = the official state-dict order (final layer before the blocks).

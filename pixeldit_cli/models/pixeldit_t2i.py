@@ -113,7 +113,6 @@ class PixelDiTT2I(PixelDiTBase):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        assert config.kind == "t2i"
         self.config = cfg = config
         D, d, p, C = cfg.hidden_size, cfg.pixel_hidden, cfg.patch_size, cfg.in_channels
         # Registration order = the official state-dict order (here the final layer comes last).

@@ -9,8 +9,6 @@ import torch.nn as nn
 
 from ..errors import PixelDiTError
 from .config import ModelConfig
-from .pixeldit import PixelDiT
-from .pixeldit_t2i import PixelDiTT2I
 
 # patch depth N, pixel depth M, D, heads; d = 16 everywhere.
 SIZES = {
@@ -51,7 +49,9 @@ def model_config(name: str, **overrides) -> ModelConfig:
 def build_model(config: ModelConfig | str, init: bool = True, **overrides) -> nn.Module:
     """A fresh network for a config or a registry name, with the official init unless init=False."""
     cfg = model_config(config, **overrides) if isinstance(config, str) else config
-    model = PixelDiT(cfg) if cfg.kind == "c2i" else PixelDiTT2I(cfg)
+    from ..families import family_of
+
+    model = family_of(cfg).network(cfg)
     if init:
         model.initialize_weights()
     return model

@@ -1,29 +1,34 @@
-"""`pixeldit train`: the class-conditional recipe of the release, on one CPU process or many GPUs.
+"""`pixeldit train`: the release's recipes (either family), on one CPU process or many GPUs.
 
 One optimizer step = one global batch (global_batch images, split over world × accumulation micro-
-batches). AdamW, LR and clip schedules, EMA every step, REPA, non-finite guard, metrics.jsonl, a
-fixed-noise sample grid, atomic checkpoints and exact resume. Exactness comes from two rules: the data
+batches). AdamW or CAME, LR and clip schedules, EMA every step, REPA, non-finite guard, metrics.jsonl,
+a fixed-noise sample grid, atomic checkpoints and exact resume. Exactness comes from two rules: the data
 of step s is a function of (seed, s) (StepSampler), and every random draw of a sample is a function of
 (seed, s, global slot) (objective.draw) — so neither resuming nor the number of processes changes them.
+
+The file reads as the run's stages: setup (networks, optimizer, data, bookkeeping; resuming is part of
+each), step, log, save, sample; `train` at the bottom strings them together. What differs between the
+families (data, draws and loss, the grid) is asked of the family object (pixeldit_cli/families).
 """
 
 import contextlib
 import copy
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..config import Config, to_yaml
 from ..errors import PixelDiTError
+from ..families import family_of
 from ..io import append_line, ensure_writable_dir, write_grid, write_text
 from ..models.registry import build_model, count_params, model_config
 from ..dist import barrier, init_distributed
 from ..solvers import noise_for, solve, to_uint8
 from . import checkpoint
-from .data import BucketStepSampler, CaptionDataset, StepSampler, collate, collate_captions, open_dataset
-from .objective import DinoEncoder, DinoEncoder224, Projector, draw, flip_mask, flow_loss, t2i_draw, t2i_flow_loss
+from .objective import Projector, flip_mask
 
 
 def lr_at(tc, step: int) -> float:
@@ -69,13 +74,6 @@ def ema_update(ema_params, params, decay: float):
     """ema ← decay·ema + (1 − decay)·param (no warm-up, no bias correction, as released)."""
     torch._foreach_mul_(ema_params, decay)
     torch._foreach_add_(ema_params, params, alpha=1 - decay)
-
-
-def grid_labels(num_classes: int, per_class: int = 4) -> list[int]:
-    """The training grid's classes: up to 16 classes, one column each (per_class rows); else 16 fixed ImageNet ones."""
-    if num_classes <= 16:
-        return [c for _ in range(per_class) for c in range(num_classes)]
-    return [88, 207, 279, 291, 360, 387, 388, 417, 812, 974, 980, 33, 1, 130, 250, 949][: min(16, num_classes)]
 
 
 def _plot(out: Path) -> None:
@@ -127,7 +125,7 @@ def validate(cfg: Config, world: int):
     for name in ("log_every", "ckpt_every", "max_nonfinite"):
         if getattr(tc, name) < 1:
             raise PixelDiTError(f"train.{name} must be at least 1, got {getattr(tc, name)}")
-    for name in ("sample_every", "keep_last", "keep_every", "warmup_steps", "lr_drop_step", "grad_clip_drop_step", "seed"):
+    for name in ("sample_every", "keep_last", "keep_every", "warmup_steps", "lr_drop_step", "grad_clip_drop_step", "seed", "repa_width"):
         if getattr(tc, name) < 0:
             raise PixelDiTError(f"train.{name} must be 0 or more, got {getattr(tc, name)}")
     positive("train.lr", tc.lr)
@@ -169,245 +167,336 @@ def validate(cfg: Config, world: int):
         raise PixelDiTError(f"train.cond_drop must be in [0, 1), got {tc.cond_drop}")
 
 
-def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict:
-    """Run (or continue) training; returns a summary. Rank 0 writes everything under `out`."""
-    out = Path(out)
+#################################################################################
+#                                   Setup                                       #
+#################################################################################
+
+
+@dataclass
+class TrainRun:
+    """Everything one training process holds; the stages below read and advance it."""
+
+    cfg: Config
+    out: Path
+    rank: int
+    world: int
+    device: torch.device
+    mcfg: object                       # ModelConfig
+    family: object                     # families.Family
+    autocast: object = None            # torch.bfloat16 on CUDA with train.precision bf16, else None (fp32)
+    step: int = 0
+    skipped: int = 0                   # non-finite steps skipped so far
+    in_a_row: int = 0
+    use_fsdp: bool = False
+    # built by setup
+    tb: object = None                  # TensorBoard writer (train.tensorboard, rank 0)
+    cond_encoder: object = None        # what turns training conditions into network inputs (T2I: Gemma-2)
+    ds: object = None
+    model: torch.nn.Module = None
+    ema: torch.nn.Module = None
+    net: torch.nn.Module = None        # model, wrapped (DDP) and compiled as asked: what the loss calls
+    repa: torch.nn.Module = None       # frozen DINOv2 (REPA on)
+    projector: torch.nn.Module = None
+    mods: torch.nn.Module = None       # what the optimizer trains: network + projector
+    params: list = None
+    opt: object = None
+    sampler: object = None
+    loader: object = None
+    per_rank: int = 0                  # images per process per step
+    accum: int = 0                     # micro-batches per process per step
+    flops_per_image: float = 0.0
+    peak_rate: float = 1.0             # FLOP/s of this device's own matmul
+    class_names: list = field(default_factory=list)
+    fixed: list = None                 # the sample grid's conditions
+    fixed_noise: torch.Tensor = None
+
+
+def setup(cfg: Config, out: Path, resume: str) -> tuple[TrainRun, object]:
+    """Check the config, open the output folder, resume or start; returns (run, the resumed checkpoint or None)."""
     rank, world, device = init_distributed()
     tc = cfg.train
     validate(cfg, world)
     mcfg = model_config(cfg.model.name, num_classes=cfg.model.num_classes)
-    t2i = mcfg.kind == "t2i"
     if cfg.data.resolution % mcfg.patch_size:
         raise PixelDiTError(f"data.resolution {cfg.data.resolution} is not a multiple of the patch size {mcfg.patch_size}")
     if tc.repa_weight > 0 and not 1 <= tc.repa_block <= mcfg.patch_depth:
         raise PixelDiTError(f"train.repa_block {tc.repa_block} is outside 1..{mcfg.patch_depth}")
-    autocast = torch.bfloat16 if (device.type == "cuda" and tc.precision == "bf16") else None
-
-    # ---- state: fresh, or everything from the checkpoint ------------------------------------------------
+    run = TrainRun(cfg, out, rank, world, device, mcfg, family_of(mcfg),
+                   autocast=torch.bfloat16 if (device.type == "cuda" and tc.precision == "bf16") else None)
     if resume in ("", "none") and (out / "checkpoints" / "last.pt").exists():
         raise PixelDiTError(f"{out} already holds a training run", "continue it with --resume auto, or choose another --out")
     if rank == 0:
         ensure_writable_dir(out)  # before the dataset and the encoders load
-    tb = _tensorboard(cfg, out, rank)
+    run.tb = _tensorboard(cfg, out, rank)
     state, resume_path, note = checkpoint.load_for_resume(resume, out)
     if note and rank == 0:
         print(f"note: {note}", flush=True)
     if state is not None and state["model_config"] != mcfg.to_dict():
         raise PixelDiTError(f"{resume_path} was trained with another architecture", "use the run's own preset, or another --out")
+    run.cond_encoder = run.family.condition_encoder(cfg, mcfg, device)
+    run.ds = run.family.training_data(cfg, mcfg)
+    build_networks(run, state)
+    build_optimizer(run, state)
+    build_loader(run)
+    start_bookkeeping(run, resume_path if state is not None else None)
+    return run, state
 
-    text = None
-    if t2i:
-        from ..text import TextEncoder
 
-        if not cfg.text.encoder:
-            raise PixelDiTError("text-to-image training needs the Gemma-2 text encoder", "pass --text.encoder DIR")
-        text = TextEncoder(cfg.text.encoder, device=device, max_length=mcfg.text_len, expected_dim=mcfg.text_dim)
-        ds = CaptionDataset(cfg.data.path, cfg.data.resolution, cfg.data.multi_aspect, mcfg.patch_size)
-    else:
-        ds = open_dataset(cfg.data.path, cfg.data.resolution, mcfg.num_classes)
-    torch.manual_seed(tc.seed)  # the initial weights are a function of the seed
-    model = build_model(mcfg).to(device)
+def build_networks(run: TrainRun, state) -> None:
+    """Network (initial weights a function of the seed), EMA copy, REPA encoder and projector; resumed
+    weights go into the unsharded modules, then FSDP shards them (if asked)."""
+    tc = run.cfg.train
+    torch.manual_seed(tc.seed)
+    model = build_model(run.mcfg).to(run.device)
     model.grad_checkpointing = tc.grad_checkpointing
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    encoder = projector = None
+    repa = projector = None
     if tc.repa_weight > 0:
-        encoder = (DinoEncoder224 if t2i else DinoEncoder)(tc.repa_encoder).to(device)
-        width = 2048 if mcfg.hidden_size == 1536 else mcfg.hidden_size  # the T2I release's projector is 2048 wide
-        projector = Projector(mcfg.hidden_size, width, encoder.dim).to(device)
-    use_fsdp = tc.fsdp and world > 1
-    step, skipped = 0, 0
-    if state is not None:  # full tensors into the unsharded modules; sharding (if any) comes after
+        repa = run.family.repa_encoder(tc.repa_encoder).to(run.device)
+        projector = Projector(run.mcfg.hidden_size, tc.repa_width or run.mcfg.hidden_size, repa.dim).to(run.device)
+    if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         if projector is not None and state.get("projector"):
             projector.load_state_dict(state["projector"])
-    if use_fsdp:
+    run.use_fsdp = tc.fsdp and run.world > 1
+    if run.use_fsdp:
         from . import fsdp
 
         fsdp.shard(model, ema, projector)
-    mods = trainable_modules(model, projector)
+    run.model, run.ema, run.repa, run.projector = model, ema, repa, projector
+
+
+def build_optimizer(run: TrainRun, state) -> None:
+    """AdamW/CAME over the network and projector; on resume its state, the step and the RNG too."""
+    tc = run.cfg.train
+    mods = trainable_modules(run.model, run.projector)
     params = list(mods.parameters())
-    opt = make_optimizer(params, tc, device, fused=not use_fsdp)
+    opt = make_optimizer(params, tc, run.device, fused=not run.use_fsdp)
     if state is not None:
-        if use_fsdp:
+        if run.use_fsdp:
+            from . import fsdp
+
             fsdp.load_optimizer(opt, mods, state["optimizer"])
         else:
             opt.load_state_dict(state["optimizer"])
-        step, skipped = state["step"], state.get("nonfinite_skipped", 0)
+        run.step, run.skipped = state["step"], state.get("nonfinite_skipped", 0)
         rng = state.get("rng", [])
-        if rank < len(rng):
-            torch.set_rng_state(rng[rank])
+        if run.rank < len(rng):
+            torch.set_rng_state(rng[run.rank])
+    net = torch.nn.parallel.DistributedDataParallel(run.model) if run.world > 1 and not run.use_fsdp else run.model
+    run.mods, run.params, run.opt, run.net = mods, params, opt, torch.compile(net) if tc.compile else net
 
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 and not use_fsdp else model
-    if tc.compile:
-        net = torch.compile(net)
-    per_rank = tc.global_batch // world
-    accum = per_rank // tc.micro_batch
-    if t2i:
-        sampler = BucketStepSampler(ds.bucket_of, tc.global_batch, tc.micro_batch, rank, world, tc.seed, step, tc.steps)
-    else:
-        sampler = StepSampler(len(ds), tc.global_batch, tc.micro_batch, rank, world, tc.seed, step, tc.steps)
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                                         collate_fn=collate_captions if t2i else collate, pin_memory=device.type == "cuda")
-    null = mcfg.num_classes
 
-    # ---- bookkeeping ------------------------------------------------------------------------------
-    class_names = list(getattr(ds, "classes", []))
-    # MFU: the analytic FLOPs of a training image (forward + backward = 3 forwards, the paper's count) per
-    # second, against this device's own matmul rate in the training dtype, measured once here (best of 10:
-    # with 3 a slow start-up moment once read as a low peak and an MFU of 94%).
+def build_loader(run: TrainRun) -> None:
+    """The step sampler (data of step s = f(seed, s)) and its loader, starting at the run's step."""
+    tc = run.cfg.train
+    sampler = run.family.step_sampler(run.ds, tc, run.rank, run.world, run.step)
+    loader = torch.utils.data.DataLoader(run.ds, batch_sampler=sampler, num_workers=run.cfg.data.num_workers,
+                                         collate_fn=run.family.collate, pin_memory=run.device.type == "cuda")
+    run.sampler, run.loader = sampler, loader
+    run.per_rank = tc.global_batch // run.world
+    run.accum = run.per_rank // tc.micro_batch
+
+
+def start_bookkeeping(run: TrainRun, resumed_from) -> None:
+    """MFU's two rates, config.yaml, the trimmed log, the banner, and the grid's fixed conditions and noise.
+
+    MFU: the analytic FLOPs of a training image (forward + backward = 3 forwards, the paper's count) per
+    second, against this device's own matmul rate in the training dtype, measured once here (best of 10:
+    with 3 a slow start-up moment once read as a low peak and an MFU of 94%)."""
     from ..flops import analytic_flops, matmul_rate
 
-    flops_per_image = 3 * analytic_flops(mcfg, cfg.data.resolution, cfg.data.resolution)["total"]
-    peak_rate = matmul_rate(1024, 10, autocast or torch.float32, device) * 1e9 if rank == 0 else 1.0
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.yaml", to_yaml(cfg))
-        trim_metrics(out / "metrics.jsonl", step)
-        n_params = count_params(model)
+    cfg, tc, mcfg = run.cfg, run.cfg.train, run.mcfg
+    res = cfg.data.resolution
+    run.flops_per_image = 3 * analytic_flops(mcfg, res, res)["total"]
+    run.peak_rate = matmul_rate(1024, 10, run.autocast or torch.float32, run.device) * 1e9 if run.rank == 0 else 1.0
+    run.class_names = list(getattr(run.ds, "classes", []))
+    if run.rank == 0:
+        run.out.mkdir(parents=True, exist_ok=True)
+        write_text(run.out / "config.yaml", to_yaml(cfg))
+        trim_metrics(run.out / "metrics.jsonl", run.step)
         print("resolved config:\n" + "\n".join("  " + l for l in to_yaml(cfg).splitlines()), flush=True)
-        print(f"PixelDiT {cfg.model.name}: {n_params:,} params | global batch {tc.global_batch} = {world} proc × "
-              f"{tc.micro_batch} × {accum} accum | lr {tc.lr:g} | steps {step} -> {tc.steps} | "
-              f"{'resumed from ' + str(resume_path) if state else 'fresh'} | {device} {'bf16' if autocast else 'fp32'}", flush=True)
-    fixed_labels = [c for _, c in ds.items[:8]] if t2i else grid_labels(null)
-    fixed_noise = noise_for(range(len(fixed_labels)), 10_000 + tc.seed, (mcfg.in_channels, cfg.data.resolution, cfg.data.resolution))
+        print(f"PixelDiT {cfg.model.name}: {count_params(run.model):,} params | global batch {tc.global_batch} = "
+              f"{run.world} proc × {tc.micro_batch} × {run.accum} accum | lr {tc.lr:g} | steps {run.step} -> {tc.steps} | "
+              f"{'resumed from ' + str(resumed_from) if resumed_from else 'fresh'} | {run.device} "
+              f"{'bf16' if run.autocast else 'fp32'}", flush=True)
+    run.fixed = run.family.grid_conditions(run.ds, mcfg)
+    run.fixed_noise = noise_for(range(len(run.fixed)), 10_000 + tc.seed, (mcfg.in_channels, res, res))
 
-    def save_state():
-        rng = [torch.get_rng_state()]
-        if world > 1:
-            rng = [None] * world
-            torch.distributed.all_gather_object(rng, torch.get_rng_state())
-        if use_fsdp:  # gathered on every rank (collective), materialised on rank 0
-            full = fsdp.full_state(model, ema, projector, opt, mods)
-        else:
-            full = {"model": model.state_dict(), "ema": ema.state_dict(),
-                    "projector": projector.state_dict() if projector else {}, "optimizer": opt.state_dict()}
-        if rank == 0:
-            st = {"format": checkpoint.TRAIN_FORMAT, "step": step, **full,
-                  "model_config": mcfg.to_dict(), "config": json.loads(json.dumps(cfg.to_dict())), "rng": rng,
-                  "class_names": class_names, "nonfinite_skipped": skipped,
-                  "data_position": {"step": step, "epoch": step // sampler.per_epoch, "batch_in_epoch": step % sampler.per_epoch}}
-            checkpoint.save(st, out / "checkpoints", step, tc.keep_last, tc.keep_every)
-            _plot(out)
-        barrier(world)
 
-    def sample_grid():
-        if rank != 0 and not use_fsdp:  # a sharded EMA needs every rank in its forward
-            return
-        sc = cfg.sample
-        if t2i:
-            cond, uncond = text.encode(fixed_labels).to(device), text.null(cfg.text.negative_prompt).to(device)
-        else:
-            cond, uncond = torch.tensor(fixed_labels, device=device), None
-        imgs, _ = solve(ema, fixed_noise.to(device), cond, uncond, solver=sc.solver,
-                        steps=min(sc.steps, 50), cfg=sc.cfg, interval=sc.interval, shift=sc.shift)
-        per_row = 4 if t2i else (null if null <= 16 else 4)
-        (out / "samples").mkdir(exist_ok=True)
-        if rank == 0:
-            labels = None if t2i or null > 16 else [class_names[c] if c < len(class_names) else str(c) for c in range(null)]
-            write_grid(to_uint8(imgs).cpu(), out / "samples" / f"{step:07d}.png", nrow=per_row, column_labels=labels)
+#################################################################################
+#                                One step                                       #
+#################################################################################
 
-    bar = None
-    if progress and rank == 0:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
-        task = bar.add_task("", total=tc.steps, completed=step, info="")
-        bar.start()
+def train_step(run: TrainRun, batches) -> dict:
+    """One optimizer step over world × accum micro-batches: loss, backward, clip, AdamW, EMA (skipped,
+    and counted, when the loss or the gradient is not finite). Returns what the log needs."""
+    tc = run.cfg.train
+    lr, clip = lr_at(tc, run.step), clip_at(tc, run.step)
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    slots, _ = run.sampler.slots(run.step)
+    run.opt.zero_grad(set_to_none=True)
+    sums, wait = torch.zeros(3, device=run.device), 0.0
+    for k in range(run.accum):
+        t0 = time.perf_counter()
+        u8, y = next(batches)
+        wait += time.perf_counter() - t0
+        sums += micro_step(run, u8, y, slots[k * tc.micro_batch: (k + 1) * tc.micro_batch], last=k == run.accum - 1)
+    gnorm = reduce_and_clip(run, sums, clip)
+    finite = bool(torch.isfinite(sums[0]) and torch.isfinite(gnorm))
+    if finite:
+        run.opt.step()
+        ema_update(list(run.ema.parameters()), list(run.model.parameters()), tc.ema_decay)
+        run.in_a_row = 0
+    else:
+        run.opt.zero_grad(set_to_none=True)
+        run.skipped += 1
+        run.in_a_row += 1
+        if run.in_a_row >= tc.max_nonfinite:
+            raise PixelDiTError(f"stopping at step {run.step}: {run.in_a_row} non-finite losses or gradients in a row",
+                                "lower the learning rate, or resume from an earlier checkpoint")
+    run.step += 1
+    return {"sums": sums, "gnorm": gnorm, "lr": lr, "clip": clip, "wait": wait}
 
-    # ---- the loop ---------------------------------------------------------------------------------
-    it = iter(loader)
-    model.train()
-    in_a_row, last_log = 0, None
-    t_log, wait_log, imgs_log = time.perf_counter(), 0.0, 0
-    start_step, t_start = step, time.perf_counter()
-    try:
-        while step < tc.steps:
-            lr, clip = lr_at(tc, step), clip_at(tc, step)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            slots, _ = sampler.slots(step)
-            opt.zero_grad(set_to_none=True)
-            sums = torch.zeros(3, device=device)
-            for k in range(accum):
-                t0 = time.perf_counter()
-                u8, y = next(it)
-                wait_log += time.perf_counter() - t0
-                u8 = u8.to(device, non_blocking=True)
-                mine = slots[k * tc.micro_batch: (k + 1) * tc.micro_batch]
-                if cfg.data.flip:
-                    f = flip_mask(tc.seed, step, mine).to(device).view(-1, 1, 1, 1)
-                    u8 = torch.where(f, u8.flip(-1), u8)
-                x = (u8.float() / 255 - 0.5) / 0.5
-                target = encoder(u8.float() / 255) if encoder is not None else None
-                sync = contextlib.nullcontext() if (world == 1 or use_fsdp or k == accum - 1) else net.no_sync()
-                if t2i:  # y: captions -> Gemma states; σ from the release's discrete shifted grid
-                    emb, null_emb = text.encode(list(y), cache=False).to(device), text.null("").to(device)
-                    noise, sig, ts_, drop = (a.to(device) for a in t2i_draw(tc.seed, step, mine, tuple(x.shape[1:]), tc.cond_drop, tc.time_shift))
-                    with sync:
-                        loss, lf, lr_ = t2i_flow_loss(net, x, emb, null_emb, sig, ts_, noise, drop, projector, target,
-                                                      tc.repa_block, tc.repa_weight, autocast)
-                        (loss * (tc.micro_batch / per_rank)).backward()
-                else:
-                    y = y.to(device, non_blocking=True)
-                    noise, t, drop = (a.to(device) for a in draw(tc.seed, step, mine, tuple(x.shape[1:]), tc.cond_drop, tc.time_shift))
-                    with sync:
-                        loss, lf, lr_ = flow_loss(net, x, y, t, noise, drop, null, projector, target,
-                                                  tc.repa_block, tc.repa_weight, autocast)
-                        (loss * (tc.micro_batch / per_rank)).backward()
-                sums += torch.stack([loss.detach(), lf, lr_]) * (tc.micro_batch / per_rank)
-            if world > 1 and projector is not None and not use_fsdp:  # DDP wraps the network only: average the projector's grads too
-                for prm in projector.parameters():
-                    if prm.grad is not None:
-                        torch.distributed.all_reduce(prm.grad)
-                        prm.grad /= world
-            gnorm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-            if use_fsdp:
-                gnorm = fsdp.as_full(gnorm)
-            if world > 1:
-                torch.distributed.all_reduce(sums)
-                sums /= world
-            finite = bool(torch.isfinite(sums[0]) and torch.isfinite(gnorm))
-            if finite:
-                opt.step()
-                ema_update(list(ema.parameters()), list(model.parameters()), tc.ema_decay)
-                in_a_row = 0
+
+def micro_step(run: TrainRun, u8, y, mine, last: bool) -> torch.Tensor:
+    """Forward and backward of one micro-batch (its slots `mine`); returns its weighted (total, flow, repa)."""
+    tc, device = run.cfg.train, run.device
+    u8 = u8.to(device, non_blocking=True)
+    if run.cfg.data.flip:
+        f = flip_mask(tc.seed, run.step, mine).to(device).view(-1, 1, 1, 1)
+        u8 = torch.where(f, u8.flip(-1), u8)
+    x = (u8.float() / 255 - 0.5) / 0.5
+    target = run.repa(u8.float() / 255) if run.repa is not None else None
+    repa = dict(projector=run.projector, repa_target=target, repa_block=tc.repa_block, repa_weight=tc.repa_weight,
+                autocast=run.autocast)
+    weight = tc.micro_batch / run.per_rank
+    sync = contextlib.nullcontext() if (run.world == 1 or run.use_fsdp or last) else run.net.no_sync()
+    with sync:
+        loss, lf, lr_ = run.family.loss(run.net, x, y, (tc.seed, run.step, mine), run.cond_encoder, tc, run.mcfg, device, repa)
+        (loss * weight).backward()
+    return torch.stack([loss.detach(), lf, lr_]) * weight
+
+
+def reduce_and_clip(run: TrainRun, sums, clip: float):
+    """Average the projector's gradients (DDP wraps the network only) and the losses over processes; clip."""
+    if run.world > 1 and run.projector is not None and not run.use_fsdp:
+        for prm in run.projector.parameters():
+            if prm.grad is not None:
+                torch.distributed.all_reduce(prm.grad)
+                prm.grad /= run.world
+    gnorm = torch.nn.utils.clip_grad_norm_(run.params, clip if clip > 0 else float("inf"))
+    if run.use_fsdp:
+        from . import fsdp
+
+        gnorm = fsdp.as_full(gnorm)
+    if run.world > 1:
+        torch.distributed.all_reduce(sums)
+        sums /= run.world
+    return gnorm
+
+
+#################################################################################
+#                          Log, save, sample                                    #
+#################################################################################
+
+
+def log(run: TrainRun, r: dict, meter: dict) -> dict:
+    """One metrics.jsonl line (and TensorBoard scalars): losses, |g|, lr, img/s, data wait, MFU (per
+    device, as nanoGPT reports it). `meter` holds the time, images and data wait since the last line."""
+    now = time.perf_counter()
+    s, span = r["sums"], now - meter["t"]
+    rec = {"step": run.step, "loss": s[0].item(), "loss_flow": s[1].item(), "loss_repa": s[2].item(),
+           "grad_norm": r["gnorm"].item(), "lr": r["lr"], "grad_clip": r["clip"], "img_per_s": meter["imgs"] / span,
+           "data_wait": meter["wait"] / span, "nonfinite_skipped": run.skipped}
+    rec["mfu"] = rec["img_per_s"] * run.flops_per_image / run.world / run.peak_rate
+    append_line(run.out / "metrics.jsonl", json.dumps(rec))
+    if run.tb is not None:
+        for k, v in rec.items():
+            if k != "step":
+                run.tb.add_scalar(k, v, run.step)
+    meter.update(t=now, imgs=0, wait=0.0)
+    return rec
+
+
+def log_line(rec: dict) -> str:
+    return (f"loss {rec['loss']:.4f} repa {rec['loss_repa']:.3f} |g| {rec['grad_norm']:.2f} lr {rec['lr']:.1e} "
+            f"{rec['img_per_s']:.1f} img/s MFU {100 * rec['mfu']:.0f}% wait {100 * rec['data_wait']:.0f}%")
+
+
+def save(run: TrainRun) -> None:
+    """A checkpoint of everything exact resume needs (every rank's RNG, the optimizer, the data position);
+    written atomically by rank 0, with loss.png beside the log."""
+    rng = [torch.get_rng_state()]
+    if run.world > 1:
+        rng = [None] * run.world
+        torch.distributed.all_gather_object(rng, torch.get_rng_state())
+    if run.use_fsdp:  # gathered on every rank (collective), materialised on rank 0
+        from . import fsdp
+
+        full = fsdp.full_state(run.model, run.ema, run.projector, run.opt, run.mods)
+    else:
+        full = {"model": run.model.state_dict(), "ema": run.ema.state_dict(),
+                "projector": run.projector.state_dict() if run.projector else {}, "optimizer": run.opt.state_dict()}
+    if run.rank == 0:
+        tc, step, per_epoch = run.cfg.train, run.step, run.sampler.per_epoch
+        st = {"format": checkpoint.TRAIN_FORMAT, "step": step, **full,
+              "model_config": run.mcfg.to_dict(), "config": json.loads(json.dumps(run.cfg.to_dict())), "rng": rng,
+              "class_names": run.class_names, "nonfinite_skipped": run.skipped,
+              "data_position": {"step": step, "epoch": step // per_epoch, "batch_in_epoch": step % per_epoch}}
+        checkpoint.save(st, run.out / "checkpoints", step, tc.keep_last, tc.keep_every)
+        _plot(run.out)
+    barrier(run.world)
+
+
+def sample_grid(run: TrainRun) -> None:
+    """The EMA network on the fixed conditions and noise: samples/STEP.png (a sharded EMA needs every rank)."""
+    if run.rank != 0 and not run.use_fsdp:
+        return
+    sc = run.cfg.sample
+    cond, uncond = run.family.grid_tensors(run.fixed, run.cond_encoder, run.cfg, run.device)
+    imgs, _ = solve(run.ema, run.fixed_noise.to(run.device), cond, uncond, solver=sc.solver,
+                    steps=min(sc.steps, 50), cfg=sc.cfg, interval=sc.interval, shift=sc.shift)
+    per_row, labels = run.family.grid_layout(run.mcfg, run.class_names)
+    (run.out / "samples").mkdir(exist_ok=True)
+    if run.rank == 0:
+        write_grid(to_uint8(imgs).cpu(), run.out / "samples" / f"{run.step:07d}.png", nrow=per_row, column_labels=labels)
+
+
+#################################################################################
+#                                  The run                                      #
+#################################################################################
+
+
+def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict:
+    """Run (or continue) training; returns a summary. Rank 0 writes everything under `out`."""
+    from ..progress import progress as bar_of
+
+    run, _ = setup(cfg, Path(out), resume)
+    tc = cfg.train
+    batches = iter(run.loader)
+    run.model.train()
+    last, start_step, t_start = None, run.step, time.perf_counter()
+    meter = {"t": time.perf_counter(), "imgs": 0, "wait": 0.0}
+    with bar_of(progress and run.rank == 0) as bar:
+        task = bar.add("train", total=tc.steps, completed=run.step)
+        while run.step < tc.steps:
+            r = train_step(run, batches)
+            meter["imgs"] += tc.global_batch
+            meter["wait"] += r["wait"]
+            if run.rank == 0 and (run.step % tc.log_every == 0 or run.step == tc.steps):
+                last = log(run, r, meter)
+                bar.update(task, completed=run.step, info=log_line(last))
             else:
-                opt.zero_grad(set_to_none=True)
-                skipped += 1
-                in_a_row += 1
-                if in_a_row >= tc.max_nonfinite:
-                    raise PixelDiTError(f"stopping at step {step}: {in_a_row} non-finite losses or gradients in a row",
-                                        "lower the learning rate, or resume from an earlier checkpoint")
-            step += 1
-            imgs_log += tc.global_batch
-
-            if rank == 0 and (step % tc.log_every == 0 or step == tc.steps):
-                now = time.perf_counter()
-                rec = {"step": step, "loss": sums[0].item(), "loss_flow": sums[1].item(), "loss_repa": sums[2].item(),
-                       "grad_norm": gnorm.item(), "lr": lr, "grad_clip": clip, "img_per_s": imgs_log / (now - t_log),
-                       "data_wait": wait_log / (now - t_log), "nonfinite_skipped": skipped}
-                rec["mfu"] = rec["img_per_s"] * flops_per_image / world / peak_rate  # per device, as nanoGPT reports it
-                append_line(out / "metrics.jsonl", json.dumps(rec))
-                if tb is not None:
-                    for k, v in rec.items():
-                        if k != "step":
-                            tb.add_scalar(k, v, step)
-                last_log, t_log, wait_log, imgs_log = rec, now, 0.0, 0
-                if bar is not None:
-                    bar.update(task, completed=step, info=f"loss {rec['loss']:.4f} repa {rec['loss_repa']:.3f} "
-                               f"|g| {rec['grad_norm']:.2f} lr {lr:.1e} {rec['img_per_s']:.1f} img/s MFU {100 * rec['mfu']:.0f}% "
-                               f"wait {100 * rec['data_wait']:.0f}%")
-            elif bar is not None:
-                bar.update(task, completed=step)
-            if tc.sample_every and step % tc.sample_every == 0:
-                model.eval()
-                sample_grid()
-                model.train()
-            if step % tc.ckpt_every == 0 or step == tc.steps:
-                save_state()
-    finally:
-        if bar is not None:
-            bar.stop()
-    return {"step": step, "trained_steps": step - start_step, "seconds": time.perf_counter() - t_start,
-            "last": last_log, "nonfinite_skipped": skipped, "out": str(out)}
+                bar.update(task, completed=run.step)
+            if tc.sample_every and run.step % tc.sample_every == 0:
+                run.model.eval()
+                sample_grid(run)
+                run.model.train()
+            if run.step % tc.ckpt_every == 0 or run.step == tc.steps:
+                save(run)
+    return {"step": run.step, "trained_steps": run.step - start_step, "seconds": time.perf_counter() - t_start,
+            "last": last, "nonfinite_skipped": run.skipped, "out": str(run.out)}
