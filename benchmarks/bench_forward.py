@@ -1,37 +1,70 @@
-"""Forward throughput vs this machine's fp32 matmul rate (a benchmark, never a timed test).
+"""Forward throughput vs this machine's fp32 matmul rate, and ours vs the plain network (a benchmark,
+never a timed test).
 
     .venv/bin/python benchmarks/bench_forward.py [--quick]
 
-Reports, for each case, achieved GFLOP/s (paper-convention FLOPs / best wall time) and the ratio to the
-2048³ matmul rate measured in the same run, interleaved so that machine noise hits both alike.
+For each case: achieved GFLOP/s (paper-convention FLOPs / best wall time) of
+
+  * plain  — the network through PyTorch's own Linear: the official code's structure and its numbers
+             bit for bit (the library's `model(x, t, y)`), the unfused reference;
+  * ours   — the same weights as `sample` and `edit` run them on a CPU: oneDNN-packed Linear weights
+             (pixeldit_cli/models/packed.py);
+
+calls interleaved, plain / ours / plain / ours ..., so that machine noise hits both alike, and each
+against the 2048³ fp32 matmul rate measured in the same run. Prints the speed-up and max |Δ| between
+the two outputs (random weights of the released scale).
 """
 
 import argparse
+import copy
 import json
+import time
 
 import torch
 
-from pixeldit_cli.flops import analytic_flops, example_inputs, matmul_rate, measure_forward
+from pixeldit_cli.flops import analytic_flops, example_inputs, matmul_rate
 from pixeldit_cli.models import build_model
+from pixeldit_cli.models.packed import packed_linears
 
 CASES = [("PixelDiT-S/4", 32, 8), ("PixelDiT-B/16", 256, 1), ("PixelDiT-XL/16", 256, 1)]
+
+
+def interleaved(fns, repeats: int) -> list[float]:
+    """Best wall time of each function, called in turn `repeats` times after one warm-up each."""
+    for f in fns:
+        f()
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, f in enumerate(fns):
+            t0 = time.perf_counter()
+            f()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="only the tiny and B/16 cases")
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    rows = []
     for name, res, batch in CASES[:2] if args.quick else CASES:
-        model = build_model(name, init=False).eval()
-        flops = analytic_flops(model.config, res, res, batch)["total"]
-        before = matmul_rate()
-        m = measure_forward(model, example_inputs(model.config, res, res, batch), flops, repeats=5)
-        rate = max(before, matmul_rate())
-        rows.append(dict(model=name, res=res, batch=batch, gflops_per_s=round(m["gflops_per_s"], 1),
-                         matmul_gflops_per_s=round(rate, 1), efficiency=round(m["gflops_per_s"] / rate, 3),
-                         seconds=round(m["seconds_best"], 4), threads=torch.get_num_threads()))
-        print(json.dumps(rows[-1]), flush=True)
+        torch.manual_seed(0)
+        plain = build_model(name, init=False).eval()  # PyTorch's layer inits: random, released scale
+        ours = copy.deepcopy(plain)
+        inputs = example_inputs(plain.config, res, res, batch)
+        flops = analytic_flops(plain.config, res, res, batch)["total"]
+        with torch.inference_mode(), packed_linears(ours):
+            rate = matmul_rate()
+            t_plain, t_ours = interleaved([lambda: plain(*inputs), lambda: ours(*inputs)], args.repeats)
+            rate = max(rate, matmul_rate())
+            diff = (plain(*inputs) - ours(*inputs)).abs().max().item()
+        row = dict(model=name, res=res, batch=batch, matmul_gflops_per_s=round(rate, 1),
+                   plain_gflops_per_s=round(flops / t_plain / 1e9, 1), ours_gflops_per_s=round(flops / t_ours / 1e9, 1),
+                   plain_efficiency=round(flops / t_plain / 1e9 / rate, 3), efficiency=round(flops / t_ours / 1e9 / rate, 3),
+                   speedup_vs_plain=round(t_plain / t_ours, 3), max_abs_diff=float(f"{diff:.2e}"),
+                   seconds_plain=round(t_plain, 4), seconds_ours=round(t_ours, 4), threads=torch.get_num_threads())
+        print(json.dumps(row), flush=True)
+        del plain, ours
 
 
 if __name__ == "__main__":

@@ -218,10 +218,11 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=DEFAULTS["steps"], s
              n_min=DEFAULTS["n_min"], n_avg=DEFAULTS["n_avg"], src_cfg=DEFAULTS["src_cfg"], tgt_cfg=DEFAULTS["tgt_cfg"],
              shift=DEFAULTS["shift"], seed=0, num_seeds=1, fit="crop", mask=None, bbox=None, model=None, text_encoder=None,
              negative_prompt: str = "", device: str = "auto", precision: str = "auto", unsafe_pickle: bool = False,
-             provenance: dict | None = None) -> dict:
+             provenance: dict | None = None, packed: bool = True) -> dict:
     """Edit one image file; writes edited*.png, strip.png and results.json into `out`.
 
     How far to edit: `strength` in [0, 1] (default 0.66) for any `steps`, or `n_max` in FlowEdit's notation.
+    `packed`: CPU fp32 GEMMs with oneDNN-packed weights (models/packed.py; the last bits move).
     Every user error is found before the model loads; nothing in `out` is written before that."""
     from pathlib import Path
 
@@ -230,6 +231,7 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=DEFAULTS["steps"], s
     from .families import family_of
     from .io import ensure_writable_dir, write_json
     from .memory import check_fits
+    from .models.packed import packed_linears
 
     image, out = Path(image), Path(out)
     n_max = _check_request(image, steps, strength, n_max, n_min, n_avg, num_seeds, src_cfg, tgt_cfg, shift, seed)
@@ -250,9 +252,10 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=DEFAULTS["steps"], s
 
     edits, stats = [], None
     for k in range(num_seeds):
-        z, stats = flowedit(model, x[None], cond_src, cond_tgt, steps=steps, n_max=n_max, n_min=n_min, n_avg=n_avg,
-                            src_cfg=src_cfg, tgt_cfg=tgt_cfg, shift=shift, seed=seed + k, uncond=uncond,
-                            autocast=autocast_dtype(prec))
+        with packed_linears(model, enabled=packed):
+            z, stats = flowedit(model, x[None], cond_src, cond_tgt, steps=steps, n_max=n_max, n_min=n_min, n_avg=n_avg,
+                                src_cfg=src_cfg, tgt_cfg=tgt_cfg, shift=shift, seed=seed + k, uncond=uncond,
+                                autocast=autocast_dtype(prec))
         edits.append(unfit(to_uint8(z)[0].cpu(), info, *img.shape[1:]))
     src_shown = unfit(fitted, info, *img.shape[1:])
     _write_outputs(out, names, src_shown, edits)
@@ -261,7 +264,7 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=DEFAULTS["steps"], s
         "source": {**rec_src, "cfg": src_cfg}, "target": {**rec_tgt, "cfg": tgt_cfg},
         "negative_prompt": negative_prompt if uncond is not None else None,
         "steps": steps, "strength": n_max / steps, "n_max": n_max, "n_min": n_min, "n_avg": n_avg, "shift": shift, "seed": seed,
-        "num_seeds": num_seeds, "fit": info, "size": [int(fitted.shape[2]), int(fitted.shape[1])],
+        "num_seeds": num_seeds, "packed": packed, "fit": info, "size": [int(fitted.shape[2]), int(fitted.shape[1])],
         "outputs": names, "strip": "strip.png", **stats,
         "region": ({"mask": str(mask)} if mask is not None else {"bbox": list(bbox)} if bbox is not None else None),
         "background": _background(region, info, fitted, src_shown, edits, seed),

@@ -80,11 +80,12 @@ class SampleJob:
     device: str = "auto"         # auto | cpu | cuda | cuda:N
     semantic_reuse: int = 1      # run the patch pathway every K-th evaluation (1: always, the release's sampler)
     reuse_schedule: str = "uniform"  # uniform | ends (also every evaluation of the first and last 10%)
+    packed: bool = True          # CPU fp32: oneDNN-packed Linear weights (models/packed.py); last bits only
 
     def identity(self) -> dict:
         """What determines the images (a re-run must match it to resume into the same folder)."""
         d = asdict(self)
-        for k in ("out", "batch_size", "npz", "compile", "n", "text_encoder", "format", "device"):
+        for k in ("out", "batch_size", "npz", "compile", "n", "text_encoder", "format", "device", "packed"):
             d.pop(k)
         if self.semantic_reuse == 1:  # the plain sampler: folders made before the option existed still resume
             d.pop("semantic_reuse"), d.pop("reuse_schedule")
@@ -284,13 +285,14 @@ def run(job: SampleJob, model=None, progress=True, provenance: dict | None = Non
 
 def _generate(job, model, conds, device, autocast, mine, total, world, out, fmt, writer, show):
     """Make this rank's images batch by batch; each is on disk (record and/or PNG) before the next batch."""
+    from .models.packed import packed_linears
     from .progress import progress as bar_of
 
     net = torch.compile(model) if job.compile else model
     stats, t0, made, written = None, time.perf_counter(), 0, {}
     cfg = model.config
     try:
-        with bar_of(show and bool(mine)) as bar:
+        with bar_of(show and bool(mine)) as bar, packed_linears(model, enabled=job.packed and not job.compile):
             task = bar.add("sampling", total=total)
             for b in range(0, len(mine), job.batch_size):
                 idx = mine[b: b + job.batch_size]
