@@ -64,7 +64,6 @@ def main():
                    speedup_vs_plain=round(t_plain / t_ours, 3), max_abs_diff=float(f"{diff:.2e}"),
                    seconds_plain=round(t_plain, 4), seconds_ours=round(t_ours, 4), threads=torch.get_num_threads())
         print(json.dumps(row), flush=True)
-        del plain, ours
 
 
 if __name__ == "__main__":

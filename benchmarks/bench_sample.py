@@ -68,12 +68,11 @@ def main():
                     r = run(m, clock, x, y, u, solver, steps, cfg)
                     if label not in rows or r[0] < rows[label][0]:
                         rows[label] = r
-        (tp, np_, st), (to, no, _) = rows["plain"], rows["ours"]
+        (tp, _, st), (to, no, _) = rows["plain"], rows["ours"]
         print(json.dumps(dict(model=name, res=res, batch=batch, steps=steps, solver=solver, cfg=cfg, nfe_per_sample=st.evals,
                               images_per_s=round(batch / to, 3), images_per_s_plain=round(batch / tp, 3),
                               evals_per_s=round(batch * st.evals / to, 2), speedup_vs_plain=round(tp / to, 3),
                               outside_network=round(1 - no / to, 4), seconds=round(to, 2))), flush=True)
-        del plain, ours
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-from pathlib import Path
 
 CHILD = r"""
 import json, sys, time, torch
