@@ -268,7 +268,7 @@ def sample(
     precision: Precision = typer.Option(Precision.auto, "--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16.", rich_help_panel="Distributed"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present; torchrun: the local rank's GPU) | cpu | cuda | cuda:N.", rich_help_panel="Distributed"),
     compile: bool = typer.Option(False, "--compile", metavar="", help="torch.compile the network.", rich_help_panel="Distributed"),
-    packed: bool = typer.Option(True, "--packed/--no-packed", help="CPU fp32: oneDNN-packed Linear weights (~1.3x on XL/16; last bits differ). --no-packed: PyTorch's own Linear, bit-identical to the library forward.", rich_help_panel="Distributed"),
+    packed: bool = typer.Option(True, "--packed/--no-packed", help="CPU fp32: oneDNN-packed Linear weights (~1.2x on XL/16; last bits differ). --no-packed: PyTorch's own Linear, bit-identical to the library forward.", rich_help_panel="Distributed"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: named after every knob).", rich_help_panel="Output"),
     npz: bool = typer.Option(False, "--npz", metavar="", help="Make sure an ADM samples.npz is written (arr_0 uint8 NHWC, arr_1 labels).", rich_help_panel="Output"),
     fmt: SampleFormat = typer.Option(SampleFormat.auto, "--format", help="auto: both up to 1000 images, the npz alone above.", rich_help_panel="Output"),
