@@ -13,7 +13,6 @@ size of the weights that are used (EMA for c2i); the target is peak RSS <= 1.5x 
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys

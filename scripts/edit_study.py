@@ -7,7 +7,6 @@ setting on the first pair: each row a real source and its edit, labelled) and pr
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import torch

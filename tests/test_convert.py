@@ -2,7 +2,6 @@
 
 import os
 import json
-import pickle
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """FLOPs: every cell of the paper's Table 16, the closed form against hook counting, the CLI."""
 
-import json
 
 import pytest
 import torch

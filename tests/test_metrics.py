@@ -2,7 +2,6 @@
 constructed manifolds, npz round trips, the CLI, and every bad input."""
 
 import json
-import math
 import warnings
 
 import numpy as np

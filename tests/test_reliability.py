@@ -1,12 +1,10 @@
 """Reliability: every accepted image format read as 8-bit RGB, one line for every bad input, nothing
 half-written kept, and training that survives torn logs and truncated checkpoints (issue: reliability)."""
 
-import io
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """Text-to-image training: the release's discrete timesteps, the loss by hand, buckets, and a real step."""
 
-import json
 
 import pytest
 import torch
