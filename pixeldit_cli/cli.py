@@ -41,6 +41,8 @@ def friendly(fn):
         except PixelDiTError as e:
             if os.environ.get("PIXELDIT_DEBUG", "").strip().lower() in ("1", "true", "yes", "on"):
                 raise
+            if kwargs.get("as_json"):  # a script reading stdout with json.loads gets an object either way
+                print(json.dumps({"error": e.message, "hint": e.hint or None}), flush=True)
             err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code)
 
@@ -188,7 +190,9 @@ def train(
     """Train PixelDiT with the release's recipe: class-conditional (REPA, EMA) or text-to-image stages."""
     from .config import parse_overrides, resolve
     from .train import train as run_training
+    from .validate import MAX_PROCS, count
 
+    count("--nproc", nproc, 1, MAX_PROCS)
     if nproc > 1:
         from .dist import launch_workers
 
@@ -270,6 +274,7 @@ def sample(
     compile: bool = typer.Option(False, "--compile", metavar="", help="torch.compile the network.", rich_help_panel="Distributed"),
     packed: bool = typer.Option(True, "--packed/--no-packed", help="CPU fp32: oneDNN-packed Linear weights (~1.2x on XL/16; last bits differ). --no-packed: PyTorch's own Linear, bit-identical to the library forward.", rich_help_panel="Distributed"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: named after every knob).", rich_help_panel="Output"),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="--out holds samples of another checkpoint or other settings: replace them (pixeldit's own files only).", rich_help_panel="Output"),
     npz: bool = typer.Option(False, "--npz", metavar="", help="Make sure an ADM samples.npz is written (arr_0 uint8 NHWC, arr_1 labels).", rich_help_panel="Output"),
     fmt: SampleFormat = typer.Option(SampleFormat.auto, "--format", help="auto: both up to 1000 images, the npz alone above.", rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print results.json's content as one JSON object (no progress bar).", rich_help_panel="Output"),
@@ -277,7 +282,9 @@ def sample(
 ):
     """Sample images: per-index PNGs, grid.png, results.json (and samples.npz)."""
     from .sample import job_for, read_prompts, run
+    from .validate import MAX_PROCS, count
 
+    count("--nproc", nproc, 1, MAX_PROCS)
     if nproc > 1:
         from .dist import launch_workers
 
@@ -298,7 +305,7 @@ def sample(
         interval=cfg_interval, shift=shift, height=height, width=width, seed=seed, batch_size=batch_size,
         precision=precision.value, npz=npz, compile=compile, packed=packed, weights=weights.value, format=fmt.value, device=device,
         semantic_reuse=semantic_reuse, reuse_schedule=reuse_schedule.value, negative_prompt=negative_prompt,
-        text_encoder=text_encoder)
+        text_encoder=text_encoder, overwrite=overwrite)
     if print_config:
         return _print_config(config, defaults_from, as_json)
     result = run(job, model=model, progress=not as_json,
@@ -357,6 +364,7 @@ def edit(
     mask: Optional[Path] = typer.Option(None, "--mask", help="Edit-region mask (white = edited), image-sized.", rich_help_panel="Metrics"),
     bbox: Optional[tuple[int, int, int, int]] = typer.Option(None, "--bbox", help="Edit box x0 y0 x1 y1 (pixels).", rich_help_panel="Metrics"),
     out_dir: Path = typer.Option(Path("edits"), "--out", help="Output folder.", rich_help_panel="Output"),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="--out holds another edit: replace it (pixeldit's own files only).", rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print results.json's content as one JSON object.", rich_help_panel="Output"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present) | cpu | cuda | cuda:N.", rich_help_panel="Model"),
     unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", metavar="", help="Allow checkpoints whose pickle runs code (only files you trust).", rich_help_panel="Model"),
@@ -382,7 +390,8 @@ def edit(
         config = with_values(config, "edit", strength=n_max / ed.steps)
     r = run_edit(image, ckpt, src, tgt, out_dir, strength=strength, n_max=n_max, **kw, seed=seed, num_seeds=num_seeds, fit=fit.value, mask=mask, bbox=bbox,
                  text_encoder=text_encoder, negative_prompt=negative_prompt, device=device, precision=precision.value,
-                 unsafe_pickle=unsafe_pickle, provenance={"defaults_from": defaults_from, "config": config.to_dict()})
+                 unsafe_pickle=unsafe_pickle, provenance={"defaults_from": defaults_from, "config": config.to_dict()},
+                 overwrite=overwrite)
     if as_json:
         print(json.dumps(r))
         return
@@ -392,8 +401,14 @@ def edit(
     label = lambda d: d.get("prompt") or d.get("name") or d.get("class")
     out.print(f"{label(s)!s} -> {label(t)!s}: {', '.join(r['outputs'])} and strip.png in {out_dir} "
               f"({r['network_evaluations_per_image']} network evaluations per edit)", highlight=False, soft_wrap=True)
-    for m in r["background"] or []:
-        out.print(f"  seed {m['seed']}: background MSE {m['background_mse']:.6f}  SSIM {m['background_ssim']:.4f}", highlight=False)
+    bg = {m["seed"]: m for m in r["background"] or []}
+    for m in r["to_source"]:
+        line = f"  seed {m['seed']}: to the source MSE {m['mse']:.6f}  SSIM {m['ssim']:.4f}"
+        if m["seed"] in bg:
+            line += f" | background MSE {bg[m['seed']]['background_mse']:.6f}  SSIM {bg[m['seed']]['background_ssim']:.4f}"
+        if m["unchanged"]:
+            line += "  — unchanged: the output equals the input (try a larger --strength or --tgt-cfg)"
+        out.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command(

@@ -213,6 +213,9 @@ def load_preset(name_or_path: str) -> Config:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise PixelDiTError(f"preset {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise PixelDiTError(f"preset {path} holds a YAML {type(data).__name__}, not a mapping of sections",
+                            "a preset is `model:`, `data:`, `train:` ... sections (see presets/)")
     data.setdefault("preset", path.stem)
     return config_from_dict(data)
 

@@ -16,6 +16,7 @@ held three times while it is converted.
 import json
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from safetensors.torch import save_file
 
 from .errors import PixelDiTError
 from .families import family_of
-from .io import atomic_path, ensure_writable_dir, ensure_writable_file, write_error, write_text
+from .io import atomic_path, ensure_writable_dir, ensure_writable_file, file_sha256, temporary_name, write_error, write_text
 from .models.config import ModelConfig
 from .models.registry import empty_model
 
@@ -79,6 +80,8 @@ def read_state(path: str | os.PathLike, unsafe_pickle: bool = False):
         raise PixelDiTError(f"checkpoint {path} does not exist", "check the path")
     if path.is_dir():
         return read_hf_folder(path)
+    if not path.is_file():
+        raise PixelDiTError(f"checkpoint {path} is not a regular file (a pipe or a device?)", "pass a checkpoint file")
     fmt = _kind_of_file(path)
     if fmt == "safetensors":
         try:
@@ -96,7 +99,10 @@ def read_state(path: str | os.PathLike, unsafe_pickle: bool = False):
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             raise PixelDiTError(f"{path} is truncated or corrupt ({e})", "re-download or re-copy the file") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=not unsafe_pickle, mmap=fmt == "zip")
+        if path.suffix == ".safetensors":  # torch.load would hand it to safetensors by its name alone: read what it is
+            with open(path, "rb") as f:
+                return _torch_load(f, unsafe_pickle, mmap=False)
+        return _torch_load(path, unsafe_pickle, mmap=fmt == "zip")
     except pickle.UnpicklingError as e:
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             raise PixelDiTError(
@@ -108,6 +114,15 @@ def read_state(path: str | os.PathLike, unsafe_pickle: bool = False):
         raise PixelDiTError(f"{path} is truncated or not a checkpoint ({str(e).splitlines()[0]})", "re-download or re-copy the file") from None
 
 
+def _torch_load(f, unsafe_pickle: bool, mmap: bool):
+    """torch.load, without the multi-line warnings it may print around a one-line error (pickle protocol)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(f, map_location="cpu", weights_only=not unsafe_pickle, mmap=mmap)
+
+
 #################################################################################
 #              Hugging Face style folders: config.json + model.safetensors      #
 #################################################################################
@@ -115,12 +130,67 @@ def read_state(path: str | os.PathLike, unsafe_pickle: bool = False):
 HF_CONFIG, HF_WEIGHTS, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 
 
-def shard_files(folder: Path) -> list[Path]:
-    """The weight files of a folder: model.safetensors, or the shards its index names."""
-    if (folder / HF_INDEX).is_file():
-        index = json.loads((folder / HF_INDEX).read_text())
-        return [folder / f for f in sorted(set(index["weight_map"].values()))]
-    return [folder / HF_WEIGHTS]
+def _json_file(path: Path, want: type, what: str):
+    """A JSON file that must hold a `want` (dict or list): anything else is one line naming the file."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PixelDiTError(f"{path} is not valid JSON ({str(e).splitlines()[0][:80]})", f"is this {what}?") from None
+    except OSError as e:
+        raise PixelDiTError(f"cannot read {path}: {e.strerror or e}") from None
+    if not isinstance(value, want):
+        raise PixelDiTError(f"{path} holds a JSON {type(value).__name__}, not an object", f"is this {what}?")
+    return value
+
+
+def inside(folder: Path, name, source: Path) -> Path:
+    """`folder/name` for a name read from a file in `folder`, refusing anything that leaves the folder
+    (`../x`, an absolute path, a symlink pointing out): a crafted index must not make us read elsewhere."""
+    if not isinstance(name, str) or not name or name != Path(name).name or name in (".", ".."):
+        raise PixelDiTError(f"{source} names {name!r}, which is not a file inside {folder}",
+                            "a shard must be a plain file name in the same folder")
+    path = folder / name
+    real_folder = folder.resolve()
+    if path.exists() and path.resolve().parent != real_folder:
+        raise PixelDiTError(f"{source} names {name!r}, a link to a file outside {folder}", "copy the shard into the folder")
+    return path
+
+
+def shard_files(folder: Path, index_name: str = HF_INDEX, weights_name: str = HF_WEIGHTS) -> list[Path]:
+    """The weight files of a folder: `weights_name`, or the shards its index names (inside the folder only)."""
+    index_path = folder / index_name
+    if not index_path.is_file():
+        return [inside(folder, weights_name, folder)]
+    index = _json_file(index_path, dict, "a safetensors shard index")
+    wm = index.get("weight_map")
+    if not isinstance(wm, dict) or not wm:
+        raise PixelDiTError(f"{index_path} has no weight_map (tensor name -> shard file)", "is the index complete?")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
+        raise PixelDiTError(f"{index_path}: every weight_map value must be a shard file name", "is the index complete?")
+    return [inside(folder, f, index_path) for f in sorted(set(wm.values()))]
+
+
+def checkpoint_files(path) -> list[Path]:
+    """The files a checkpoint is read from: the file itself, or a folder's config, index and shards."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    files = [path / HF_CONFIG] + ([path / HF_INDEX] if (path / HF_INDEX).is_file() else []) + shard_files(path)
+    return [f for f in files if f.is_file()]
+
+
+def checkpoint_sha256(path) -> str:
+    """SHA-256 of what a checkpoint is: its file, or (a folder) each file it is read from, name and
+    contents in order. Samples are keyed on it, so a file changed under the same name is noticed."""
+    import hashlib
+
+    path = Path(path)
+    if not path.is_dir():
+        return file_sha256(path)
+    h = hashlib.sha256()
+    for f in checkpoint_files(path):
+        h.update(f.name.encode() + b"\0" + bytes.fromhex(file_sha256(f)))
+    return h.hexdigest()
 
 
 def read_hf_folder(folder: Path):
@@ -129,19 +199,18 @@ def read_hf_folder(folder: Path):
     if not (folder / HF_CONFIG).is_file():
         raise PixelDiTError(f"checkpoint {folder} is a folder without {HF_CONFIG}",
                             "pass a checkpoint file, or a folder written by `pixeldit convert --format hf`")
-    try:
-        conf = json.loads((folder / HF_CONFIG).read_text())
-    except ValueError as e:
-        raise PixelDiTError(f"{folder / HF_CONFIG} is not valid JSON ({e})") from None
-    if conf.get("model_type") != "pixeldit" or "pixeldit_config" not in conf:
+    conf = _json_file(folder / HF_CONFIG, dict, "a pixeldit model folder")
+    if conf.get("model_type") != "pixeldit" or not isinstance(conf.get("pixeldit_config"), dict):
         raise PixelDiTError(f"{folder} is not a pixeldit model folder (config.json model_type {conf.get('model_type')!r})")
     tensors = {}
     for f in shard_files(folder):
         if not f.is_file():
             raise PixelDiTError(f"{folder} is missing {f.name}", "is the download complete?")
+        if _kind_of_file(f) != "safetensors":
+            raise PixelDiTError(f"{f} is not a safetensors file", "a model folder's weights are safetensors shards")
         part, _ = read_state(f)
         tensors.update(part)
-    meta = {"pixeldit_config": json.dumps(conf["pixeldit_config"]), "weights": conf.get("weights", "ema"),
+    meta = {"pixeldit_config": json.dumps(conf["pixeldit_config"]), "weights": str(conf.get("weights", "ema")),
             "class_names": json.dumps(conf.get("class_names") or []), "train_config": json.dumps(conf.get("train_config") or {})}
     return tensors, meta
 
@@ -153,7 +222,7 @@ def write_hf_folder(sd: dict, cfg: ModelConfig, rep, dst: Path, source: str, max
 
     from huggingface_hub import split_torch_state_dict_into_shards
 
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp = temporary_name(dst)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
@@ -169,15 +238,65 @@ def write_hf_folder(sd: dict, cfg: ModelConfig, rep, dst: Path, source: str, max
                 "pixeldit_config": cfg.to_dict(), "weights": rep.weights, "class_names": rep.class_names or None,
                 "train_config": rep.train_config or None, "source": source, "source_format": rep.source_format}
         write_text(tmp / HF_CONFIG, json.dumps(conf, indent=2, sort_keys=True) + "\n")
-        if dst.exists():
-            shutil.rmtree(dst)
+        old = None
+        if dst.exists():  # checked by replaceable_folder: ours, and only our files; moved aside, then emptied
+            old = dst.with_name(f".{dst.name}.pixeldit-old-{os.getpid()}.tmp")
+            os.replace(dst, old)
         os.replace(tmp, dst)
+        if old is not None:
+            _remove_own_files(old)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_error(dst, e) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+HF_OWN = re.compile(r"^(config\.json|model\.safetensors|model\.safetensors\.index\.json|model-\d{5}-of-\d{5}\.safetensors|README\.md)$")
+
+
+def replaceable_folder(dst: Path, src: Path) -> None:
+    """`--force` on a folder: only one `convert --format hf` wrote, holding nothing but the files it writes,
+    and neither holding the source nor the working folder. Anything else is refused before any work."""
+    real, src_real, cwd = dst.resolve(), src.resolve(), Path.cwd().resolve()
+    if real == src_real or real in src_real.parents:
+        raise PixelDiTError(f"{dst} contains the source {src}", "choose a new folder as DST")
+    if real == cwd or real in cwd.parents:
+        raise PixelDiTError(f"{dst} is the working folder or one above it", "choose a new folder as DST")
+    conf = real / HF_CONFIG
+    marked = False
+    if conf.is_file():
+        try:
+            marked = json.loads(conf.read_text(encoding="utf-8")).get("model_type") == "pixeldit"
+        except (ValueError, UnicodeDecodeError, AttributeError, OSError):
+            marked = False
+    foreign = sorted(e.name for e in os.scandir(real) if not (HF_OWN.match(e.name) and e.is_file(follow_symlinks=False)))
+    if not marked or foreign:
+        what = f"files pixeldit did not write ({', '.join(foreign[:3])})" if foreign else "no pixeldit config.json"
+        raise PixelDiTError(f"{dst} is not a folder written by `pixeldit convert --format hf`: it holds {what}",
+                            "--force only replaces pixeldit's own model folders: choose a new DST; nothing was changed")
+
+
+def replaceable_file(dst: Path) -> None:
+    """`--force` on a file: only a safetensors file that pixeldit wrote (metadata format "pixeldit")."""
+    ours = False
+    try:
+        if _kind_of_file(dst) == "safetensors":
+            with safe_open(str(dst), framework="pt") as f:
+                ours = (f.metadata() or {}).get("format") == "pixeldit"
+    except Exception:  # unreadable: not provably ours
+        ours = False
+    if not ours:
+        raise PixelDiTError(f"{dst} exists and was not written by pixeldit", "--force only replaces pixeldit's own "
+                            "safetensors files: choose another DST, or remove the file yourself; nothing was changed")
+
+
+def _remove_own_files(folder: Path) -> None:
+    for e in os.scandir(folder):
+        if HF_OWN.match(e.name) and e.is_file(follow_symlinks=False):
+            os.unlink(e.path)
+    os.rmdir(folder)
 
 
 #################################################################################
@@ -252,42 +371,96 @@ def extract(obj, weights: str = "ema", source: str = "checkpoint") -> tuple[dict
     rep = KeyReport(weights=weights)
     cfg = None
     if isinstance(obj, tuple):  # safetensors
-        sd, cfg = _from_safetensors(*obj, weights, rep)
+        sd, cfg = _from_safetensors(*obj, weights, rep, source)
     elif isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT:
-        sd, cfg = _from_training(obj, weights, rep)
+        sd, cfg = _from_training(obj, weights, rep, source)
     elif isinstance(obj, dict):
         sd = _from_state_dict(obj, weights, source, rep)
     else:
         raise PixelDiTError(f"{source} holds a {type(obj).__name__}, not a checkpoint dict")
     if cfg is None:
         cfg = infer_config(sd)
+    try:
+        family_of(cfg)
+    except ValueError as e:
+        raise PixelDiTError(f"{source}: {e}", "the file is damaged or was not written by pixeldit") from None
+    rep.class_names = checked_class_names(rep.class_names, cfg, source)
+    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise PixelDiTError(f"{source} holds entries that are not tensors where the network's weights should be")
     check_state(sd, cfg)
     rep.used = list(sd)
     rep.dropped = {k: v for k, v in rep.dropped.items() if v}
     return sd, cfg, rep
 
 
-def _from_safetensors(sd: dict, meta: dict, weights: str, rep: KeyReport):
+def model_config_from(d, source: str) -> ModelConfig:
+    """A ModelConfig read from a file, or one line naming the file and what is wrong with it."""
+    try:
+        cfg = ModelConfig.from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise PixelDiTError(f"{source}: invalid model config ({e})", "the file is damaged or was not written by pixeldit") from None
+    return cfg
+
+
+def _meta_json(meta: dict, key: str, want: type, source: str, default):
+    """One JSON field of safetensors metadata (always strings there), of the type `want`."""
+    if key not in meta:
+        return default
+    try:
+        value = json.loads(meta[key])
+    except (TypeError, ValueError):
+        raise PixelDiTError(f"{source}: metadata field {key!r} is not valid JSON",
+                            "the file is damaged or was not written by pixeldit") from None
+    if value is None:
+        return default
+    if not isinstance(value, want):
+        raise PixelDiTError(f"{source}: metadata field {key!r} is a JSON {type(value).__name__}, not a{'n object' if want is dict else ' list'}",
+                            "the file is damaged or was not written by pixeldit")
+    return value
+
+
+def checked_class_names(names, cfg: ModelConfig, source: str) -> list:
+    """Class names index-aligned with class ids: a list of strings, no longer than the class table (a
+    shorter one names the first ids; the rest are shown by id)."""
+    if names is None:
+        return []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise PixelDiTError(f"{source}: class_names must be a list of strings", "the file is damaged or was not written by pixeldit")
+    if len(names) > cfg.num_classes:
+        raise PixelDiTError(f"{source}: {len(names)} class_names for a model with {cfg.num_classes} classes",
+                            "the file is damaged or was not written by pixeldit")
+    return names
+
+
+def _from_safetensors(sd: dict, meta: dict, weights: str, rep: KeyReport, source: str):
     """Our .safetensors: the tensors, and the config, class names and training config in its metadata."""
     rep.source_format = "safetensors"
     cfg = None
     if "pixeldit_config" in meta:
-        cfg = ModelConfig.from_dict(json.loads(meta["pixeldit_config"]))
-        rep.weights = meta.get("weights", weights)
-    rep.class_names = json.loads(meta.get("class_names", "[]"))
-    rep.train_config = json.loads(meta.get("train_config", "{}"))
+        cfg = model_config_from(_meta_json(meta, "pixeldit_config", dict, source, None), source)
+        rep.weights = meta.get("weights", weights) if meta.get("weights") in ("ema", "raw") else weights
+    rep.class_names = _meta_json(meta, "class_names", list, source, [])
+    rep.train_config = _meta_json(meta, "train_config", dict, source, {})
     return sd, cfg
 
 
-def _from_training(obj: dict, weights: str, rep: KeyReport):
+def _from_training(obj: dict, weights: str, rep: KeyReport, source: str):
     """Our training checkpoint: the EMA (or raw) network; optimizer, RNG and projector are dropped."""
     rep.source_format = "pixeldit training checkpoint"
-    sd = dict(obj["ema" if weights == "ema" else "model"])
-    rep.class_names = list(obj.get("class_names") or [])
-    rep.train_config = dict(obj.get("config") or {})
+    key = "ema" if weights == "ema" else "model"
+    for k in (key, "model_config"):
+        if not isinstance(obj.get(k), dict):
+            raise PixelDiTError(f"{source} is a pixeldit training checkpoint without its {k!r} entry",
+                                "the file is damaged: resume from another step's checkpoint")
+    sd = dict(obj[key])
+    names, conf = obj.get("class_names"), obj.get("config")
+    rep.class_names = list(names) if isinstance(names, (list, tuple)) else names
+    if conf is not None and not isinstance(conf, dict):
+        raise PixelDiTError(f"{source}: its training config is a {type(conf).__name__}, not a mapping", "the file is damaged")
+    rep.train_config = dict(conf or {})
     rep.dropped.update({"training state": [k for k in obj if k not in ("ema", "model")]})
-    rep.dropped["the other weights"] = list(obj["model" if weights == "ema" else "ema"])
-    return sd, ModelConfig.from_dict(obj["model_config"])
+    rep.dropped["the other weights"] = list(obj.get("model" if weights == "ema" else "ema") or [])
+    return sd, model_config_from(obj["model_config"], source)
 
 
 def _from_state_dict(obj: dict, weights: str, source: str, rep: KeyReport) -> dict:
@@ -357,15 +530,19 @@ def convert(src, dst, weights: str = "ema", force: bool = False, unsafe_pickle: 
             max_shard_size: str = "5GB") -> KeyReport:
     """Write the network of `src` (any understood format) to `dst`: one safetensors file with its config in
     the metadata, or (format "hf") a Hugging Face style folder: config.json + model.safetensors (sharded)."""
-    src, dst = Path(src), Path(dst)
+    src, dst = Path(src), Path(os.path.abspath(dst))  # abspath: "." and ".." get a real name and parent
     if dst.resolve() == src.resolve():
         raise PixelDiTError("destination is the source file", "choose another DST")
     if format == "hf":
         if dst.exists() and not (dst.is_dir() and force):
             raise PixelDiTError(f"{dst} already exists", "pass --force to replace the folder" if dst.is_dir() else "choose another DST")
-        ensure_writable_dir(dst.parent if str(dst.parent) else Path("."), what=f"the folder of {dst.name}")
+        if dst.exists():
+            replaceable_folder(dst, src)
+        ensure_writable_dir(dst.parent, what=f"the folder of {dst.name}")
     else:
         ensure_writable_file(dst, force, what="DST")  # before reading a 10 GB source, not after
+        if dst.exists():
+            replaceable_file(dst)
     sd, cfg, rep = extract(read_state(src, unsafe_pickle), weights, str(src))
     if format == "hf":
         write_hf_folder(sd, cfg, rep, dst, src.name, max_shard_size)
@@ -418,12 +595,12 @@ class _MappedPages:
             import mmap
 
             files = shard_files(Path(path)) if Path(path).is_dir() else [Path(path)]
-            real = {os.path.realpath(f) for f in files}
-            with open("/proc/self/maps") as f:
+            real = {os.fsencode(os.path.realpath(f)) for f in files}
+            with open("/proc/self/maps", "rb") as f:  # bytes: a path in any encoding, whatever the locale says
                 for line in f:
                     parts = line.split(maxsplit=5)
                     if len(parts) == 6 and parts[5].strip() in real:  # rw-p: private; we never write to it
-                        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                        lo, hi = (int(x, 16) for x in parts[0].split(b"-"))
                         self.ranges.append((lo, hi))
             self.page = mmap.PAGESIZE
             self.madvise = ctypes.CDLL(None, use_errno=True).madvise if self.ranges else None

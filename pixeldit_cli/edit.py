@@ -198,49 +198,56 @@ def unfit(img, info, H: int, W: int):
 
 def _check_numbers(steps, n_max, n_min, n_avg, num_seeds, src_cfg, tgt_cfg, shift, seed):
     from .errors import PixelDiTError
-    from .validate import finite, positive
+    from .validate import MAX_CFG, MAX_SEEDS, MAX_STEPS, count, finite
+    from .validate import shift as shift_ok
+    from .validate import seed as seed_ok
 
-    if steps < 1:
-        raise PixelDiTError(f"--steps must be at least 1, got {steps}")
+    count("--steps", steps, 1, MAX_STEPS)
     if not 0 <= n_min <= n_max <= steps:
         raise PixelDiTError(f"need 0 <= --n-min <= --n-max <= --steps (got {n_min}, {n_max}, {steps})",
                             "--n-max counts edited steps from the data end; it cannot exceed --steps")
-    if n_avg < 1 or num_seeds < 1:
-        raise PixelDiTError("--n-avg and --num-seeds must be at least 1")
-    if seed < 0:
-        raise PixelDiTError(f"--seed must be 0 or more, got {seed}")
-    finite("--src-cfg", src_cfg, lo=0.0)
-    finite("--tgt-cfg", tgt_cfg, lo=0.0)
-    positive("--shift", shift)
+    count("--n-avg", n_avg, 1, 1000)
+    count("--num-seeds", num_seeds, 1, MAX_SEEDS)
+    seed_ok("--seed", seed, num_seeds)
+    finite("--src-cfg", src_cfg, lo=0.0, hi=MAX_CFG)
+    finite("--tgt-cfg", tgt_cfg, lo=0.0, hi=MAX_CFG)
+    shift_ok("--shift", shift)
 
 
 def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=DEFAULTS["steps"], strength=None, n_max=None,
              n_min=DEFAULTS["n_min"], n_avg=DEFAULTS["n_avg"], src_cfg=DEFAULTS["src_cfg"], tgt_cfg=DEFAULTS["tgt_cfg"],
              shift=DEFAULTS["shift"], seed=0, num_seeds=1, fit="crop", mask=None, bbox=None, model=None, text_encoder=None,
              negative_prompt: str = "", device: str = "auto", precision: str = "auto", unsafe_pickle: bool = False,
-             provenance: dict | None = None, packed: bool = True) -> dict:
-    """Edit one image file; writes edited*.png, strip.png and results.json into `out`.
+             provenance: dict | None = None, packed: bool = True, overwrite: bool = False) -> dict:
+    """Edit one image file; writes edited*.png, strip.png, run.json and results.json into `out`.
 
     How far to edit: `strength` in [0, 1] (default 0.66) for any `steps`, or `n_max` in FlowEdit's notation.
     `packed`: CPU fp32 GEMMs with oneDNN-packed weights (models/packed.py; the last bits move).
-    Every user error is found before the model loads; nothing in `out` is written before that."""
+    Every user error is found before the model loads, and `out` is created only when the edits are made: a
+    rejected input leaves nothing behind. `out` holding another edit (other input, checkpoint or settings)
+    is refused unless `overwrite`; a folder pixeldit did not make is always refused."""
     from pathlib import Path
 
     from .convert import load_model
     from .dist import autocast_dtype, device_report, pick_device, resolve_precision
     from .families import family_of
-    from .io import ensure_writable_dir, write_json
+    from .folders import claim
+    from .io import file_sha256, write_json
     from .memory import check_fits
     from .models.packed import packed_linears
-
     image, out = Path(image), Path(out)
     n_max = _check_request(image, steps, strength, n_max, n_min, n_avg, num_seeds, src_cfg, tgt_cfg, shift, seed)
     dev = pick_device(device)
     prec = resolve_precision(precision, dev)
-    ensure_writable_dir(out)  # before the model loads, not after the edit
     names = _output_names(image, out, seed, num_seeds)
+    claim(out, "edit")  # a folder of someone else's files is refused before any work
     img, note = read_rgb(image)
     region = edit_region(img, mask, bbox)
+    ck_rec = _checkpoint_record(ckpt)
+    identity = dict(input_sha256=file_sha256(image), **ck_rec, src=src, tgt=tgt, negative_prompt=negative_prompt,
+                    steps=steps, n_max=n_max, n_min=n_min, n_avg=n_avg, src_cfg=src_cfg, tgt_cfg=tgt_cfg, shift=shift,
+                    seed=seed, num_seeds=num_seeds, fit=fit, device_type=dev.type, precision=prec, packed=packed)
+    _check_folder(out, identity, overwrite)
     if model is None:
         model = load_model(ckpt, device=dev, unsafe_pickle=unsafe_pickle)
     dev, cfg = next(model.parameters()).device, model.config
@@ -251,16 +258,15 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=DEFAULTS["steps"], s
     x = ((fitted.float() / 255 - 0.5) / 0.5).to(dev)  # the training normalisation
 
     edits, stats = [], None
-    for k in range(num_seeds):
-        with packed_linears(model, enabled=packed):
+    with packed_linears(model, enabled=packed):
+        for k in range(num_seeds):
             z, stats = flowedit(model, x[None], cond_src, cond_tgt, steps=steps, n_max=n_max, n_min=n_min, n_avg=n_avg,
-                                src_cfg=src_cfg, tgt_cfg=tgt_cfg, shift=shift, seed=seed + k, uncond=uncond,
-                                autocast=autocast_dtype(prec))
-        edits.append(unfit(to_uint8(z)[0].cpu(), info, *img.shape[1:]))
+                                src_cfg=src_cfg, tgt_cfg=tgt_cfg, shift=shift, seed=seed + k, uncond=uncond, autocast=autocast_dtype(prec))
+            edits.append(unfit(to_uint8(z)[0].cpu(), info, *img.shape[1:]))
     src_shown = unfit(fitted, info, *img.shape[1:])
-    _write_outputs(out, names, src_shown, edits)
+    _write_outputs(out, identity, overwrite, names, src_shown, edits)
     result = {
-        "input": str(image.resolve()), "input_note": note, **_checkpoint_record(ckpt),
+        "input": str(image.resolve()), "input_note": note, **ck_rec,
         "source": {**rec_src, "cfg": src_cfg}, "target": {**rec_tgt, "cfg": tgt_cfg},
         "negative_prompt": negative_prompt if uncond is not None else None,
         "steps": steps, "strength": n_max / steps, "n_max": n_max, "n_min": n_min, "n_avg": n_avg, "shift": shift, "seed": seed,
@@ -268,10 +274,40 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=DEFAULTS["steps"], s
         "outputs": names, "strip": "strip.png", **stats,
         "region": ({"mask": str(mask)} if mask is not None else {"bbox": list(bbox)} if bbox is not None else None),
         "background": _background(region, info, fitted, src_shown, edits, seed),
+        "to_source": [dict(seed=seed + k, **change_metrics(src_shown, e)) for k, e in enumerate(edits)],
         **device_report(dev, prec), **(provenance or {}),
     }
     write_json(out / "results.json", result)
     return result
+
+
+def change_metrics(src_u8, out_u8) -> dict:
+    """How far an edit moved from its source over the whole image: MSE (in [0, 1]), mean SSIM, and
+    whether not one pixel changed (a model too weak for the target can return its input as it was)."""
+    a, b = src_u8.double() / 255, out_u8.double() / 255
+    return {"mse": ((a - b) ** 2).mean().item(), "ssim": ssim_map(a, b).mean().item(),
+            "unchanged": bool(torch.equal(src_u8, out_u8))}
+
+
+def _check_folder(out, identity: dict, overwrite: bool) -> None:
+    """An edit folder holds one edit: the same request again rewrites it (same bytes); another is refused
+    unless --overwrite, which replaces the files an edit writes."""
+    from .errors import PixelDiTError
+    from .folders import read_marker
+
+    before = read_marker(out) if out.is_dir() else None
+    if before is None:
+        return
+    diff = sorted(k for k in set(before) | set(identity) if k != "format" and before.get(k) != identity.get(k))
+    if diff and not overwrite:
+        raise PixelDiTError(f"{out} holds another edit (different {', '.join(diff[:4])})",
+                            "choose another --out, or pass --overwrite to replace it")
+    if diff:
+        import re
+
+        for p in out.iterdir():
+            if p.is_file() and (re.fullmatch(r"edited(_seed\d+)?\.png", p.name) or p.name in ("strip.png", "results.json", "run.json")):
+                p.unlink()
 
 
 def _check_request(image, steps, strength, n_max, n_min, n_avg, num_seeds, src_cfg, tgt_cfg, shift, seed) -> int:
@@ -328,8 +364,20 @@ def edit_region(img, mask=None, bbox=None):
     return region
 
 
-def _write_outputs(out, names, src_shown, edits) -> None:
-    """Each edit as a PNG, and strip.png: the source, then every edit, 2-pixel white separators."""
+def _write_outputs(out, identity, overwrite, names, src_shown, edits) -> None:
+    """Under the folder's lock: run.json (the edit's identity, pixeldit's marker), each edit as a PNG, and
+    strip.png: the source, then every edit, 2-pixel white separators."""
+    from .folders import lock
+    from .io import ensure_writable_dir, write_json
+
+    ensure_writable_dir(out)
+    with lock(out):
+        _check_folder(out, identity, overwrite)  # again under the lock: another edit may have started meanwhile
+        write_json(out / "run.json", {"format": "pixeldit-edit", **identity})
+        _write_images(out, names, src_shown, edits)
+
+
+def _write_images(out, names, src_shown, edits) -> None:
     from .io import write_png
 
     for name, e in zip(names, edits):
@@ -354,7 +402,7 @@ def _background(region, info, fitted, src_shown, edits, seed: int):
 def _checkpoint_record(ckpt) -> dict:
     from pathlib import Path
 
-    from .io import file_sha256
+    from .convert import checkpoint_sha256
 
     return {"checkpoint": str(Path(ckpt).resolve()) if ckpt else None,
-            "checkpoint_sha256": file_sha256(ckpt) if ckpt and Path(ckpt).is_file() else None}
+            "checkpoint_sha256": checkpoint_sha256(ckpt) if ckpt and Path(ckpt).exists() else None}

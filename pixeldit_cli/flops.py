@@ -112,7 +112,9 @@ def _sync(device):
 
 def matmul_rate(n: int = 2048, repeats: int = 5, dtype=torch.float32, device="cpu") -> float:
     """Best-of-`repeats` GFLOP/s of an n×n×n matmul on `device`: the machine's own reference rate."""
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    # Its own generator: a trainer measures this after restoring a resumed run's RNG, which it must not move.
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=g).to(device=device, dtype=dtype) for _ in range(2))
     torch.mm(a, b)  # warm-up
     _sync(device)
     best = float("inf")

@@ -4,7 +4,7 @@ Every output of the toolkit goes through `atomic_file`: written to a hidden temp
 target, flushed, fsynced, size-checked, then renamed. A full disk, a read-only folder or a killed process
 therefore never leaves a half-written file under a final name (which a resume would then trust), the
 temporary file is removed on any error, and the error is one line that says what to do
-(README, Reliability). `remove_stale_temporaries` clears what a SIGKILL left behind.
+(README, Reliability). `folders.remove_stale_temporaries` clears what a SIGKILL left behind.
 
 Every input image goes through `read_image`: PNG (8 and 16 bit, gray, palette, alpha), JPEG, BMP and
 WebP become uint8 RGB, and a note says what was converted.
@@ -47,8 +47,10 @@ def write_error(path, e: OSError) -> PixelDiTError:
     return PixelDiTError(f"could not write {path}: {why}", hint)
 
 
-def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def temporary_name(path: Path) -> Path:
+    """`.NAME.pixeldit-PID.tmp` beside `path`: a shape only pixeldit uses (folders.TEMPORARY), so cleanup
+    never takes a user's own hidden files."""
+    return path.with_name(f".{path.name}.pixeldit-{os.getpid()}.tmp")
 
 
 class _RecordingFile:
@@ -76,7 +78,8 @@ class _RecordingFile:
 def _discard(tmp: Path, path: Path, e: BaseException, recorded: OSError | None = None):
     """The one failure path of both atomic writers: remove the temporary, then say why in one line. A
     write error that a writer turned into its own error type (`recorded`) is reported as what it was."""
-    tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # on a read-only mount even unlinking a missing file fails (EROFS)
+        tmp.unlink(missing_ok=True)
     cause = e if isinstance(e, OSError) else recorded
     if cause is not None:
         raise write_error(path, cause) from None
@@ -91,7 +94,7 @@ def atomic_file(path, durable: bool = True):
     removed on every failure, including KeyboardInterrupt.
     """
     path = Path(path)
-    tmp = _temporary_name(path)
+    tmp = temporary_name(path)
     try:
         f = open(tmp, "wb")
     except OSError as e:
@@ -116,7 +119,7 @@ def atomic_path(path, durable: bool = True, mode: int = 0o644):
 
     The file is synced, given `mode` (0644 whatever the umask of a temporary-file API), then renamed."""
     path = Path(path)
-    tmp = _temporary_name(path)
+    tmp = temporary_name(path)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -152,18 +155,6 @@ def append_line(path, line: str) -> None:
         raise write_error(path, e) from None
 
 
-def remove_stale_temporaries(folder) -> int:
-    """Delete `.NAME.PID.tmp` files a killed process left in `folder` (ours only, by their shape)."""
-    n = 0
-    folder = Path(folder)
-    if folder.is_dir():
-        for p in folder.glob(".*.tmp"):
-            if p.is_file():
-                p.unlink(missing_ok=True)
-                n += 1
-    return n
-
-
 def ensure_writable_dir(folder, what: str = "--out") -> Path:
     """Create `folder` (and parents) and prove it takes a file, before any expensive work starts."""
     folder = Path(folder)
@@ -171,7 +162,7 @@ def ensure_writable_dir(folder, what: str = "--out") -> Path:
         raise PixelDiTError(f"{what} {folder} is a file, not a folder", f"choose another {what}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe.{os.getpid()}.tmp"
+        probe = temporary_name(folder / "write-probe")
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as e:
@@ -239,17 +230,27 @@ def _to_rgb8(im) -> tuple[np.ndarray, str]:
 
 def read_image(path) -> tuple[torch.Tensor, str]:
     """Any accepted image -> (uint8 (3, H, W) RGB, note). One line for anything unreadable."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if path.is_dir():
         raise PixelDiTError(f"{path} is a folder, not an image", "pass one image file")
     if not path.exists():
         raise PixelDiTError(f"image {path} does not exist", "check the path")
+    import warnings
+
     try:
-        with Image.open(path) as im:
-            im.load()
-            arr, note = _to_rgb8(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # > 89M pixels: refuse, not a warning block
+            with Image.open(path) as im:
+                im.load()
+                rotated = im.getexif().get(0x0112, 1) not in (0, 1)  # phones store the rotation in EXIF
+                arr, note = _to_rgb8(ImageOps.exif_transpose(im) if rotated else im)  # as a viewer shows it
+                if rotated:
+                    note = "; ".join(n for n in (note, "EXIF orientation applied") if n)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise PixelDiTError(f"{path} claims to be a huge image (over {Image.MAX_IMAGE_PIXELS:,} pixels)",
+                            "pass a real image; pixeldit works at up to a few thousand pixels a side") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         reason = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
         raise PixelDiTError(f"{path} is not a readable image ({reason})",

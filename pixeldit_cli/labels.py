@@ -25,8 +25,8 @@ def imagenet_names() -> list[str]:
 def class_names_of(model) -> list[str] | None:
     """The model's own class names (stored in its checkpoint), else ImageNet's for a 1000-class model."""
     names = getattr(model, "class_names", None)
-    if names:
-        return list(names)
+    if names:  # index-aligned; a shorter list (checked when the checkpoint was read) names the first ids only
+        return list(names) + [str(i) for i in range(len(names), model.config.num_classes)]
     return imagenet_names() if model.config.num_classes == 1000 else None
 
 

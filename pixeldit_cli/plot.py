@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from .errors import PixelDiTError
-from .io import atomic_path
+from .io import atomic_path, is_complete_png
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -19,9 +19,11 @@ def read_metrics(run: Path) -> list[dict]:
     rows = []
     for line in path.read_text(errors="replace").splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
             continue  # a line a crash tore
+        if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
+            rows.append(row)  # anything else is not a line the trainer wrote
     if not rows:
         raise PixelDiTError(f"{path} holds no logged steps yet", "plot again after the first log line")
     return rows
@@ -36,20 +38,26 @@ def plot_metrics(run, out=None) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise PixelDiTError("plotting needs matplotlib", "pip install 'pixeldit[plot]' (or matplotlib)") from None
+    out = Path(out) if out else Path(run) / "loss.png"
+    if out.suffix.lower() != ".png" or out.is_dir():
+        raise PixelDiTError(f"--out {out} is not a .png file name", "e.g. --out curves.png")
+    if out.exists() and not is_complete_png(out):
+        raise PixelDiTError(f"{out} exists and is not a PNG pixeldit could have drawn", "choose another --out")
     rows = read_metrics(run)
     step = [r["step"] for r in rows]
     col = lambda k: [r.get(k, float("nan")) for r in rows]
     fig, ax = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
-    ax[0, 0].plot(step, col("loss"), label="total")
+    mark = "o" if len(rows) < 3 else None  # one or two logged steps are points, not an empty panel
+    ax[0, 0].plot(step, col("loss"), label="total", marker=mark)
     if any(r.get("loss_repa", 0) for r in rows):
-        ax[0, 0].plot(step, col("loss_flow"), label="flow", alpha=0.8)
+        ax[0, 0].plot(step, col("loss_flow"), label="flow", alpha=0.8, marker=mark)
         ax[0, 0].legend()
     ax[0, 0].set_title("loss")
-    ax[0, 1].plot(step, col("loss_repa"), color="tab:purple")
+    ax[0, 1].plot(step, col("loss_repa"), color="tab:purple", marker=mark)
     ax[0, 1].set_title("REPA loss (0 when REPA is off)")
-    ax[1, 0].plot(step, col("lr"), color="tab:green")
+    ax[1, 0].plot(step, col("lr"), color="tab:green", marker=mark)
     ax[1, 0].set_title("learning rate")
-    ax[1, 1].plot(step, col("grad_norm"), color="tab:red", label="grad norm")
+    ax[1, 1].plot(step, col("grad_norm"), color="tab:red", label="grad norm", marker=mark)
     ax[1, 1].plot(step, col("grad_clip"), color="black", linestyle="--", linewidth=0.8, label="clip")
     ax[1, 1].set_title("gradient norm (before clipping)")
     ax[1, 1].legend()
@@ -59,7 +67,6 @@ def plot_metrics(run, out=None) -> Path:
         a.grid(alpha=0.3)
     fig.suptitle(f"{Path(run).name}: {len(rows)} log lines, step {step[-1]}")
     fig.tight_layout()
-    out = Path(out) if out else Path(run) / "loss.png"
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)

@@ -14,6 +14,7 @@ after deleting outputs, or a larger --n) reads the npz back as a source of recor
 directory listing and one sequential pass, so a 50K job's bookkeeping is linear in n.
 """
 
+import contextlib
 import os
 import re
 import struct
@@ -31,6 +32,7 @@ MAGIC = b"PXDPART1"
 _HEAD = struct.Struct("<8sIII12x")
 _REC = struct.Struct("<qqI4x")
 PNG_NAME = re.compile(r"^(\d{6,})(?:-[a-z0-9-]*)?\.png$")
+PART_NAME = re.compile(r"^\d{5}-[0-9a-f]{12}\.part$")  # what PartWriter names its files: the only ones removed
 
 
 class PartWriter:
@@ -136,7 +138,7 @@ def scan(out: Path, shape: tuple, label_of, want_png: bool) -> Inventory:
     parts = out / "parts"
     if parts.is_dir():
         with os.scandir(parts) as it:
-            files = sorted(e.name for e in it if e.name.endswith(".part"))
+            files = sorted(e.name for e in it if PART_NAME.match(e.name))
         for name in files:
             _scan_part(parts / name, inv, label_of)
     return inv
@@ -189,14 +191,26 @@ def _scan_npz(path: Path, inv: Inventory, label_of) -> None:
             inv.records.setdefault(i, (str(path), -1, lab))
 
 
+def remove_parts(parts: Path) -> int:
+    """Delete pixeldit's own part files (PART_NAME) and the folder if that leaves it empty; nothing else."""
+    if not parts.is_dir():
+        return 0
+    n = 0
+    with os.scandir(parts) as it:
+        for e in it:
+            if PART_NAME.match(e.name) and e.is_file(follow_symlinks=False):
+                os.unlink(e.path)
+                n += 1
+    with contextlib.suppress(OSError):  # not empty (a user's file) or gone: leave it
+        parts.rmdir()
+    return n
+
+
 class RecordReader:
     """Read records back by index (open files are kept; npz rows are located once)."""
 
     def __init__(self, inv: Inventory, out: Path):
         self.inv, self.out, self.files, self.npz = inv, Path(out), {}, None
-
-    def has(self, i: int) -> bool:
-        return i in self.inv.records
 
     def pixels(self, i: int) -> np.ndarray:
         """uint8 (H, W, 3) of sample i: from a record, a row of samples.npz, or (older folders) its PNG."""

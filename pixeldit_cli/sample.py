@@ -12,6 +12,7 @@ The job is linear in n: every process appends its images to its own record file 
 directory listing per run. Re-running the same job finishes where it stopped; the images are identical.
 """
 
+import contextlib
 import os
 import platform
 import time
@@ -24,12 +25,15 @@ import torch
 from .choices import SampleFormat, values
 from .dist import autocast_dtype, barrier, broadcast, device_report, gather, init_distributed, resolve_precision
 from .errors import PixelDiTError
-from .io import NpzWriter, ensure_writable_dir, file_sha256, remove_stale_temporaries, write_json, write_png
+from .folders import MARKER, claim, lock, marker_format, read_marker, remove_stale_temporaries
+from .io import NpzWriter, ensure_writable_dir, write_json, write_png
+from .convert import checkpoint_sha256, load_model
 from .families import family_of
 from .labels import CLASS_MODES, class_names_of
-from .records import PartWriter, RecordReader, scan
+from .records import PNG_NAME, PartWriter, RecordReader, remove_parts, scan
 from .solvers import SOLVERS, noise_for, solve, to_uint8
-from .validate import finite, positive
+from .validate import MAX_CFG, MAX_IMAGES, MAX_STEPS, count, finite, shift as shift_ok
+from .validate import seed as seed_ok
 
 FORMATS = values(SampleFormat)  # ("auto", "png", "npz", "both")
 AUTO_PNG_LIMIT = 1000  # --format auto: PNGs and npz up to this many images, the npz alone above it
@@ -82,15 +86,26 @@ class SampleJob:
     reuse_schedule: str = "uniform"  # uniform | ends (also every evaluation of the first and last 10%)
     packed: bool = True          # CPU fp32: oneDNN-packed Linear weights (models/packed.py); last bits only
 
-    def identity(self) -> dict:
-        """What determines the images (a re-run must match it to resume into the same folder)."""
+    overwrite: bool = False      # replace the outputs of another job in --out (pixeldit's own files only)
+
+    def identity(self, checkpoint_sha256: str, device_type: str, precision: str) -> dict:
+        """What determines the images (a re-run must match it to resume into the same folder): the settings,
+        the checkpoint's contents (not only its path: a file retrained or converted again under the same name
+        makes other images) and what the arithmetic ran as (device type, resolved precision, packed GEMMs,
+        which move the last bits)."""
         d = asdict(self)
-        for k in ("out", "batch_size", "npz", "compile", "n", "text_encoder", "format", "device", "packed"):
+        for k in ("out", "batch_size", "npz", "compile", "n", "text_encoder", "format", "device", "packed", "overwrite"):
             d.pop(k)
         if self.semantic_reuse == 1:  # the plain sampler: folders made before the option existed still resume
             d.pop("semantic_reuse"), d.pop("reuse_schedule")
         d["ckpt"] = os.path.abspath(self.ckpt)
+        d.update(checkpoint_sha256=checkpoint_sha256, device_type=device_type, precision=precision,
+                 packed=self.packs(device_type, precision))
         return _plain(d)  # tuples as lists, so it compares equal to what run.json holds
+
+    def packs(self, device_type: str, precision: str) -> bool:
+        """Whether the job runs oneDNN-packed GEMMs (CPU fp32 only; see models/packed.py)."""
+        return self.packed and not self.compile and device_type == "cpu" and precision == "fp32"
 
     def resolved_format(self) -> str:
         fmt = self.format if self.format != "auto" else ("both" if self.n <= AUTO_PNG_LIMIT else "npz")
@@ -160,18 +175,13 @@ def default_out(job: SampleJob) -> str:
 
 def validate(job: SampleJob, cfg=None) -> None:
     """Every user error before any work (cfg: the model's ModelConfig, when known)."""
-    if job.n < 1:
-        raise PixelDiTError(f"--n must be at least 1, got {job.n}")
-    if job.steps < 1:
-        raise PixelDiTError(f"--steps must be at least 1, got {job.steps}")
-    if job.batch_size < 1:
-        raise PixelDiTError(f"--batch-size must be at least 1, got {job.batch_size}")
-    if job.seed < 0:
-        raise PixelDiTError(f"--seed must be 0 or more, got {job.seed}", "sample i uses seed + i")
+    count("--n", job.n, 1, MAX_IMAGES)
+    count("--steps", job.steps, 1, MAX_STEPS)
+    count("--batch-size", job.batch_size, 1, MAX_IMAGES)
+    seed_ok("--seed", job.seed, job.n)
     if job.solver not in SOLVERS:
         raise PixelDiTError(f"unknown solver {job.solver!r}", f"use one of {', '.join(SOLVERS)}")
-    if job.semantic_reuse < 1:
-        raise PixelDiTError(f"--semantic-reuse must be at least 1, got {job.semantic_reuse}", "1 recomputes the patch pathway at every step")
+    count("--semantic-reuse", job.semantic_reuse, 1, MAX_STEPS, "1 recomputes the patch pathway at every step")
     from .solvers import REUSE_SCHEDULES
 
     if job.reuse_schedule not in REUSE_SCHEDULES:
@@ -180,12 +190,12 @@ def validate(job: SampleJob, cfg=None) -> None:
         raise PixelDiTError(f"unknown --format {job.format!r}", f"use one of {', '.join(FORMATS)}")
     if not job.classes and job.mode not in CLASS_MODES:
         raise PixelDiTError(f"unknown --classes mode {job.mode!r}", "use uniform or balanced, or give --class")
-    finite("--cfg", job.cfg, lo=0.0)
-    positive("--shift", job.shift)
+    finite("--cfg", job.cfg, lo=0.0, hi=MAX_CFG)
+    shift_ok("--shift", job.shift)
     lo, hi = (finite("--cfg-interval", v) for v in job.interval)
     if not (0.0 <= lo <= hi <= 1.0):
         raise PixelDiTError(f"--cfg-interval {lo:g} {hi:g} is invalid", "need 0 <= LO <= HI <= 1 (t: 0 noise -> 1 data)")
-    if job.height <= 0 or job.width <= 0:
+    if job.height <= 0 or job.width <= 0:  # no upper bound here: the memory check refuses what cannot fit
         raise PixelDiTError(f"image size {job.height}x{job.width} is invalid", "--height and --width must be positive")
     if cfg is not None:
         p = cfg.patch_size
@@ -210,21 +220,34 @@ def png_name(i: int, prompt: str | None = None) -> str:
     return f"{i:06d}-{re.sub(r'[^a-z0-9]+', '-', prompt.lower()).strip('-')[:40] or 'empty'}.png"
 
 
-def _open_folder(job: SampleJob, out: Path, num_classes: int, rank: int, world: int, label_of):
-    """Rank 0 checks the folder belongs to this job and takes stock; every rank gets the done set."""
-    identity = dict(job.identity(), num_classes=num_classes)
+def _legacy_job(folder: Path, marker: dict | None) -> bool:
+    """A sample folder made before run.json had a format field: its run.json is a bare job identity."""
+    return marker is not None and "format" not in marker and {"ckpt", "solver", "steps"} <= set(marker)
+
+
+def _diff(before: dict, now: dict) -> list[str]:
+    return sorted(k for k in set(before) | set(now) if k != "format" and before.get(k) != now.get(k))
+
+
+def _open_folder(job: SampleJob, out: Path, identity: dict, rank: int, world: int, label_of):
+    """Rank 0 checks the folder belongs to this job and takes stock; every rank gets the done set.
+    (`claim` has already refused a folder pixeldit did not make; `lock` is held.)"""
     inv = None
     if rank == 0:
-        ensure_writable_dir(out)
-        run_file = out / "run.json"
-        if run_file.exists():
-            import json
-
-            before = json.loads(run_file.read_text())
-            if before != identity:
-                diff = sorted(k for k in set(before) | set(identity) if before.get(k) != identity.get(k))
+        before = read_marker(out)
+        if before is not None:
+            diff = _diff(before, identity)
+            if diff and not job.overwrite:
+                if "checkpoint_sha256" in diff:
+                    old = str(before.get("checkpoint_sha256") or "unknown")[:12]
+                    raise PixelDiTError(f"{out} holds samples of another checkpoint (sha256 {old}…, this one "
+                                        f"{identity['checkpoint_sha256'][:12]}…)",
+                                        "pass a new --out, or --overwrite to replace them")
                 raise PixelDiTError(f"{out} holds samples made with other settings ({', '.join(diff)})",
-                                    "choose another --out, or the same settings to resume")
+                                    "choose another --out, the same settings to resume, or --overwrite to replace them")
+            if diff:
+                clear_outputs(out)
+                before = None
         elif any(out.glob("[0-9]*.png")) or (out / "samples.npz").exists():
             raise PixelDiTError(f"{out} already holds samples from an unknown run", "choose another --out")
         remove_stale_temporaries(out)
@@ -233,17 +256,30 @@ def _open_folder(job: SampleJob, out: Path, num_classes: int, rank: int, world: 
         if beyond:
             raise PixelDiTError(f"{out} already holds samples up to index {max(beyond)}; this run asks for --n {job.n}",
                                 f"use --n {max(beyond) + 1} or more to keep them, or another --out")
-        if not run_file.exists():
-            write_json(run_file, identity)
+        if before is None or before.get("format") != marker_format("sample"):
+            write_json(out / MARKER, {"format": marker_format("sample"), **identity})
     done = broadcast(sorted(set(inv.records) | set(inv.pngs)) if rank == 0 else None, world)
     return inv, set(done)
+
+
+def clear_outputs(out: Path) -> int:
+    """--overwrite: delete the job outputs pixeldit wrote in `out` — numbered PNGs, samples.npz, grid.png,
+    results.json, run.json and its own part files — and nothing else."""
+    n = 0
+    for e in os.scandir(out):
+        if e.is_file(follow_symlinks=False) and (PNG_NAME.match(e.name) or e.name in _JOB_FILES):
+            os.unlink(e.path)
+            n += 1
+    n += remove_parts(out / "parts")
+    return n
+
+
+_JOB_FILES = ("samples.npz", "grid.png", "results.json", MARKER)
 
 
 def run(job: SampleJob, model=None, progress=True, provenance: dict | None = None) -> dict:
     """Run (or finish) a sampling job on this process's share; rank 0 writes grid/npz/results.json
     (with `provenance`, e.g. the resolved config and where its defaults came from, when given)."""
-    from .convert import load_model
-
     validate(job)
     rank, world, device = init_distributed(job.device)
     precision = resolve_precision(job.precision, device)
@@ -258,7 +294,19 @@ def run(job: SampleJob, model=None, progress=True, provenance: dict | None = Non
     conds = family_of(cfg).sample_conditions(model, job, device)  # labels by index, tensors by batch
     fmt = job.resolved_format()
     out = Path(job.out or default_out(job))
-    inv, done = _open_folder(job, out, cfg.num_classes, rank, world, conds.label)
+    digest = checkpoint_sha256(job.ckpt) if rank == 0 else ""
+    identity = dict(job.identity(digest, device.type, precision), num_classes=cfg.num_classes)
+    if rank == 0:
+        claim(out, "sample", legacy=_legacy_job)  # a folder pixeldit did not make is never written to
+        ensure_writable_dir(out)
+    with lock(out) if rank == 0 else contextlib.nullcontext():
+        return _run_locked(job, model, out, fmt, identity, digest, rank, world, device, precision, conds, progress,
+                           provenance)
+
+
+def _run_locked(job, model, out, fmt, identity, digest, rank, world, device, precision, conds, progress, provenance):
+    cfg = model.config
+    inv, done = _open_folder(job, out, identity, rank, world, conds.label)
     barrier(world)
 
     todo = [i for i in range(job.n) if i not in done]
@@ -276,7 +324,7 @@ def run(job: SampleJob, model=None, progress=True, provenance: dict | None = Non
             inv.add(entries)
             inv.pngs.update(names)
         result = _finish(job, out, fmt, inv, conds)
-        result.update(_report(job, cfg, stats, todo, done, elapsed, out, fmt, device, precision, conds))
+        result.update(_report(job, cfg, stats, todo, done, elapsed, out, fmt, device, precision, conds, digest))
         result.update(provenance or {})
         write_json(out / "results.json", result)
     barrier(world)
@@ -347,10 +395,7 @@ def _finish(job, out: Path, fmt: str, inv, conds) -> dict:
     finally:
         reader.close()
     if fmt in ("npz", "both"):  # every record is in samples.npz now
-        for p in (out / "parts").glob("*.part") if (out / "parts").is_dir() else []:
-            p.unlink(missing_ok=True)
-        if (out / "parts").is_dir() and not any((out / "parts").iterdir()):
-            (out / "parts").rmdir()
+        remove_parts(out / "parts")
     return {"format": fmt, "exported_from_records": exported, "records_dropped": inv.dropped}
 
 
@@ -382,7 +427,7 @@ def _write_npz(reader, out: Path, n: int, label_of):
         w.add("arr_1", np.asarray([label_of(i) for i in range(n)], dtype=np.int64))
 
 
-def _report(job, cfg, stats, todo, done, elapsed, out, fmt, device, precision, conds) -> dict:
+def _report(job, cfg, stats, todo, done, elapsed, out, fmt, device, precision, conds, digest) -> dict:
     if stats is None:  # nothing left to do: count one solve's evaluations analytically from a dry run
         stats = _dry_stats(job, cfg)
     return {
@@ -400,7 +445,7 @@ def _report(job, cfg, stats, todo, done, elapsed, out, fmt, device, precision, c
         "seconds": round(elapsed, 3),
         "images_per_second": round(len(todo) / elapsed, 4) if todo and elapsed > 0 else None,
         "checkpoint": os.path.abspath(job.ckpt),
-        "checkpoint_sha256": file_sha256(job.ckpt) if Path(job.ckpt).is_file() else None,
+        "checkpoint_sha256": digest,             # of the file, or of a folder's config, index and shards
         "dtype": precision,
         **device_report(device, precision),
         "versions": versions(),

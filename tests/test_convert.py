@@ -123,8 +123,14 @@ def test_refuses_existing_destination(official, tmp_path):
     with pytest.raises(PixelDiTError, match="already exists.*--force"):
         convert(official, dst)
     assert dst.read_bytes() == b"precious"
-    convert(official, dst, force=True)
-    assert load_model(dst).config.num_classes == 5
+    # --force replaces pixeldit's own outputs only: a file it did not write is kept (data safety)
+    with pytest.raises(PixelDiTError, match="not written by pixeldit"):
+        convert(official, dst, force=True)
+    assert dst.read_bytes() == b"precious"
+    ours = tmp_path / "ours.safetensors"
+    convert(official, ours, weights="raw")
+    convert(official, ours, force=True)
+    assert load_model(ours).config.num_classes == 5 and load_model(ours).key_report.weights == "ema"
 
 
 def test_not_a_checkpoint(tmp_path):

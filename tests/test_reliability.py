@@ -378,7 +378,9 @@ def test_edit_on_a_full_disk_leaves_no_partial_outputs(tiny, photo, tmp_path):
 
     left = sorted(x.name for x in out.iterdir())
     assert "results.json" not in left and not [n for n in left if n.endswith(".tmp")]
-    assert all(is_complete_png(out / n) for n in left)  # what is there is whole; what did not fit is absent
+    # what is there is whole (the PNGs, and the folder's run.json marker); what did not fit is absent
+    assert all(is_complete_png(out / n) for n in left if n != "run.json")
+    assert "run.json" not in left or json.loads((out / "run.json").read_text())["format"] == "pixeldit-edit"
 
 
 def test_tensorboard_without_the_package_is_one_line_before_any_work(data, tmp_path, monkeypatch):

@@ -7,8 +7,10 @@ features are cached by (file hash, weights hash, feature version).
 """
 
 import hashlib
+import sys
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -67,17 +69,30 @@ def _check_images(source, what):
         raise PixelDiTError(f"{what} has {len(source)} image(s); statistics need at least 2")
 
 
+def _read_cache(cache: Path) -> dict:
+    """The cached reference features, or {} when there are none or the file does not load (a torn or
+    corrupted cache is rebuilt, never fatal: it is only a cache)."""
+    if not cache.exists():
+        return {}
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            out = {k: z[k] for k in z.files}
+        if "mu" in out and "sigma" in out:
+            return out
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError):
+        pass
+    print(f"note: the feature cache {cache} did not load; computing the reference features again", file=sys.stderr)
+    return {}
+
+
 def reference_stats(path: Path, net, weights_hash: str, batch_size, device, cache_dir, progress):
     """(ref dict with pool3 / mu / sigma / mu_s / sigma_s where available, skipped reasons, ref hash)."""
     src = open_images(path, require_images=False)
     ref_hash = file_sha256(path)
     key = hashlib.sha256(f"{ref_hash}/{weights_hash}/{FEATURE_VERSION}".encode()).hexdigest()[:24]
     cache = Path(cache_dir) / f"ref-{key}.npz" if cache_dir else None
-    out = {}
-    if cache is not None and cache.exists():
-        with np.load(cache) as z:
-            out = {k: z[k] for k in z.files}
-    else:
+    out = _read_cache(cache) if cache is not None else {}
+    if not out:
         stored = {k: src.array(k) for k in ("mu", "sigma", "mu_s", "sigma_s")} if isinstance(src, NpzImages) else {}
         dims = {"mu": (2048,), "sigma": (2048, 2048), "mu_s": (2023,), "sigma_s": (2023, 2023)}
         for k, v in stored.items():
@@ -102,7 +117,7 @@ def reference_stats(path: Path, net, weights_hash: str, batch_size, device, cach
                     for k, v in out.items():
                         w.add(k, v)
             except (OSError, PixelDiTError) as e:  # a cache that cannot be written is not an error
-                warnings.warn(f"reference features not cached ({e})")
+                print(f"note: reference features not cached ({e})", file=sys.stderr)
     return out, ref_hash
 
 

@@ -77,8 +77,12 @@ class NpzImages:
     def array(self, key: str):
         if key + ".npy" not in self.zf.namelist():
             return None
-        with self.zf.open(key + ".npy") as f:
-            return np.lib.format.read_array(f)
+        try:
+            with self.zf.open(key + ".npy") as f:
+                return np.lib.format.read_array(f, allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # an object array (pickle) or a torn member
+            raise PixelDiTError(f"{self.path}: array {key!r} is not a plain numeric array ({str(e).splitlines()[0][:80]})",
+                                "write it with numpy, without dtype=object") from None
 
 
 class FolderImages:

@@ -5,6 +5,9 @@ from dataclasses import asdict, dataclass, replace
 from .layers import swiglu_hidden
 
 
+_ZERO_MEANS_DEFAULT = ("pixel_attn_hidden", "pixel_heads", "mlp_hidden")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     kind: str = "c2i"                 # the family (families/): "c2i" class-conditional, "t2i" text-to-image (MM-DiT)
@@ -23,6 +26,15 @@ class ModelConfig:
     text_len: int = 300               # t2i: text window (learned positions)
 
     def __post_init__(self):
+        # Types and signs first: a config read from a file (safetensors metadata, config.json) can hold anything.
+        for name, f in self.__dataclass_fields__.items():
+            value = getattr(self, name)
+            if f.type in (int, "int") and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            if f.type in (str, "str") and not isinstance(value, str):
+                raise ValueError(f"{name} must be a string, got {value!r}")
+            if f.type in (int, "int") and value < (0 if name in _ZERO_MEANS_DEFAULT else 1):
+                raise ValueError(f"{name} must be {'0 or more' if name in _ZERO_MEANS_DEFAULT else 'positive'}, got {value}")
         # Resolve the "same as" defaults once, so a stored config is explicit.
         if self.pixel_attn_hidden == 0:
             object.__setattr__(self, "pixel_attn_hidden", self.hidden_size)
@@ -58,6 +70,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"a model config must be an object of fields, got a {type(d).__name__}")
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:

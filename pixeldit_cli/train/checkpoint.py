@@ -7,13 +7,15 @@ process killed mid-write (even by SIGKILL) leaves the previous checkpoint intact
 """
 
 import os
+import re
 from pathlib import Path
 
 import torch
 
 from ..convert import TRAIN_FORMAT
 from ..errors import PixelDiTError
-from ..io import atomic_file, remove_stale_temporaries
+from ..folders import remove_stale_temporaries
+from ..io import atomic_file
 
 
 def _atomic_save(obj, path: Path):
@@ -33,6 +35,9 @@ def _test_kill_hook(f, name: str):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+STEP_NAME = re.compile(r"^\d{7}\.pt$")  # {step:07d}.pt: the only names retention ever deletes
+
+
 def save(state: dict, ckpt_dir: Path, step: int, keep_last: int, keep_every: int) -> Path:
     """Write {step:07d}.pt, point last.pt at it (hard link, renamed into place), apply retention."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -46,7 +51,7 @@ def save(state: dict, ckpt_dir: Path, step: int, keep_last: int, keep_every: int
     except OSError:  # filesystems without hard links: a second atomic copy
         _atomic_save(state, tmp)
     os.replace(tmp, ckpt_dir / "last.pt")
-    steps = sorted(int(p.stem) for p in ckpt_dir.glob("[0-9]*.pt"))
+    steps = sorted(int(p.stem) for p in ckpt_dir.iterdir() if STEP_NAME.match(p.name))
     keep = set(steps[-keep_last:]) if keep_last > 0 else set()
     for s in steps:
         if s not in keep and not (keep_every and s % keep_every == 0) and s != step:

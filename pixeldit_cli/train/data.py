@@ -112,6 +112,9 @@ class ImageFolder(torch.utils.data.Dataset):
         if not self.items:
             raise PixelDiTError(f"dataset directory {root} holds no images ({', '.join(sorted(IMAGE_EXT))})")
         self.resolution = resolution
+        empty = [p for p, _ in self.items if p.stat().st_size == 0]  # one stat each: cheap even for ImageNet
+        if empty:
+            raise PixelDiTError(f"{len(empty)} empty image file(s) in {root}, e.g. {empty[0]}", "remove them, or re-copy the data set")
         _check_sizes([p for p, _ in self.items[:: max(1, len(self.items) // 64)]], resolution)
 
     @property
@@ -123,7 +126,11 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         path, label = self.items[i]
-        return adm_center_crop(_checked(decode(path.read_bytes()), path, self.resolution), self.resolution), label
+        try:
+            img = decode(path.read_bytes())
+        except (RuntimeError, OSError) as e:
+            raise PixelDiTError(f"image {path} cannot be decoded ({str(e).splitlines()[0][:80]})", "remove or replace it") from None
+        return adm_center_crop(_checked(img, path, self.resolution), self.resolution), label
 
 
 class EDM2Dataset(torch.utils.data.Dataset):
@@ -185,10 +192,14 @@ def _check_sizes(paths, res):
     from PIL import Image
 
     for p in paths:
-        with Image.open(p) as im:
-            if min(im.size) < res:
-                raise PixelDiTError(f"image {p} is {im.size[0]}×{im.size[1]}, smaller than the resolution {res}",
-                                    "remove it or train at a lower --data.resolution")
+        try:
+            with Image.open(p) as im:
+                size = im.size
+        except (OSError, SyntaxError, ValueError) as e:
+            raise PixelDiTError(f"image {p} is not readable ({str(e).splitlines()[0][:80]})", "remove or replace it") from None
+        if min(size) < res:
+            raise PixelDiTError(f"image {p} is {size[0]}×{size[1]}, smaller than the resolution {res}",
+                                "remove it or train at a lower --data.resolution")
 
 
 def open_dataset(path: str, resolution: int, num_classes: int | None = None, split: str = "train"):

@@ -23,7 +23,9 @@ import torch
 from ..config import Config, to_yaml
 from ..errors import PixelDiTError
 from ..families import family_of
-from ..io import append_line, ensure_writable_dir, write_grid, write_text
+from .. import __version__
+from ..folders import MARKER, claim, lock, marker_format, read_marker
+from ..io import append_line, ensure_writable_dir, write_grid, write_json, write_text
 from ..models.registry import build_model, count_params, model_config
 from ..dist import barrier, init_distributed
 from ..solvers import noise_for, solve, to_uint8
@@ -211,8 +213,26 @@ class TrainRun:
     fixed_noise: torch.Tensor = None
 
 
-def setup(cfg: Config, out: Path, resume: str) -> tuple[TrainRun, object]:
-    """Check the config, open the output folder, resume or start; returns (run, the resumed checkpoint or None)."""
+def _legacy_run(folder: Path, marker) -> bool:
+    """A run folder made before run.json existed: config.yaml beside checkpoints/ with pixeldit's names."""
+    ck = folder / "checkpoints"
+    return marker is None and (folder / "config.yaml").is_file() and ck.is_dir() and \
+        any(checkpoint.STEP_NAME.match(p.name) or p.name == "last.pt" for p in ck.iterdir())
+
+
+def _same_run(state: dict, cfg: Config, path) -> None:
+    """A resume continues one run: the values that decide which data and noise each step sees must match."""
+    before = (state.get("config") or {}).get("train") or {}
+    for key in ("seed", "global_batch"):
+        was, now = before.get(key), getattr(cfg.train, key)
+        if was is not None and was != now:
+            raise PixelDiTError(f"{path} was trained with train.{key} {was}; this command asks for {now}",
+                                f"resume with --train.{key} {was}, or start a new run in another --out")
+
+
+def setup(cfg: Config, out: Path, resume: str, stack=None) -> tuple[TrainRun, object]:
+    """Check the config, open the output folder, resume or start; returns (run, the resumed checkpoint or None).
+    Rank 0 holds the folder's lock on `stack` (a contextlib.ExitStack) for the rest of the run."""
     rank, world, device = init_distributed()
     tc = cfg.train
     validate(cfg, world)
@@ -225,14 +245,21 @@ def setup(cfg: Config, out: Path, resume: str) -> tuple[TrainRun, object]:
                    autocast=torch.bfloat16 if (device.type == "cuda" and tc.precision == "bf16") else None)
     if resume in ("", "none") and (out / "checkpoints" / "last.pt").exists():
         raise PixelDiTError(f"{out} already holds a training run", "continue it with --resume auto, or choose another --out")
-    if rank == 0:
-        ensure_writable_dir(out)  # before the dataset and the encoders load
+    if rank == 0:  # before the dataset and the encoders load
+        claim(out, "train", legacy=_legacy_run)  # never into a folder of someone else's files
+        ensure_writable_dir(out)
+        if stack is not None:
+            stack.enter_context(lock(out))
+        if read_marker(out) is None:
+            write_json(out / MARKER, {"format": marker_format("train"), "created_by": f"pixeldit {__version__}"})
     run.tb = _tensorboard(cfg, out, rank)
     state, resume_path, note = checkpoint.load_for_resume(resume, out)
     if note and rank == 0:
         print(f"note: {note}", flush=True)
     if state is not None and state["model_config"] != mcfg.to_dict():
         raise PixelDiTError(f"{resume_path} was trained with another architecture", "use the run's own preset, or another --out")
+    if state is not None:
+        _same_run(state, cfg, resume_path)
     run.cond_encoder = run.family.condition_encoder(cfg, mcfg, device)
     run.ds = run.family.training_data(cfg, mcfg)
     build_networks(run, state)
@@ -475,8 +502,16 @@ def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict
     """Run (or continue) training; returns a summary. Rank 0 writes everything under `out`."""
     from ..progress import progress as bar_of
 
-    run, _ = setup(cfg, Path(out), resume)
+    with contextlib.ExitStack() as stack:
+        return _train(cfg, Path(out), resume, progress, stack, bar_of)
+
+
+def _train(cfg, out, resume, progress, stack, bar_of) -> dict:
+    run, _ = setup(cfg, out, resume, stack)
     tc = cfg.train
+    if run.step >= tc.steps and run.rank == 0:
+        print(f"note: {out} is already at step {run.step}, train.steps is {tc.steps}: nothing to train "
+              f"(pass --steps N with N > {run.step} to continue)", flush=True)
     batches = iter(run.loader)
     run.model.train()
     last, start_step, t_start = None, run.step, time.perf_counter()
