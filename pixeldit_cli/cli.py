@@ -51,11 +51,15 @@ def friendly(fn):
 
 def _version(value: bool):
     if value:
-        import torch
+        from importlib.metadata import PackageNotFoundError, version
 
         from . import __version__
 
-        print(f"pixeldit {__version__} (torch {torch.__version__})")
+        try:  # the installed distribution's version: importing torch would take seconds
+            torch_version = version("torch")
+        except PackageNotFoundError:
+            torch_version = "not installed"
+        print(f"pixeldit {__version__} (torch {torch_version})")
         raise typer.Exit()
 
 
@@ -112,6 +116,8 @@ def flops(
         t.add_row("fp32 matmul rate here", f"{m['matmul_gflops_per_s']:.1f} GFLOP/s")
         t.add_row("efficiency", f"{100 * m['efficiency']:.1f}% of matmul rate")
     out.print(t)
+    if measure and result["measured"].get("note"):
+        err.print(f"note: {result['measured']['note']}", highlight=False, soft_wrap=True)
 
 
 #################################################################################
@@ -124,7 +130,7 @@ def flops(
     "  pixeldit convert imagenet256_pixeldit_xl_epoch320.ckpt xl256.safetensors\n\n"
     "  pixeldit convert imagenet256_pixeldit_xl_epoch320.ckpt xl256_raw.safetensors --weights raw\n\n"
     "  pixeldit convert pixeldit_t2i_v1.pth t2i1024.safetensors\n\n"
-    "  pixeldit convert runs/demo/checkpoints/last.pt demo.safetensors\n\n"
+    "  pixeldit convert runs/demo/train/checkpoints/last.pt demo.safetensors\n\n"
     "  pixeldit convert imagenet256_pixeldit_xl_epoch320.ckpt pixeldit-xl256 --format hf   # config.json + model.safetensors"
 )
 @friendly
@@ -188,7 +194,7 @@ def train(
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print the run's summary as one JSON object (logs go to stderr)."),
 ):
     """Train PixelDiT with the release's recipe: class-conditional (REPA, EMA) or text-to-image stages."""
-    from .config import parse_overrides, resolve
+    from .config import resolve
     from .train import train as run_training
     from .validate import MAX_PROCS, count
 
@@ -197,7 +203,7 @@ def train(
         from .dist import launch_workers
 
         return launch_workers(nproc)
-    overrides = parse_overrides(list(ctx.args))
+    overrides = _overrides(ctx)
     if steps is not None:
         overrides["train.steps"] = steps
     if repa_encoder is not None:
@@ -250,7 +256,7 @@ def sample(
     weights: Weights = typer.Option(Weights.ema, "--weights", help="ema or raw (checkpoints that hold both).", rich_help_panel="Model"),
     unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", metavar="", help="Allow checkpoints whose pickle runs code (only files you trust).", rich_help_panel="Model"),
     classes: Optional[list[str]] = typer.Option(None, "--class", help="Class id or ImageNet name; repeat for several (cycled).", rich_help_panel="Sampling"),
-    class_mode: ClassMode = typer.Option(ClassMode.uniform, "--classes", help="Without --class: uniform (random per index) or balanced (n/classes each, in order).", rich_help_panel="Sampling"),
+    class_mode: Optional[ClassMode] = typer.Option(None, "--classes", help="Without --class: uniform (random per index) or balanced (n/classes each, in order).", rich_help_panel="Sampling"),
     prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="Text-to-image prompt; repeat for several (cycled).", rich_help_panel="Text"),
     prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="A text file with one prompt per line.", rich_help_panel="Text"),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="Negative prompt (default: the empty prompt).", rich_help_panel="Text"),
@@ -289,8 +295,11 @@ def sample(
         from .dist import launch_workers
 
         return launch_workers(nproc)
-    overrides = parse_overrides(list(ctx.args))
+    overrides = _overrides(ctx)
     command_config(preset, overrides)  # a bad key or value fails here, before the model loads
+    if classes and class_mode is not None:
+        raise PixelDiTError(f"--class and --classes {class_mode.value} both given",
+                            "--class fixes the classes; --classes uniform|balanced draws them: use one")
     if not ckpt.exists():
         raise PixelDiTError(f"checkpoint {ckpt} does not exist", "check the --ckpt path")
     from .convert import load_model
@@ -301,7 +310,7 @@ def sample(
     prompts = list(prompt or []) + (read_prompts(prompts_file) if prompts_file is not None else [])
     job, defaults_from, config = job_for(
         model, ckpt, preset=preset, overrides=overrides, classes=classes or [], prompts=prompts, aspect_ratio=aspect_ratio,
-        n=n, out=str(out_dir or ""), mode=class_mode.value, solver=solver.value if solver else None, steps=steps, cfg=cfg,
+        n=n, out=str(out_dir or ""), mode=class_mode.value if class_mode else None, solver=solver.value if solver else None, steps=steps, cfg=cfg,
         interval=cfg_interval, shift=shift, height=height, width=width, seed=seed, batch_size=batch_size,
         precision=precision.value, npz=npz, compile=compile, packed=packed, weights=weights.value, format=fmt.value, device=device,
         semantic_reuse=semantic_reuse, reuse_schedule=reuse_schedule.value, negative_prompt=negative_prompt,
@@ -374,14 +383,15 @@ def edit(
     """Edit an image with FlowEdit (class to class); MSE/SSIM outside the edit region with --mask/--bbox."""
     from .edit import run_edit
 
-    config, defaults_from = command_config(preset, parse_overrides(list(ctx.args)))
-    # the edit section gives the defaults; every flag given wins (and is what the recorded config says)
+    overrides = _overrides(ctx)
+    command_config(preset, overrides)  # a bad key or value fails here, before the model loads
+    model = _edit_model(image, ckpt, device, unsafe_pickle, need=not print_config)
+    # the model's own config (or --preset) gives the defaults, as for sample; every flag given wins
+    config, defaults_from = command_config(preset, overrides, model)
     config = with_values(config, "edit", steps=steps, n_min=n_min, n_avg=n_avg, src_cfg=src_cfg, tgt_cfg=tgt_cfg,
                          shift=shift, strength=strength)
     if print_config:
         return _print_config(config, defaults_from, as_json)
-    if not ckpt.exists():
-        raise PixelDiTError(f"checkpoint {ckpt} does not exist", "check the --ckpt path")
     ed = config.edit
     kw = dict(steps=ed.steps, n_min=ed.n_min, n_avg=ed.n_avg, src_cfg=ed.src_cfg, tgt_cfg=ed.tgt_cfg, shift=ed.shift)
     if n_max is None:
@@ -391,7 +401,7 @@ def edit(
     r = run_edit(image, ckpt, src, tgt, out_dir, strength=strength, n_max=n_max, **kw, seed=seed, num_seeds=num_seeds, fit=fit.value, mask=mask, bbox=bbox,
                  text_encoder=text_encoder, negative_prompt=negative_prompt, device=device, precision=precision.value,
                  unsafe_pickle=unsafe_pickle, provenance={"defaults_from": defaults_from, "config": config.to_dict()},
-                 overwrite=overwrite)
+                 overwrite=overwrite, model=model)
     if as_json:
         print(json.dumps(r))
         return
@@ -409,6 +419,38 @@ def edit(
         if m["unchanged"]:
             line += "  — unchanged: the output equals the input (try a larger --strength or --tgt-cfg)"
         out.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  pixeldit classes demo.safetensors\n\n"
+    "  pixeldit classes xl256.safetensors --json"
+)
+@friendly
+def classes(
+    ckpt: Path = typer.Argument(..., help="Any checkpoint --ckpt accepts."),
+    unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", metavar="", help="Allow checkpoints whose pickle runs code (only files you trust)."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print {\"classes\": [{\"id\", \"name\"}, ...]} as one JSON object."),
+):
+    """List a checkpoint's class ids and names (what --class, --src and --tgt accept)."""
+    from .convert import load_model
+    from .families import family_of
+    from .labels import class_names_of
+
+    if not ckpt.exists():
+        raise PixelDiTError(f"checkpoint {ckpt} does not exist", "check the path")
+    model = load_model(ckpt, unsafe_pickle=unsafe_pickle)
+    if family_of(model).condition_flag != "--class":
+        raise PixelDiTError(f"{ckpt} is a {family_of(model).title} model: it has no class table",
+                            f"it takes {family_of(model).condition_flag} instead")
+    names = class_names_of(model)
+    rows = [{"id": i, "name": names[i] if names else None} for i in range(model.config.num_classes)]
+    if as_json:
+        print(json.dumps({"num_classes": model.config.num_classes, "null_class": model.config.num_classes, "classes": rows}))
+        return
+    for r in rows:
+        out.print(f"{r['id']:>5}  {r['name'] or '(no name: use the id)'}", highlight=False)
+    out.print(f"({model.config.num_classes} classes; id {model.config.num_classes} is the null class)", highlight=False)
 
 
 @app.command(
@@ -466,7 +508,7 @@ def eval_fid(
     """FID, sFID, Inception Score, precision and recall with the ADM protocol, in PyTorch."""
     from .metrics.evaluate import evaluate, make_reference
 
-    config, defaults_from = command_config(preset, parse_overrides(list(ctx.args)))
+    config, defaults_from = command_config(preset, _overrides(ctx))
     config = with_values(config, "eval", batch_size=batch_size, pr_distances=pr_mode.value if pr_mode else None,
                          sqrtm=fid_method.value if fid_method else None)
     if print_config:
@@ -508,6 +550,28 @@ def eval_fid(
         err.print(f"skipped {k}: {why}", highlight=False)
     for n in r["notes"]:
         err.print(f"note: {n}", highlight=False)
+
+
+def _edit_model(image: Path, ckpt: Path, device: str, unsafe_pickle: bool, need: bool):
+    """The network `edit` runs (its config gives the defaults, as for sample). --print-config with a
+    checkpoint that is not there shows the built-in defaults instead (need=False)."""
+    if not ckpt.exists():
+        if not need:
+            return None
+        raise PixelDiTError(f"checkpoint {ckpt} does not exist", "check the --ckpt path")
+    from .convert import load_model
+    from .dist import pick_device
+    from .io import read_image
+
+    if need and image.is_file():
+        read_image(image)  # an unreadable input is one line before the model loads, not after
+    return load_model(ckpt, device=pick_device(device), unsafe_pickle=unsafe_pickle)
+
+
+def _overrides(ctx: typer.Context) -> dict:
+    """The dotted config overrides among the extra arguments; a mistyped flag is named as one."""
+    flags = tuple(o for p in ctx.command.params for o in getattr(p, "opts", ()) if o.startswith("--"))
+    return parse_overrides(list(ctx.args), flags, ctx.command.name or "")
 
 
 def _print_config(config, defaults_from: str, as_json: bool) -> None:

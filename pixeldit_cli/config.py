@@ -251,11 +251,16 @@ def command_config(preset: str | None, overrides: dict | None, model=None) -> tu
     return base, where
 
 
-def parse_overrides(args: list[str]) -> dict[str, str]:
-    """['--train.lr', '1e-5', 'sample.cfg=3'] -> {'train.lr': '1e-5', 'sample.cfg': '3'}."""
+def parse_overrides(args: list[str], flags: tuple = (), command: str = "train") -> dict[str, str]:
+    """['--train.lr', '1e-5', 'sample.cfg=3'] -> {'train.lr': '1e-5', 'sample.cfg': '3'}.
+
+    `flags`: the command's own options (`--steps`, ...). Every config key is dotted, so an undotted word is
+    a mistyped flag: it is reported as one, with the closest flags, then keys, suggested first."""
     out, i = {}, 0
     while i < len(args):
         a = args[i].lstrip("-")
+        if "." not in a.split("=", 1)[0]:
+            raise _unknown_flag(a.split("=", 1)[0], flags, command)
         if "=" in a:
             k, v = a.split("=", 1)
             i += 1
@@ -280,13 +285,25 @@ def dotted_keys(cls=Config, prefix: str = "") -> list[str]:
     return keys
 
 
+def _unknown_flag(word: str, flags, command: str) -> PixelDiTError:
+    import difflib
+
+    close = difflib.get_close_matches("--" + word, list(flags), n=3, cutoff=0.6)
+    if not close:
+        close = difflib.get_close_matches(word, dotted_keys(), n=3, cutoff=0.6) or \
+            [k for k in dotted_keys() if k.split(".")[-1] == word][:3]
+        close = ["--" + k for k in close]
+    hint = f"did you mean {', '.join(close)}?" if close else f"`pixeldit {command} --help` lists the options"
+    return PixelDiTError(f"no such option --{word}", hint)
+
+
 def _unknown_key(key: str) -> PixelDiTError:
     import difflib
 
     close = difflib.get_close_matches(key, dotted_keys(), n=3, cutoff=0.6)
     if not close:  # the right key in another section? (`--lr` for `train.lr`)
         close = [k for k in dotted_keys() if k.split(".")[-1] == key.split(".")[-1]][:3]
-    hint = f"did you mean {', '.join(close)}?" if close else "`pixeldit train --print-config` lists every key"
+    hint = f"did you mean {', '.join(close)}?" if close else "`--print-config` on any command lists every key"
     return PixelDiTError(f"unknown config key {key!r}", hint)
 
 

@@ -458,7 +458,8 @@ def _from_training(obj: dict, weights: str, rep: KeyReport, source: str):
     if conf is not None and not isinstance(conf, dict):
         raise PixelDiTError(f"{source}: its training config is a {type(conf).__name__}, not a mapping", "the file is damaged")
     rep.train_config = dict(conf or {})
-    rep.dropped.update({"training state": [k for k in obj if k not in ("ema", "model")]})
+    # class names and the training config are carried into the output; the rest of the training state is not
+    rep.dropped.update({"training state": [k for k in obj if k not in ("ema", "model", "class_names", "config", "model_config")]})
     rep.dropped["the other weights"] = list(obj.get("model" if weights == "ema" else "ema") or [])
     return sd, model_config_from(obj["model_config"], source)
 
@@ -484,6 +485,7 @@ def _from_state_dict(obj: dict, weights: str, source: str, rep: KeyReport) -> di
         if weights == "ema" and isinstance(obj.get("state_dict_ema"), dict):
             use = obj["state_dict_ema"]
         elif weights == "ema":
+            rep.weights = "raw"  # what is used, so the report's first line does not say "ema"
             rep.notes.append("no EMA weights in this file (the release trains without EMA): using state_dict, as the official inference does")
         sd = _strip(use, "core.")
         rep.dropped["training only (REPA projector)"] = [k for k in use if k.startswith("_repa_projector.")]

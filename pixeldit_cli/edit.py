@@ -266,7 +266,7 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=DEFAULTS["steps"], s
     src_shown = unfit(fitted, info, *img.shape[1:])
     _write_outputs(out, identity, overwrite, names, src_shown, edits)
     result = {
-        "input": str(image.resolve()), "input_note": note, **ck_rec,
+        "input": str(image.resolve()), "input_note": "; ".join(n for n in (note, _size_note(model, fitted)) if n), **ck_rec,
         "source": {**rec_src, "cfg": src_cfg}, "target": {**rec_tgt, "cfg": tgt_cfg},
         "negative_prompt": negative_prompt if uncond is not None else None,
         "steps": steps, "strength": n_max / steps, "n_max": n_max, "n_min": n_min, "n_avg": n_avg, "shift": shift, "seed": seed,
@@ -279,6 +279,17 @@ def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=DEFAULTS["steps"], s
     }
     write_json(out / "results.json", result)
     return result
+
+
+def _size_note(model, fitted) -> str:
+    """A remark when the image is not at the size the model was trained at (its own config says which)."""
+    data = (getattr(model, "train_config", None) or {}).get("data") or {}
+    res = data.get("resolution") if isinstance(data, dict) else None
+    h, w = fitted.shape[1:]
+    if isinstance(res, int) and (h, w) != (res, res):
+        return (f"the model was trained at {res}x{res}; this edit runs at {w}x{h} (resize the input to "
+                f"{res}x{res}, or --fit resize, for edits the model has seen)")
+    return ""
 
 
 def change_metrics(src_u8, out_u8) -> dict:
@@ -378,12 +389,15 @@ def _write_outputs(out, identity, overwrite, names, src_shown, edits) -> None:
 
 
 def _write_images(out, names, src_shown, edits) -> None:
+    """edited*.png at the input's size; strip.png upscaled by an integer factor when the images are small."""
     from .io import write_png
 
     for name, e in zip(names, edits):
         write_png(e, out / name)
     sep = torch.full((3, src_shown.shape[1], 2), 255, dtype=torch.uint8)
-    write_png(torch.cat([t for e in [src_shown, *edits] for t in (e, sep)][:-1], dim=2), out / "strip.png")
+    strip = torch.cat([t for e in [src_shown, *edits] for t in (e, sep)][:-1], dim=2)
+    k = max(1, -(-96 // src_shown.shape[1]))  # small images shown at >= 96 px high (nearest: pixels stay pixels)
+    write_png(strip.repeat_interleave(k, 1).repeat_interleave(k, 2), out / "strip.png")
 
 
 def _background(region, info, fitted, src_shown, edits, seed: int):

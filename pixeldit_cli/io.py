@@ -310,14 +310,18 @@ def grid_image(images_u8: torch.Tensor, nrow: int, padding: int = 2, pad_value: 
 
 
 def write_grid(images_u8: torch.Tensor, path, nrow: int, column_labels=None, min_tile: int = 96) -> None:
-    """A grid PNG; with `column_labels`, small images are upscaled (nearest, no smoothing) to at least
-    `min_tile` pixels and each column gets its label on a white strip above it."""
-    if column_labels:
-        images_u8 = _upscale(images_u8, min_tile)
+    """A grid PNG: small images are upscaled (nearest, no smoothing) to at least `min_tile` pixels; with
+    `column_labels` each column gets its label on a white strip above it."""
+    images_u8 = _upscale(images_u8, min_tile)  # 32² thumbnails are too small to look at: nearest, no smoothing
     grid = grid_image(images_u8, nrow)
     if column_labels:
         grid = _label_columns(grid, images_u8.shape[-1], column_labels[:nrow])
     write_png(grid, path)
+
+
+def upscale(images_u8: torch.Tensor, min_tile: int = 96) -> torch.Tensor:
+    """Nearest-neighbour upscaling by the smallest integer factor that makes the larger side >= min_tile."""
+    return _upscale(images_u8, min_tile)
 
 
 def _upscale(images_u8: torch.Tensor, min_tile: int) -> torch.Tensor:

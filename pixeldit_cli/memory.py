@@ -58,3 +58,26 @@ def check_fits(cfg, height: int, width: int, batch: int, device, what: str = "on
         raise PixelDiTError(f"{height}x{width} images need about {gb(need)} for {what} (batch {batch}), but {device} "
                             f"has {gb(have)} free", "use a smaller --height/--width or --batch-size")
     return need
+
+
+# Training state per parameter, fp32: the weights, their EMA copy, the gradient, AdamW's two moments.
+TRAIN_BYTES_PER_PARAM = 4 * 5
+
+
+def check_train_fits(cfg, resolution: int, micro_batch: int, device, extra_params: int = 0) -> int:
+    """Refuse, before a network is built, a training run whose state alone cannot fit: 20 bytes per
+    parameter (weights, EMA, gradient, two AdamW moments) plus one micro-batch's inference-forward
+    activations (a lower bound of training's: it never refuses what fits). The parameter count comes from
+    a network built on the meta device (no memory)."""
+    from .models.registry import build_model
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in build_model(cfg, init=False).parameters()) + extra_params
+    need = TRAIN_BYTES_PER_PARAM * params + forward_bytes(cfg, resolution, resolution, micro_batch) // 2
+    have = available_bytes(device)
+    if have is not None and need > have:
+        gb = lambda b: f"{b / 1024**3:,.1f} GB"
+        raise PixelDiTError(f"training this {params / 1e6:,.0f}M-parameter model needs at least {gb(need)} (weights, EMA, "
+                            f"gradients, AdamW state and a micro-batch of {micro_batch}), but {device} has {gb(have)} free",
+                            "train a smaller model, or on a machine with more memory (FSDP over GPUs shards the state)")
+    return need

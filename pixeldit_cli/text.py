@@ -7,7 +7,7 @@ Exactly the release's prompt handling (upstream t2i/inference.py; docs/conventio
   * the null / negative prompt has no prefix and no selection: 300 tokens, all kept;
   * padding is on the right and real: no attention mask reaches the network, so pad states are features;
   * the feature is Gemma's last hidden state after its final norm (the bare decoder's output).
-Nothing is downloaded: the encoder is a local directory (an HF id only with PIXELDIT_ALLOW_DOWNLOAD=1).
+Nothing is downloaded: the encoder is a local directory or a model id already in the local HF cache.
 """
 
 import os
@@ -61,21 +61,27 @@ def hub_cache_dir() -> str:
         return "~/.cache/huggingface/hub"
 
 
-def load_pretrained(what: str, path, hint: str, load):
-    """`load(path, local_files_only)` for a local folder or a model id already in the local Hugging Face
-    cache (resolved with local_files_only, as transformers users expect; a download only with
-    PIXELDIT_ALLOW_DOWNLOAD=1), without transformers' progress bars; errors are one line naming `what`."""
+def resolve_pretrained(what: str, path, hint: str) -> str:
+    """A local folder, or the snapshot folder of a model id already in the local Hugging Face cache
+    (local_files_only: nothing is ever downloaded). Cheap: a trainer checks its encoders with it before
+    it builds anything."""
     path = str(path)
-    local = os.path.isdir(path)
-    if not local and not os.environ.get("PIXELDIT_ALLOW_DOWNLOAD"):
-        cached = from_local_cache(path)
-        if cached is None:
-            raise PixelDiTError(f"{what} {path!r} is neither a local folder nor in the Hugging Face cache ({hub_cache_dir()})",
-                                f"{hint} (nothing is downloaded unless PIXELDIT_ALLOW_DOWNLOAD=1)")
-        path, local = cached, True
+    if os.path.isdir(path):
+        return path
+    cached = from_local_cache(path)
+    if cached is None:
+        raise PixelDiTError(f"{what} {path!r} is neither a local folder nor in the Hugging Face cache ({hub_cache_dir()})",
+                            f"{hint} (nothing is downloaded)")
+    return cached
+
+
+def load_pretrained(what: str, path, hint: str, load):
+    """`load(folder, local_files_only=True)` for a local folder or a model id already in the local Hugging
+    Face cache, without transformers' progress bars; errors are one line naming `what`."""
+    path = resolve_pretrained(what, path, hint)
     quiet_transformers()
     try:
-        return load(path, local)
+        return load(path, True)
     except (OSError, ValueError) as e:
         raise PixelDiTError(f"cannot load the {what} from {path}: {str(e).splitlines()[0]}") from None
 

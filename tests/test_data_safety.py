@@ -498,3 +498,57 @@ def test_writes_on_a_read_only_mount_are_one_line(tmp_path, read_only_dir, ckpt)
     assert p.returncode == 1 and "Traceback" not in p.stderr and "not writable" in p.stderr, p.stderr
     p = cli("sample", "--ckpt", ckpt, "--out", read_only_dir / "o", "--n", "1", "--steps", "1", "--height", "16", "--width", "16")
     assert p.returncode == 1 and "Traceback" not in p.stderr and "Read-only file system" in p.stderr, p.stderr
+
+
+# ---- first contact: training checks what it can before building anything -------------------------------------
+
+def test_train_refuses_a_missing_repa_encoder_and_what_cannot_fit_before_building(tmp_path, monkeypatch):
+    from pixeldit_cli.config import apply_overrides, load_preset
+    from pixeldit_cli.models import registry
+    from pixeldit_cli.train import train
+
+    built = []
+    real = registry.build_model
+    monkeypatch.setattr("pixeldit_cli.train.loop.build_model", lambda *a, **k: built.append(1) or real(*a, **k))
+    cfg = apply_overrides(load_preset("xl256"), {"data.path": str(tmp_path), "train.repa_encoder": ""})
+    with pytest.raises(PixelDiTError, match="no DINOv2 encoder was given"):
+        train(cfg, tmp_path / "a", progress=False)
+    cfg = apply_overrides(cfg, {"train.repa_encoder": str(tmp_path / "no-such-dinov2")})
+    with pytest.raises(PixelDiTError, match="neither a local folder nor in the Hugging Face cache"):
+        train(cfg, tmp_path / "b", progress=False)
+    monkeypatch.setattr("pixeldit_cli.memory.available_bytes", lambda device: 9 * 1024**3)  # a 9 GB machine
+    cfg = apply_overrides(cfg, {"train.repa_weight": "0"})
+    with pytest.raises(PixelDiTError, match=r"797M-parameter model needs at least 1[0-9]\.\d GB .* has 9.0 GB free"):
+        train(cfg, tmp_path / "c", progress=False)
+    assert built == [] and not any((tmp_path / n).exists() for n in "abc")
+
+
+def test_mistyped_flags_are_named_as_flags(ckpt):
+    r = runner.invoke(app, ["sample", "--ckpt", str(ckpt), "--step", "5"])
+    assert r.exit_code == 1 and "no such option --step (did you mean --steps" in r.output
+    r = runner.invoke(app, ["eval-fid", "a.npz", "b.npz", "--sqrt", "eigh"])
+    assert r.exit_code == 1 and "did you mean --sqrtm?" in r.output
+    r = runner.invoke(app, ["sample", "--ckpt", str(ckpt), "--class", "3", "--classes", "balanced"])
+    assert r.exit_code == 1 and "--class and --classes balanced both given" in r.output
+
+
+def test_classes_lists_the_checkpoints_names(tmp_path):
+    path = save_tiny(tmp_path / "m.safetensors", class_names=json.dumps(["zero", "one"]))
+    r = runner.invoke(app, ["classes", str(path), "--json"])
+    d = json.loads(r.stdout)
+    assert d["num_classes"] == 10 and d["classes"][:3] == [{"id": 0, "name": "zero"}, {"id": 1, "name": "one"},
+                                                          {"id": 2, "name": "2"}]
+
+
+def test_progress_in_a_log_file_is_plain_lines(ckpt, tmp_path):
+    p = cli("sample", "--ckpt", ckpt, "--n", "40", "--batch-size", "2", "--steps", "1", "--solver", "euler",
+            "--height", "16", "--width", "16", "--out", tmp_path / "o")
+    lines = [l for l in p.stderr.splitlines() if l.startswith("sampling ")]
+    assert p.returncode == 0 and len(lines) == 20 and lines[-1].startswith("sampling 40/40 (100%)"), p.stderr
+
+
+def test_results_class_names_follow_the_class_order(tmp_path):
+    names = [f"c{i}" for i in range(10)]
+    path = save_tiny(tmp_path / "m.safetensors", class_names=json.dumps(names))
+    r = run(job(path, tmp_path / "o", classes=(7, 2, 5)), progress=False)
+    assert list(r["settings"]["classes"]) == [7, 2, 5] and r["class_names"] == ["c7", "c2", "c5"]

@@ -121,7 +121,8 @@ def test_cli_identity_is_bit_exact_and_outputs(tiny, tmp_path):
     assert torch.equal(read_image(str(tmp_path / "o" / "edited.png")), src)
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["fit"] == {"fit": "crop", "box": [1, 1, 21, 17]} and res["source"]["name"] == "cat"
-    assert read_image(str(tmp_path / "o" / "strip.png")).shape == (3, 16, 42)
+    # source | edit, 20 + 2 + 20 = 42 wide at 16 high, shown upscaled x6 (the smallest factor reaching 96 px)
+    assert read_image(str(tmp_path / "o" / "strip.png")).shape == (3, 16 * 6, 42 * 6)
 
 
 def test_cli_seeds_pad_and_bbox_metrics(tiny, tmp_path):
@@ -202,7 +203,9 @@ def test_cli_edit_defaults_come_from_the_config_and_land_in_results(tiny, tmp_pa
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     assert res["n_max"] == 0 and res["steps"] == 6 and res["network_evaluations_per_image"] == 0
-    assert res["config"]["edit"]["strength"] == 0 and res["defaults_from"] == "the built-in defaults with overrides"
+    # the defaults are the checkpoint's, as for sample: a class model without a training config gets its
+    # family's release preset
+    assert res["config"]["edit"]["strength"] == 0 and res["defaults_from"] == "preset xl256 (the release's settings) with overrides"
     shown = runner.invoke(app, ["edit", "missing.png", "--ckpt", "missing", "--src", "1", "--tgt", "2", "--steps", "10",
                                 "--tgt-cfg", "7", "--print-config", "--json"])
     assert shown.exit_code == 0, shown.output  # nothing is read: the config alone

@@ -39,7 +39,8 @@ class ClassLabels(Conditions):
         return torch.tensor([self.label(i) for i in indices], device=device), None
 
     def report(self):
-        shown = sorted({*self.job.classes} or range(self.num_classes))
+        # in the order of `classes` (the --class order, cycled over indices), so the two lists line up
+        shown = list(self.job.classes) or list(range(self.num_classes))
         return {"class_names": [self.names[c] for c in shown][:20] if self.names else None,
                 "prompts": None, "negative_prompt": None, "truncated_prompts": None}
 

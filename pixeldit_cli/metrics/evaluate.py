@@ -150,7 +150,9 @@ def evaluate(samples, ref, inception=None, inception_sha256=None, batch_size: in
         notes.append(f"samples are {src.shape[2]}x{src.shape[1]} but the reference images are "
                      f"{ref_src.shape[2]}x{ref_src.shape[1]}: both are resized to 299 for Inception, but FID across "
                      "resolutions is not the paper's protocol")
+    t_scores = time.perf_counter()
     res.update(_scores(src, feats, r, stored_mu, fid_method, pr_mode, skipped, notes))
+    notes.extend(_caveats(len(src), fid_method, time.perf_counter() - t_scores))
     res.update({
         "samples": str(samples), "reference": str(ref), "reference_sha256": ref_hash,
         "inception": winfo, "protocol": _protocol(fid_method, pr_mode),
@@ -158,6 +160,20 @@ def evaluate(samples, ref, inception=None, inception_sha256=None, batch_size: in
         **device_report(device, "fp32"),
     })
     return res
+
+
+def _caveats(n: int, fid_method: str, seconds: float) -> list[str]:
+    """What a reader of the numbers must know: too few samples for FID, and the sqrtm's cost."""
+    out = []
+    if n < 2048:
+        out.append(f"N = {n} is below the 2048 dimensions of the pool3 features: the covariance is rank-deficient and "
+                   "FID is strongly biased upwards; it is comparable only to runs at the same N (papers use 50,000)")
+    elif n < 10000:
+        out.append(f"N = {n}: FID is biased upwards at small N (papers use 50,000); compare only runs at the same N")
+    if fid_method == "scipy" and seconds > 10:
+        out.append(f"the scores took {seconds:.0f} s, mostly scipy's sqrtm (ADM's path, kept as the default for parity "
+                   "with ADM's evaluator); --sqrtm eigh gives the same FID to ~1e-6 relative in seconds")
+    return out
 
 
 def _scores(src, feats, r, stored_mu, fid_method, pr_mode, skipped: dict, notes: list) -> dict:

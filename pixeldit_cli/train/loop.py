@@ -213,6 +213,24 @@ class TrainRun:
     fixed_noise: torch.Tensor = None
 
 
+def _check_before_building(cfg: Config, mcfg, world: int, device) -> None:
+    """What used to fail only after the network was built (17-38 s for XL/16): the encoders the run needs
+    exist, and the training state fits in memory (memory.check_train_fits)."""
+    from ..memory import check_train_fits
+    from ..text import resolve_pretrained
+
+    tc = cfg.train
+    if tc.repa_weight > 0:
+        if not tc.repa_encoder:
+            raise PixelDiTError("REPA is on but no DINOv2 encoder was given",
+                                "pass --repa-encoder DIR (a local facebook/dinov2-base), or --train.repa_weight 0")
+        resolve_pretrained("REPA encoder", tc.repa_encoder, "pass the folder of a saved Dinov2Model")
+    if family_of(mcfg).condition_flag == "--prompt" and cfg.text.encoder:
+        resolve_pretrained("text encoder", cfg.text.encoder, "pass the folder of Gemma-2-2b-it")
+    if not (tc.fsdp and world > 1):  # FSDP shards the state over the processes: each holds a part of it
+        check_train_fits(mcfg, cfg.data.resolution, tc.micro_batch, device)
+
+
 def _legacy_run(folder: Path, marker) -> bool:
     """A run folder made before run.json existed: config.yaml beside checkpoints/ with pixeldit's names."""
     ck = folder / "checkpoints"
@@ -241,6 +259,7 @@ def setup(cfg: Config, out: Path, resume: str, stack=None) -> tuple[TrainRun, ob
         raise PixelDiTError(f"data.resolution {cfg.data.resolution} is not a multiple of the patch size {mcfg.patch_size}")
     if tc.repa_weight > 0 and not 1 <= tc.repa_block <= mcfg.patch_depth:
         raise PixelDiTError(f"train.repa_block {tc.repa_block} is outside 1..{mcfg.patch_depth}")
+    _check_before_building(cfg, mcfg, world, device)
     run = TrainRun(cfg, out, rank, world, device, mcfg, family_of(mcfg),
                    autocast=torch.bfloat16 if (device.type == "cuda" and tc.precision == "bf16") else None)
     if resume in ("", "none") and (out / "checkpoints" / "last.pt").exists():
