@@ -31,6 +31,13 @@ out = Console()
 err = Console(stderr=True)
 
 
+def _preset_names(incomplete: str = "") -> list[str]:
+    """Shell completion of --preset: the shipped preset names (YAML files complete as paths)."""
+    from .config import preset_names
+
+    return [n for n in preset_names() if n.startswith(incomplete)]
+
+
 def friendly(fn):
     """Turn a PixelDiTError into one line on stderr and a non-zero exit (PIXELDIT_DEBUG=1: traceback)."""
 
@@ -88,7 +95,7 @@ def flops(
     width: Optional[int] = typer.Option(None, "--width", help="Image width."),
     patch: Optional[int] = typer.Option(None, "--patch", help="Patch size p (replaces the model's)."),
     model: Optional[str] = typer.Option(None, "--model", help="Registry name, e.g. PixelDiT-XL/16 (default), PixelDiT-T2I."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Take model and resolution from a preset."),
+    preset: Optional[str] = typer.Option(None, "--preset", autocompletion=_preset_names, help="Take model and resolution from a preset."),
     batch: int = typer.Option(1, "--batch", min=1, help="Batch size."),
     text_len: Optional[int] = typer.Option(None, "--text-len", help="T2I text tokens (default: the 300-token window)."),
     measure: bool = typer.Option(False, "--measure", metavar="", help="Also time real forwards here and compare to the matmul rate."),
@@ -183,7 +190,7 @@ def convert(
 @friendly
 def train(
     ctx: typer.Context,
-    preset: str = typer.Option(..., "--preset", help="A preset name (see presets/) or a YAML file."),
+    preset: str = typer.Option(..., "--preset", autocompletion=_preset_names, help="A preset name (see presets/) or a YAML file."),
     out_dir: Path = typer.Option(..., "--out", help="Run folder: config.yaml, metrics.jsonl, checkpoints/, samples/."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Total optimizer steps (overrides train.steps)."),
     resume: str = typer.Option("auto", "--resume", help="auto (OUT/checkpoints/last.pt if any), none, or a checkpoint path."),
@@ -252,7 +259,7 @@ def train(
 def sample(
     ctx: typer.Context,
     ckpt: Path = typer.Option(..., "--ckpt", help="Weights: our .safetensors / training .pt, or an official .ckpt.", rich_help_panel="Model"),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Sampling defaults of a preset (default: the xl256 release settings).", rich_help_panel="Model"),
+    preset: Optional[str] = typer.Option(None, "--preset", autocompletion=_preset_names, help="Sampling defaults of a preset (default: the xl256 release settings).", rich_help_panel="Model"),
     weights: Weights = typer.Option(Weights.ema, "--weights", help="ema or raw (checkpoints that hold both).", rich_help_panel="Model"),
     unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", metavar="", help="Allow checkpoints whose pickle runs code (only files you trust).", rich_help_panel="Model"),
     classes: Optional[list[str]] = typer.Option(None, "--class", help="Class id or ImageNet name; repeat for several (cycled).", rich_help_panel="Sampling"),
@@ -358,7 +365,7 @@ def edit(
     text_encoder: Optional[Path] = typer.Option(None, "--text-encoder", help="T2I: local Gemma-2-2b-it folder.", rich_help_panel="Model"),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="T2I: the unconditional prompt.", rich_help_panel="Guidance"),
     ckpt: Path = typer.Option(..., "--ckpt", help="Model weights.", rich_help_panel="Model"),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Take the edit defaults from a preset's edit section.", rich_help_panel="Model"),
+    preset: Optional[str] = typer.Option(None, "--preset", autocompletion=_preset_names, help="Take the edit defaults from a preset's edit section.", rich_help_panel="Model"),
     steps: Optional[int] = typer.Option(None, "--steps", help="Time grid size T [default: 50].", rich_help_panel="Edit"),
     strength: Optional[float] = typer.Option(None, "--strength", help="Editing starts at this noise level, 0..1 [default: 0.66].", rich_help_panel="Edit"),
     n_max: Optional[int] = typer.Option(None, "--n-max", help="Or: edited steps counted from the data end (FlowEdit's notation).", rich_help_panel="Edit"),
@@ -495,7 +502,7 @@ def eval_fid(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per Inception forward [default: 64]."),
     pr_mode: Optional[PRDistances] = typer.Option(None, "--pr-distances", help="fp16 (ADM's tiles) or fp32 [default: fp16]."),
     fid_method: Optional[Sqrtm] = typer.Option(None, "--sqrtm", help="scipy (ADM's path) or eigh (fast, symmetric) [default: scipy]."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Take the defaults above from a preset's eval section."),
+    preset: Optional[str] = typer.Option(None, "--preset", autocompletion=_preset_names, help="Take the defaults above from a preset's eval section."),
     cache_dir: Path = typer.Option(Path.home() / ".cache" / "pixeldit" / "fid", "--cache-dir", help="Reference feature cache."),
     no_cache: bool = typer.Option(False, "--no-cache", metavar="", help="Do not read or write the cache."),
     make_ref: bool = typer.Option(False, "--make-ref", metavar="", help="Write an ADM reference batch from SAMPLES to REF."),

@@ -552,3 +552,24 @@ def test_results_class_names_follow_the_class_order(tmp_path):
     path = save_tiny(tmp_path / "m.safetensors", class_names=json.dumps(names))
     r = run(job(path, tmp_path / "o", classes=(7, 2, 5)), progress=False)
     assert list(r["settings"]["classes"]) == [7, 2, 5] and r["class_names"] == ["c7", "c2", "c5"]
+
+
+def test_make_ref_never_overwrites_its_input_or_a_foreign_file(tmp_path):
+    from pixeldit_cli.metrics.evaluate import make_reference
+
+    src = tmp_path / "s.npz"
+    np.savez(src, arr_0=np.zeros((2, 8, 8, 3), np.uint8))
+    before = src.read_bytes()
+    with pytest.raises(PixelDiTError, match="is the source itself"):
+        make_reference(src, src, force=True)
+    other = tmp_path / "o.npz"
+    np.savez(other, arr_0=np.ones((1, 8, 8, 3), np.uint8))
+    with pytest.raises(PixelDiTError, match="not an ADM reference batch"):
+        make_reference(src, other, force=True)
+    assert src.read_bytes() == before and np.load(other)["arr_0"].sum() == 8 * 8 * 3
+
+
+def test_preset_names_complete_in_the_shell():
+    from pixeldit_cli.cli import _preset_names
+
+    assert "xl256" in _preset_names("") and _preset_names("xl2") == ["xl256"] and "smoke" not in _preset_names("xl")

@@ -218,6 +218,14 @@ def _protocol(fid_method: str, pr_mode: str) -> dict:
             "precision_recall": f"k=3, tiles 10000, {pr_mode} distances", "feature_version": FEATURE_VERSION}
 
 
+def _is_reference_batch(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return {"mu.npy", "sigma.npy"} <= set(z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def make_reference(source, out, inception=None, inception_sha256=None, ref_images: int = 10000, batch_size: int = 64,
                    force: bool = False, progress=True, device=None) -> dict:
     """An ADM reference batch: arr_0 = the first `ref_images` images, mu/sigma/mu_s/sigma_s over all of them.
@@ -228,6 +236,11 @@ def make_reference(source, out, inception=None, inception_sha256=None, ref_image
         raise PixelDiTError(f"{out} must end in .npz")
     if ref_images < 0:
         raise PixelDiTError(f"--ref-images must be 0 or more, got {ref_images}")
+    if out.resolve() == Path(source).resolve():  # --force must never turn the input into the output
+        raise PixelDiTError(f"REF {out} is the source itself", "write the reference batch to another file")
+    if force and out.exists() and not _is_reference_batch(out):
+        raise PixelDiTError(f"{out} exists and is not an ADM reference batch (mu, sigma)",
+                            "--force only replaces a reference batch: choose another REF; nothing was changed")
     rank, world, device = _device_setup(device)
     if rank == 0:
         ensure_writable_file(out, force, what="REF")  # before the feature pass, not after it
