@@ -599,4 +599,7 @@ def _choice(enum, value: str, key: str) -> str:
 
 
 def main():
+    from .workers import die_with_launcher
+
+    die_with_launcher()
     app()

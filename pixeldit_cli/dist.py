@@ -13,6 +13,7 @@ import torch
 
 from .choices import Precision, values
 from .errors import PixelDiTError
+from .workers import LAUNCHER_ENV
 
 PRECISIONS = values(Precision)  # ("auto", "fp32", "bf16")
 
@@ -118,6 +119,7 @@ def launch_workers(nproc: int, argv: list[str] | None = None) -> None:
             break
     if argv and argv[0] == "--":
         argv = argv[1:]
+    os.environ[LAUNCHER_ENV] = str(os.getpid())  # the workers die with this process (die_with_launcher)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
     try:

@@ -573,3 +573,32 @@ def test_preset_names_complete_in_the_shell():
     from pixeldit_cli.cli import _preset_names
 
     assert "xl256" in _preset_names("") and _preset_names("xl2") == ["xl256"] and "smoke" not in _preset_names("xl")
+
+
+def test_killing_the_nproc_launcher_ends_its_workers(ckpt, tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "pixeldit_cli", "sample", "--ckpt", str(ckpt), "--nproc", "2", "--n", "100000",
+                          "--batch-size", "1", "--steps", "50", "--height", "16", "--width", "16", "--format", "npz",
+                          "--out", str(tmp_path / "o")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def workers():
+        out = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+        return [int(x) for x in out]
+
+    deadline = time.time() + 60
+    while time.time() < deadline and len(workers()) < 2:
+        time.sleep(0.2)
+    kids = workers()
+    assert len(kids) >= 2
+    time.sleep(2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    deadline = time.time() + 20
+    alive = kids
+    while time.time() < deadline and alive:
+        time.sleep(0.2)
+        alive = [k for k in kids if os.path.exists(f"/proc/{k}") and "zombie" not in open(f"/proc/{k}/status").read()]
+    assert alive == []
