@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from .errors import PixelDiTError
 from .families import family_of
+from .folders import lock, lock_name
 from .io import atomic_path, ensure_writable_dir, ensure_writable_file, file_sha256, temporary_name, write_error, write_text
 from .models.config import ModelConfig
 from .models.registry import empty_model
@@ -545,6 +546,11 @@ def convert(src, dst, weights: str = "ema", force: bool = False, unsafe_pickle: 
         ensure_writable_file(dst, force, what="DST")  # before reading a 10 GB source, not after
         if dst.exists():
             replaceable_file(dst)
+    with lock(dst.parent, "DST", lock_name(dst.name)):  # two converts to one DST: the second is refused
+        return _convert_locked(src, dst, weights, unsafe_pickle, format, max_shard_size)
+
+
+def _convert_locked(src: Path, dst: Path, weights, unsafe_pickle, format, max_shard_size) -> KeyReport:
     sd, cfg, rep = extract(read_state(src, unsafe_pickle), weights, str(src))
     if format == "hf":
         write_hf_folder(sd, cfg, rep, dst, src.name, max_shard_size)

@@ -25,6 +25,15 @@ TEMPORARY = re.compile(r"^\..+\.pixeldit-\d+\.tmp$")
 _OURS_ALWAYS = {LOCK}
 
 
+def lock_name(target: str) -> str:
+    """The lock of one file or folder written beside others (convert's DST): `.NAME.pixeldit.lock`."""
+    return f".{target}.pixeldit.lock"
+
+
+def lock_target(name: str) -> str:
+    return name[1:-len(".pixeldit.lock")]
+
+
 def marker_format(kind: str) -> str:
     return f"pixeldit-{kind}"
 
@@ -94,7 +103,7 @@ def remove_stale_temporaries(folder) -> int:
 
 
 @contextlib.contextmanager
-def lock(folder, what: str = "--out"):
+def lock(folder, what: str = "--out", name: str = LOCK):
     """Hold `folder/.pixeldit.lock` (flock) for the life of a job: a second process on the same folder is
     refused at once, in one line, instead of racing the first. The lock dies with its process; the file
     is removed when the job ends (a process that opened it just before then sees, after locking, that
@@ -102,7 +111,7 @@ def lock(folder, what: str = "--out"):
     import fcntl
 
     folder = Path(folder)
-    path = folder / LOCK
+    path = folder / name
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
@@ -117,7 +126,8 @@ def lock(folder, what: str = "--out"):
             same = None
         if not same:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise PixelDiTError(f"another pixeldit process (pid {holder}) is writing to {folder}",
+            target = folder if name == LOCK else folder / lock_target(name)
+            raise PixelDiTError(f"another pixeldit process (pid {holder}) is writing to {target}",
                                 f"wait for it to finish, or choose another {what}")
         os.ftruncate(fd, 0)
         with contextlib.suppress(OSError):  # the pid is only a courtesy for the message above (a full disk)

@@ -602,3 +602,16 @@ def test_killing_the_nproc_launcher_ends_its_workers(ckpt, tmp_path):
         time.sleep(0.2)
         alive = [k for k in kids if os.path.exists(f"/proc/{k}") and "zombie" not in open(f"/proc/{k}/status").read()]
     assert alive == []
+
+
+def test_two_converts_to_one_destination(ckpt, tmp_path):
+    dst = tmp_path / "x.safetensors"
+    fd = os.open(tmp_path / ".x.safetensors.pixeldit.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(PixelDiTError, match="another pixeldit process .* is writing to .*x.safetensors"):
+            convert(ckpt, dst)
+    finally:
+        os.close(fd)
+    convert(ckpt, dst)
+    assert dst.exists() and not (tmp_path / ".x.safetensors.pixeldit.lock").exists()
