@@ -1,6 +1,6 @@
 """pixeldit: PixelDiT (pixel-space diffusion transformer) as a toolkit. `import pixeldit` is the same package.
 
-Public API (contracts in DESIGN.md):
+Public API (its contracts: the README):
     load_model(path, weights="ema")  -> network in eval mode with `.config`, official forward(x, t, y)
     build_model(name_or_config)      -> fresh network, official init
     model_config(name)               -> ModelConfig for a registry name such as "PixelDiT-XL/16"

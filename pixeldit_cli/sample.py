@@ -1,6 +1,6 @@
 """Sampling jobs: per-sample seeds and labels, sharding over processes, resume, and self-describing outputs.
 
-Contracts (DESIGN.md, docs/sampling.md):
+Contracts (README, Sampling; docs/conventions.md):
   * noise of sample i = randn(3, H, W) from a CPU generator seeded with seed + i, float32 — so sample i
     is the same image whatever the batch size or the number of processes;
   * uint8 = clip((x + 1)·127.5 + 0.5, 0, 255), truncated (the release's rounding);
