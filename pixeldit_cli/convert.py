@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from .errors import PixelDiTError
 from .families import family_of
-from .folders import lock, lock_name
+from .folders import lock, lock_name, remove_own
 from .io import atomic_path, ensure_writable_dir, ensure_writable_file, file_sha256, temporary_name, write_error, write_text
 from .models.config import ModelConfig
 from .models.registry import empty_model
@@ -131,15 +131,15 @@ def _torch_load(f, unsafe_pickle: bool, mmap: bool):
 HF_CONFIG, HF_WEIGHTS, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 
 
-def _json_file(path: Path, want: type, what: str):
-    """A JSON file that must hold a `want` (dict or list): anything else is one line naming the file."""
+def _json_object(path: Path, what: str) -> dict:
+    """A JSON file that must hold an object: anything else is one line naming the file."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise PixelDiTError(f"{path} is not valid JSON ({str(e).splitlines()[0][:80]})", f"is this {what}?") from None
     except OSError as e:
         raise PixelDiTError(f"cannot read {path}: {e.strerror or e}") from None
-    if not isinstance(value, want):
+    if not isinstance(value, dict):
         raise PixelDiTError(f"{path} holds a JSON {type(value).__name__}, not an object", f"is this {what}?")
     return value
 
@@ -157,12 +157,12 @@ def inside(folder: Path, name, source: Path) -> Path:
     return path
 
 
-def shard_files(folder: Path, index_name: str = HF_INDEX, weights_name: str = HF_WEIGHTS) -> list[Path]:
-    """The weight files of a folder: `weights_name`, or the shards its index names (inside the folder only)."""
-    index_path = folder / index_name
+def shard_files(folder: Path) -> list[Path]:
+    """The weight files of a folder: model.safetensors, or the shards its index names (inside the folder only)."""
+    index_path = folder / HF_INDEX
     if not index_path.is_file():
-        return [inside(folder, weights_name, folder)]
-    index = _json_file(index_path, dict, "a safetensors shard index")
+        return [folder / HF_WEIGHTS]
+    index = _json_object(index_path, "a safetensors shard index")
     wm = index.get("weight_map")
     if not isinstance(wm, dict) or not wm:
         raise PixelDiTError(f"{index_path} has no weight_map (tensor name -> shard file)", "is the index complete?")
@@ -200,7 +200,7 @@ def read_hf_folder(folder: Path):
     if not (folder / HF_CONFIG).is_file():
         raise PixelDiTError(f"checkpoint {folder} is a folder without {HF_CONFIG}",
                             "pass a checkpoint file, or a folder written by `pixeldit convert --format hf`")
-    conf = _json_file(folder / HF_CONFIG, dict, "a pixeldit model folder")
+    conf = _json_object(folder / HF_CONFIG, "a pixeldit model folder")
     if conf.get("model_type") != "pixeldit" or not isinstance(conf.get("pixeldit_config"), dict):
         raise PixelDiTError(f"{folder} is not a pixeldit model folder (config.json model_type {conf.get('model_type')!r})")
     tensors = {}
@@ -294,9 +294,7 @@ def replaceable_file(dst: Path) -> None:
 
 
 def _remove_own_files(folder: Path) -> None:
-    for e in os.scandir(folder):
-        if HF_OWN.match(e.name) and e.is_file(follow_symlinks=False):
-            os.unlink(e.path)
+    remove_own(folder, HF_OWN.match)
     os.rmdir(folder)
 
 
@@ -602,7 +600,7 @@ class _MappedPages:
             import ctypes
             import mmap
 
-            files = shard_files(Path(path)) if Path(path).is_dir() else [Path(path)]
+            files = checkpoint_files(path)
             real = {os.fsencode(os.path.realpath(f)) for f in files}
             with open("/proc/self/maps", "rb") as f:  # bytes: a path in any encoding, whatever the locale says
                 for line in f:

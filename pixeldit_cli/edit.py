@@ -303,22 +303,18 @@ def change_metrics(src_u8, out_u8) -> dict:
 def _check_folder(out, identity: dict, overwrite: bool) -> None:
     """An edit folder holds one edit: the same request again rewrites it (same bytes); another is refused
     unless --overwrite, which replaces the files an edit writes."""
+    import re
+
     from .errors import PixelDiTError
-    from .folders import read_marker
+    from .folders import differences, read_marker, remove_own
 
     before = read_marker(out) if out.is_dir() else None
-    if before is None:
-        return
-    diff = sorted(k for k in set(before) | set(identity) if k != "format" and before.get(k) != identity.get(k))
+    diff = differences(before, identity) if before is not None else []
     if diff and not overwrite:
         raise PixelDiTError(f"{out} holds another edit (different {', '.join(diff[:4])})",
                             "choose another --out, or pass --overwrite to replace it")
     if diff:
-        import re
-
-        for p in out.iterdir():
-            if p.is_file() and (re.fullmatch(r"edited(_seed\d+)?\.png", p.name) or p.name in ("strip.png", "results.json", "run.json")):
-                p.unlink()
+        remove_own(out, lambda n: bool(re.fullmatch(r"edited(_seed\d+)?\.png", n)) or n in ("strip.png", "results.json", "run.json"))
 
 
 def _check_request(image, steps, strength, n_max, n_min, n_avg, num_seeds, src_cfg, tgt_cfg, shift, seed) -> int:

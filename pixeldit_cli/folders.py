@@ -69,37 +69,45 @@ def foreign_entries(folder: Path) -> list[str]:
         return sorted(e.name for e in it if e.name not in _OURS_ALWAYS and not TEMPORARY.match(e.name))
 
 
-def claim(folder, kind: str, what: str = "--out", legacy=None) -> bool:
-    """Check that pixeldit may write into `folder` as a `kind` job; True when it already holds that job.
+def claim(folder, kind: str, what: str = "--out", legacy=None) -> None:
+    """Check that pixeldit may write into `folder` as a `kind` job.
 
     A missing or empty folder is fine (the caller creates it when it is about to write); a folder with
     anything else in it must carry our marker, or the command stops before any work."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise PixelDiTError(f"{what} {folder} is a file, not a folder", f"choose another {what}")
-    if not folder.is_dir():
-        return False
-    if owned_by(folder, kind, legacy):
-        return True
+    if not folder.is_dir() or owned_by(folder, kind, legacy):
+        return
     entries = foreign_entries(folder)
     if entries:
         shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
         raise PixelDiTError(f"{what} {folder} already holds files pixeldit did not write for this command ({shown})",
                             f"choose a new or empty folder for {what}; nothing was changed")
-    return False
 
 
-def remove_stale_temporaries(folder) -> int:
-    """Delete the temporaries a killed pixeldit process left in `folder`: only names of TEMPORARY's shape."""
+def differences(marker: dict, identity: dict) -> list[str]:
+    """The keys in which a folder's marker and this job's identity disagree (the format field aside)."""
+    return sorted(k for k in set(marker) | set(identity) if k != "format" and marker.get(k) != identity.get(k))
+
+
+def remove_own(folder, is_ours) -> int:
+    """Delete the plain files of `folder` whose name `is_ours(name)` accepts — the one way pixeldit removes
+    files: by names only it writes, never following links, never a folder."""
     n = 0
     folder = Path(folder)
     if folder.is_dir():
         with os.scandir(folder) as it:
             for e in it:
-                if TEMPORARY.match(e.name) and e.is_file(follow_symlinks=False):
+                if is_ours(e.name) and e.is_file(follow_symlinks=False):
                     Path(e.path).unlink(missing_ok=True)
                     n += 1
     return n
+
+
+def remove_stale_temporaries(folder) -> int:
+    """Delete the temporaries a killed pixeldit process left in `folder`: only names of TEMPORARY's shape."""
+    return remove_own(folder, TEMPORARY.match)
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PixelDiTError
+from .folders import remove_own
 from .io import is_complete_png, write_error
 
 MAGIC = b"PXDPART1"
@@ -193,15 +194,8 @@ def _scan_npz(path: Path, inv: Inventory, label_of) -> None:
 
 def remove_parts(parts: Path) -> int:
     """Delete pixeldit's own part files (PART_NAME) and the folder if that leaves it empty; nothing else."""
-    if not parts.is_dir():
-        return 0
-    n = 0
-    with os.scandir(parts) as it:
-        for e in it:
-            if PART_NAME.match(e.name) and e.is_file(follow_symlinks=False):
-                os.unlink(e.path)
-                n += 1
-    with contextlib.suppress(OSError):  # not empty (a user's file) or gone: leave it
+    n = remove_own(parts, PART_NAME.match)
+    with contextlib.suppress(OSError):  # not empty (a user's file) or not there: leave it
         parts.rmdir()
     return n
 

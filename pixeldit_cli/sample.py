@@ -25,7 +25,7 @@ import torch
 from .choices import SampleFormat, values
 from .dist import autocast_dtype, barrier, broadcast, device_report, gather, init_distributed, resolve_precision
 from .errors import PixelDiTError
-from .folders import MARKER, claim, lock, marker_format, read_marker, remove_stale_temporaries
+from .folders import MARKER, claim, differences, lock, marker_format, read_marker, remove_own, remove_stale_temporaries
 from .io import NpzWriter, ensure_writable_dir, write_json, write_png
 from .convert import checkpoint_sha256, load_model
 from .families import family_of
@@ -225,10 +225,6 @@ def _legacy_job(folder: Path, marker: dict | None) -> bool:
     return marker is not None and "format" not in marker and {"ckpt", "solver", "steps"} <= set(marker)
 
 
-def _diff(before: dict, now: dict) -> list[str]:
-    return sorted(k for k in set(before) | set(now) if k != "format" and before.get(k) != now.get(k))
-
-
 def _open_folder(job: SampleJob, out: Path, identity: dict, rank: int, world: int, label_of):
     """Rank 0 checks the folder belongs to this job and takes stock; every rank gets the done set.
     (`claim` has already refused a folder pixeldit did not make; `lock` is held.)"""
@@ -236,7 +232,7 @@ def _open_folder(job: SampleJob, out: Path, identity: dict, rank: int, world: in
     if rank == 0:
         before = read_marker(out)
         if before is not None:
-            diff = _diff(before, identity)
+            diff = differences(before, identity)
             if diff and not job.overwrite:
                 if "checkpoint_sha256" in diff:
                     old = str(before.get("checkpoint_sha256") or "unknown")[:12]
@@ -265,13 +261,7 @@ def _open_folder(job: SampleJob, out: Path, identity: dict, rank: int, world: in
 def clear_outputs(out: Path) -> int:
     """--overwrite: delete the job outputs pixeldit wrote in `out` — numbered PNGs, samples.npz, grid.png,
     results.json, run.json and its own part files — and nothing else."""
-    n = 0
-    for e in os.scandir(out):
-        if e.is_file(follow_symlinks=False) and (PNG_NAME.match(e.name) or e.name in _JOB_FILES):
-            os.unlink(e.path)
-            n += 1
-    n += remove_parts(out / "parts")
-    return n
+    return remove_own(out, lambda name: bool(PNG_NAME.match(name)) or name in _JOB_FILES) + remove_parts(out / "parts")
 
 
 _JOB_FILES = ("samples.npz", "grid.png", "results.json", MARKER)
