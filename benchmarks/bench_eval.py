@@ -30,22 +30,30 @@ def main():
         t0 = time.perf_counter()
         net(x)
         dt = time.perf_counter() - t0
-    print(json.dumps({"inception_images_per_s_256px": round(16 / dt, 2), "threads": torch.get_num_threads()}), flush=True)
+    print(
+        json.dumps({"inception_images_per_s_256px": round(16 / dt, 2), "threads": torch.get_num_threads()}), flush=True
+    )
     n = 2000 if a.quick else 10000
     rng = np.random.default_rng(0)
     ref, sam = rng.normal(size=(n, 2048)).astype(np.float32), rng.normal(size=(n, 2048)).astype(np.float32)
     for mode in ("fp16", "fp32"):
         t0 = time.perf_counter()
         p, r = precision_recall(ref, sam, mode=mode)
-        print(json.dumps({"precision_recall": f"{n}x{n}", "mode": mode, "seconds": round(time.perf_counter() - t0, 2)}), flush=True)
+        print(
+            json.dumps({"precision_recall": f"{n}x{n}", "mode": mode, "seconds": round(time.perf_counter() - t0, 2)}),
+            flush=True,
+        )
     m1, s1 = statistics(ref[:4096])
     m2, s2 = statistics(sam[:4096])
-    for method in (["eigh"] if a.quick else ["eigh", "scipy"]):
+    for method in ["eigh"] if a.quick else ["eigh", "scipy"]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t0 = time.perf_counter()
             fd = frechet_distance(m1, s1, m2, s2, method=method)
-        print(json.dumps({"frechet_2048": method, "seconds": round(time.perf_counter() - t0, 2), "fid": round(fd, 4)}), flush=True)
+        print(
+            json.dumps({"frechet_2048": method, "seconds": round(time.perf_counter() - t0, 2), "fid": round(fd, 4)}),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -55,14 +55,26 @@ def main():
         flops = analytic_flops(plain.config, res, res, batch)["total"]
         with torch.inference_mode(), packed_linears(ours):
             rate = matmul_rate()
-            t_plain, t_ours = interleaved([lambda: plain(*inputs), lambda: ours(*inputs)], args.repeats)
+            t_plain, t_ours = interleaved(
+                [lambda m=plain, i=inputs: m(*i), lambda m=ours, i=inputs: m(*i)], args.repeats
+            )
             rate = max(rate, matmul_rate())
             diff = (plain(*inputs) - ours(*inputs)).abs().max().item()
-        row = dict(model=name, res=res, batch=batch, matmul_gflops_per_s=round(rate, 1),
-                   plain_gflops_per_s=round(flops / t_plain / 1e9, 1), ours_gflops_per_s=round(flops / t_ours / 1e9, 1),
-                   plain_efficiency=round(flops / t_plain / 1e9 / rate, 3), efficiency=round(flops / t_ours / 1e9 / rate, 3),
-                   speedup_vs_plain=round(t_plain / t_ours, 3), max_abs_diff=float(f"{diff:.2e}"),
-                   seconds_plain=round(t_plain, 4), seconds_ours=round(t_ours, 4), threads=torch.get_num_threads())
+        row = dict(
+            model=name,
+            res=res,
+            batch=batch,
+            matmul_gflops_per_s=round(rate, 1),
+            plain_gflops_per_s=round(flops / t_plain / 1e9, 1),
+            ours_gflops_per_s=round(flops / t_ours / 1e9, 1),
+            plain_efficiency=round(flops / t_plain / 1e9 / rate, 3),
+            efficiency=round(flops / t_ours / 1e9 / rate, 3),
+            speedup_vs_plain=round(t_plain / t_ours, 3),
+            max_abs_diff=float(f"{diff:.2e}"),
+            seconds_plain=round(t_plain, 4),
+            seconds_ours=round(t_ours, 4),
+            threads=torch.get_num_threads(),
+        )
         print(json.dumps(row), flush=True)
 
 

@@ -75,24 +75,46 @@ def run(kind: str, folder: Path) -> list[dict]:
     src = folder / ("xl256_official.ckpt" if kind == "c2i" else "t2i1024_official.pth")
     dst = folder / f"{kind}.safetensors"
     t0 = time.perf_counter()
-    r = measured(f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from bench_fullsize import write_official; "
-                 f"print(write_official({kind!r}, __import__('pathlib').Path({str(src)!r})))")
+    r = measured(
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from bench_fullsize import write_official; "
+        f"print(write_official({kind!r}, __import__('pathlib').Path({str(src)!r})))"
+    )
     used = int(r["stdout"])
     written = time.perf_counter() - t0
     used_gb = used / 1024**3
     rows = []
     steps = [
         ("convert", f"from pixeldit_cli.convert import convert; convert({str(src)!r}, {str(dst)!r}, force=True)"),
-        ("load converted", f"from pixeldit_cli import load_model; m = load_model({str(dst)!r}); print(sum(p.numel() for p in m.parameters()))"),
-        ("load official directly", f"from pixeldit_cli import load_model; m = load_model({str(src)!r}); print(sum(p.numel() for p in m.parameters()))"),
+        (
+            "load converted",
+            f"from pixeldit_cli import load_model; m = load_model({str(dst)!r}); print(sum(p.numel() for p in m.parameters()))",
+        ),
+        (
+            "load official directly",
+            f"from pixeldit_cli import load_model; m = load_model({str(src)!r}); print(sum(p.numel() for p in m.parameters()))",
+        ),
     ]
     for label, code in steps:
         r = measured(code)
-        rows.append({"model": kind, "step": label, "file_gb": round((src if "official" in label or label == "convert" else dst).stat().st_size / 1024**3, 3),
-                     "weights_gb": round(used_gb, 3), "seconds": r["seconds"], "peak_rss_gb": r["peak_rss_gb"],
-                     "rss_over_weights": round(r["peak_rss_gb"] / used_gb, 3), "params": r["stdout"] or None})
+        rows.append(
+            {
+                "model": kind,
+                "step": label,
+                "file_gb": round(
+                    (src if "official" in label or label == "convert" else dst).stat().st_size / 1024**3, 3
+                ),
+                "weights_gb": round(used_gb, 3),
+                "seconds": r["seconds"],
+                "peak_rss_gb": r["peak_rss_gb"],
+                "rss_over_weights": round(r["peak_rss_gb"] / used_gb, 3),
+                "params": r["stdout"] or None,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
-    print(json.dumps({"model": kind, "step": "write official file (setup, not measured)", "seconds": round(written, 1)}), flush=True)
+    print(
+        json.dumps({"model": kind, "step": "write official file (setup, not measured)", "seconds": round(written, 1)}),
+        flush=True,
+    )
     return rows
 
 
@@ -112,8 +134,12 @@ def main():
                 if not args.keep:
                     f.unlink()
         worst = max(r["rss_over_weights"] for r in rows)
-        print(json.dumps({"summary": "peak RSS / used weights, worst step", "ratio": worst, "target": 1.5,
-                          "met": worst <= 1.5}), flush=True)
+        print(
+            json.dumps(
+                {"summary": "peak RSS / used weights, worst step", "ratio": worst, "target": 1.5, "met": worst <= 1.5}
+            ),
+            flush=True,
+        )
     finally:
         if not args.keep and not args.dir:
             shutil.rmtree(folder, ignore_errors=True)

@@ -69,10 +69,15 @@ def t2i_sampling(compile_: bool, quick: bool) -> dict:
             net(x2, t_in, y2)
         sync()
         net_time = time.perf_counter() - t0
-    return {"case": f"T2I {res}², dpm++2m {steps} steps, CFG 4.5", "compile": compile_, "batch": best["batch"],
-            "img_per_s": round(best["batch"] / best["seconds"], 3), "goal_img_per_s": 1.2 if res == 1024 else None,
-            "share_outside_network": round(max(0.0, 1 - net_time / best["seconds"]), 3),
-            "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 2)}
+    return {
+        "case": f"T2I {res}², dpm++2m {steps} steps, CFG 4.5",
+        "compile": compile_,
+        "batch": best["batch"],
+        "img_per_s": round(best["batch"] / best["seconds"], 3),
+        "goal_img_per_s": 1.2 if res == 1024 else None,
+        "share_outside_network": round(max(0.0, 1 - net_time / best["seconds"]), 3),
+        "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 2),
+    }
 
 
 def xl_training_step(compile_: bool, quick: bool) -> dict:
@@ -114,9 +119,15 @@ def xl_training_step(compile_: bool, quick: bool) -> dict:
     flops = 3 * analytic_flops(model.config, 256, 256, batch)["total"]
     peak = peak_tflops(torch.cuda.get_device_name())
     achieved = flops / dt / 1e12
-    return {"case": f"XL/16 256² training step, batch {batch}, bf16", "compile": compile_, "seconds": round(dt, 4),
-            "tflops": round(achieved, 1), "mfu": round(achieved / peak, 3) if peak else None, "goal_mfu": 0.45,
-            "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 2)}
+    return {
+        "case": f"XL/16 256² training step, batch {batch}, bf16",
+        "compile": compile_,
+        "seconds": round(dt, 4),
+        "tflops": round(achieved, 1),
+        "mfu": round(achieved / peak, 3) if peak else None,
+        "goal_mfu": 0.45,
+        "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 2),
+    }
 
 
 def main():
@@ -128,14 +139,25 @@ def main():
         print("bench_gpu.py needs a CUDA device; none is visible here (the CPU figures come from make bench)")
         sys.exit(0)
     torch.backends.cuda.matmul.allow_tf32 = True
-    print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                      "peak_bf16_tflops": peak_tflops(torch.cuda.get_device_name())}), flush=True)
-    for compile_ in ([False] if args.no_compile else [False, True]):
+    print(
+        json.dumps(
+            {
+                "device": torch.cuda.get_device_name(),
+                "torch": torch.__version__,
+                "peak_bf16_tflops": peak_tflops(torch.cuda.get_device_name()),
+            }
+        ),
+        flush=True,
+    )
+    for compile_ in [False] if args.no_compile else [False, True]:
         for case in (t2i_sampling, xl_training_step):
             try:
                 print(json.dumps(case(compile_, args.quick)), flush=True)
             except Exception as e:  # a benchmark reports what failed and goes on
-                print(json.dumps({"case": case.__name__, "compile": compile_, "error": f"{type(e).__name__}: {e}"[:300]}), flush=True)
+                print(
+                    json.dumps({"case": case.__name__, "compile": compile_, "error": f"{type(e).__name__}: {e}"[:300]}),
+                    flush=True,
+                )
             torch.cuda.empty_cache()
 
 

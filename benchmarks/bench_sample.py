@@ -20,8 +20,12 @@ from pixeldit_cli.models.packed import packed_linears
 from pixeldit_cli.solvers import noise_for, solve
 
 # name, res, batch, steps
-CASES = [("PixelDiT-S/4", 32, 16, 20), ("PixelDiT-T2I-S/16", 64, 2, 25), ("PixelDiT-B/16", 256, 2, 4),
-         ("PixelDiT-XL/16", 256, 1, 2)]
+CASES = [
+    ("PixelDiT-S/4", 32, 16, 20),
+    ("PixelDiT-T2I-S/16", 64, 2, 25),
+    ("PixelDiT-B/16", 256, 2, 4),
+    ("PixelDiT-XL/16", 256, 1, 2),
+]
 
 
 class NetworkClock:
@@ -69,10 +73,26 @@ def main():
                     if label not in rows or r[0] < rows[label][0]:
                         rows[label] = r
         (tp, _, st), (to, no, _) = rows["plain"], rows["ours"]
-        print(json.dumps(dict(model=name, res=res, batch=batch, steps=steps, solver=solver, cfg=cfg, nfe_per_sample=st.evals,
-                              images_per_s=round(batch / to, 3), images_per_s_plain=round(batch / tp, 3),
-                              evals_per_s=round(batch * st.evals / to, 2), speedup_vs_plain=round(tp / to, 3),
-                              outside_network=round(1 - no / to, 4), seconds=round(to, 2))), flush=True)
+        print(
+            json.dumps(
+                dict(
+                    model=name,
+                    res=res,
+                    batch=batch,
+                    steps=steps,
+                    solver=solver,
+                    cfg=cfg,
+                    nfe_per_sample=st.evals,
+                    images_per_s=round(batch / to, 3),
+                    images_per_s_plain=round(batch / tp, 3),
+                    evals_per_s=round(batch * st.evals / to, 2),
+                    speedup_vs_plain=round(tp / to, 3),
+                    outside_network=round(1 - no / to, 4),
+                    seconds=round(to, 2),
+                )
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import json, sys, time, torch
 from safetensors.torch import save_file
 from pixeldit_cli import build_model
 import importlib
-S = importlib.import_module("pixeldit_cli.sample")  # the package exports a function of the same name
+S = importlib.import_module("pixeldit_cli.sampling")
 
 n, fmt, folder = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 torch.manual_seed(0)
@@ -55,24 +55,48 @@ def main():
     rows = []
     for n in args.ns:
         with tempfile.TemporaryDirectory(prefix="pixeldit-job-") as folder:
-            p = subprocess.Popen([sys.executable, "-c", CHILD, str(n), args.format, folder], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+            p = subprocess.Popen(
+                [sys.executable, "-c", CHILD, str(n), args.format, folder],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": "2"},
+            )
             _, status, usage = os.wait4(p.pid, 0)
             out, err = p.stdout.read(), p.stderr.read()
             if os.waitstatus_to_exitcode(status) != 0:
                 raise SystemExit(err[-2000:])
             r = json.loads(out.strip().splitlines()[-1])
             outside = r["wall"] - r["network"]
-            rows.append({"n": n, "format": args.format, "seconds": round(r["wall"], 2), "network_s": round(r["network"], 2),
-                         "outside_network_ms_per_image": round(1000 * outside / n, 4),
-                         "assembly_s": round(r["assembly"], 2), "peak_rss_gb": round(usage.ru_maxrss / 1024**2, 3)})
+            rows.append(
+                {
+                    "n": n,
+                    "format": args.format,
+                    "seconds": round(r["wall"], 2),
+                    "network_s": round(r["network"], 2),
+                    "outside_network_ms_per_image": round(1000 * outside / n, 4),
+                    "assembly_s": round(r["assembly"], 2),
+                    "peak_rss_gb": round(usage.ru_maxrss / 1024**2, 3),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     per = [r["outside_network_ms_per_image"] for r in rows]
     rss = [r["peak_rss_gb"] for r in rows]
-    print(json.dumps({"summary": "job overhead", "overhead_growth": round(max(per) / min(per), 3), "target_growth": 1.5,
-                      "max_outside_ms_per_image": max(per), "target_ms": 1.0 if args.format == "npz" else None,
-                      "rss_growth": round(max(rss) / min(rss), 3), "largest_assembly_s": rows[-1]["assembly_s"],
-                      "target_assembly_s": 60}), flush=True)
+    print(
+        json.dumps(
+            {
+                "summary": "job overhead",
+                "overhead_growth": round(max(per) / min(per), 3),
+                "target_growth": 1.5,
+                "max_outside_ms_per_image": max(per),
+                "target_ms": 1.0 if args.format == "npz" else None,
+                "rss_growth": round(max(rss) / min(rss), 3),
+                "largest_assembly_s": rows[-1]["assembly_s"],
+                "target_assembly_s": 60,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -21,16 +21,18 @@ CASES = [("PixelDiT-S/4", 32, 64, 4), ("PixelDiT-B/16", 256, 4, 3)]  # model, re
 def one(name, res, batch, steps):
     import torch
 
+    from pixeldit_cli.config import load_preset
     from pixeldit_cli.flops import analytic_flops, matmul_rate
     from pixeldit_cli.models import build_model
-    from pixeldit_cli.config import load_preset
     from pixeldit_cli.train.loop import ema_update, make_optimizer
     from pixeldit_cli.train.objective import draw, flow_loss
 
     torch.manual_seed(0)
     model = build_model(name, num_classes=10 if "S/" in name else 1000)
     ema = [p.detach().clone() for p in model.parameters()]
-    opt = make_optimizer(list(model.parameters()), load_preset("xl256").train, torch.device("cpu"))  # as the trainer builds it
+    opt = make_optimizer(
+        list(model.parameters()), load_preset("xl256").train, torch.device("cpu")
+    )  # as the trainer builds it
     x = torch.rand(batch, 3, res, res) * 2 - 1
     y = torch.randint(0, model.config.num_classes, (batch,))
 
@@ -51,10 +53,17 @@ def one(name, res, batch, steps):
     dt = time.perf_counter() - t0
     rate = max(rate0, matmul_rate())
     flops = 3 * analytic_flops(model.config, res, res, batch)["total"] * steps
-    return dict(model=name, res=res, batch=batch, steps=steps, img_per_s=round(batch * steps / dt, 2),
-                gflops_per_s=round(flops / dt / 1e9, 1), matmul_gflops_per_s=round(rate, 1),
-                efficiency=round(flops / dt / 1e9 / rate, 3),
-                peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
+    return dict(
+        model=name,
+        res=res,
+        batch=batch,
+        steps=steps,
+        img_per_s=round(batch * steps / dt, 2),
+        gflops_per_s=round(flops / dt / 1e9, 1),
+        matmul_gflops_per_s=round(rate, 1),
+        efficiency=round(flops / dt / 1e9 / rate, 3),
+        peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+    )
 
 
 def main():

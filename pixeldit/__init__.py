@@ -1,8 +1,16 @@
-"""`import pixeldit` is `import pixeldit_cli`: one package, two names (the distribution is `pixeldit`;
-the CLI module kept its first name). `pixeldit.X` is the very module `pixeldit_cli.X`."""
+"""`import pixeldit`: the public API of the `pixeldit_cli` package under the distribution's name.
 
-import sys
+The names are the very objects of `pixeldit_cli` (`pixeldit.load_model is pixeldit_cli.load_model`); the
+modules themselves are only `pixeldit_cli.*`, so there is one copy of each.
+"""
 
 import pixeldit_cli
+from pixeldit_cli import __all__, __version__  # noqa: F401
 
-sys.modules[__name__] = pixeldit_cli
+
+def __getattr__(name):
+    return getattr(pixeldit_cli, name)
+
+
+def __dir__():
+    return sorted(__all__)

@@ -1,4 +1,4 @@
-"""pixeldit: PixelDiT (pixel-space diffusion transformer) as a toolkit. `import pixeldit` is the same package.
+"""pixeldit: PixelDiT (pixel-space diffusion transformer) as a toolkit. `import pixeldit` gives the same names.
 
 Public API (its contracts: the README):
     load_model(path, weights="ema")  -> network in eval mode with `.config`, official forward(x, t, y)
@@ -11,15 +11,12 @@ does not pay for torch.
 """
 
 import importlib
-import importlib.abc
-import sys
-import types
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": ".convert",
-    "sample": ".sample",
+    "load_model": ".models.loading",
+    "sample": ".sampling",
     "PixelDiTError": ".errors",
     "ModelConfig": ".models.config",
     "build_model": ".models.registry",
@@ -28,47 +25,13 @@ _LAZY = {
 __all__ = [*_LAZY, "__version__"]
 
 
-class _Package(types.ModuleType):
-    """Keeps `pixeldit_cli.sample` the public function although a submodule has the same name: importing
-    a submodule sets the package attribute of that name to the module, which would shadow the function."""
-
-    def __setattr__(self, name, value):
-        if name in _LAZY and isinstance(value, types.ModuleType):
-            return  # the function (loaded by __getattr__) keeps the name; the module stays in sys.modules
-        super().__setattr__(name, value)
-
-    def __getattr__(self, name):
-        if name in _LAZY:
-            value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-            self.__dict__[name] = value
-            return value
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-    def __dir__(self):
-        return sorted({*super().__dir__(), *_LAZY})
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-sys.modules[__name__].__class__ = _Package
-
-
-class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """`pixeldit.X` is `pixeldit_cli.X`, the same module object (no second copy of any module state)."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name.startswith("pixeldit.") or name == "pixeldit":
-            import importlib.util
-
-            return importlib.util.spec_from_loader(name, self)
-        return None
-
-    def create_module(self, spec):
-        module = importlib.import_module("pixeldit_cli" + spec.name[len("pixeldit"):])
-        self.real_spec = module.__spec__
-        return module
-
-    def exec_module(self, module):
-        module.__spec__ = self.real_spec  # the import machinery put the alias's spec on the shared module
-
-
-if not any(isinstance(f, _Alias) for f in sys.meta_path):
-    sys.meta_path.insert(0, _Alias())  # before the path finder, which would load a second copy
+def __dir__():
+    return sorted({*globals(), *_LAZY})

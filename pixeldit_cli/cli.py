@@ -5,14 +5,24 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .choices import ClassMode, Fit, Precision, PRDistances, ReuseSchedule, SampleFormat, Solver, Sqrtm, Weights, WeightsFormat
-from .config import command_config, dotted_keys, parse_overrides, with_values
+from .choices import (
+    ClassMode,
+    Fit,
+    PRDistances,
+    Precision,
+    ReuseSchedule,
+    SampleFormat,
+    Solver,
+    Sqrtm,
+    Weights,
+    WeightsFormat,
+)
+from .config import check_overrides, command_config, dotted_keys, parse_overrides, with_values
 from .errors import PixelDiTError
 
 app = typer.Typer(
@@ -51,7 +61,7 @@ def friendly(fn):
             if kwargs.get("as_json"):  # a script reading stdout with json.loads gets an object either way
                 print(json.dumps({"error": e.message, "hint": e.hint or None}), flush=True)
             err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(e.exit_code)
+            raise typer.Exit(e.exit_code) from None
 
     return wrapper
 
@@ -71,7 +81,11 @@ def _version(value: bool):
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", metavar="", callback=_version, is_eager=True, help="Print the version and exit.")):
+def _root(
+    version: bool = typer.Option(
+        False, "--version", metavar="", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+):
     """PixelDiT toolkit."""
 
 
@@ -90,28 +104,51 @@ def _root(version: bool = typer.Option(False, "--version", metavar="", callback=
 )
 @friendly
 def flops(
-    res: Optional[int] = typer.Option(None, "--res", help="Square resolution (default: the preset's, else 256)."),
-    height: Optional[int] = typer.Option(None, "--height", help="Image height (non-square allowed)."),
-    width: Optional[int] = typer.Option(None, "--width", help="Image width."),
-    patch: Optional[int] = typer.Option(None, "--patch", help="Patch size p (replaces the model's)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Registry name, e.g. PixelDiT-XL/16 (default), PixelDiT-T2I."),
-    preset: Optional[str] = typer.Option(None, "--preset", autocompletion=_preset_names, help="Take model and resolution from a preset."),
+    res: int | None = typer.Option(None, "--res", help="Square resolution (default: the preset's, else 256)."),
+    height: int | None = typer.Option(None, "--height", help="Image height (non-square allowed)."),
+    width: int | None = typer.Option(None, "--width", help="Image width."),
+    patch: int | None = typer.Option(None, "--patch", help="Patch size p (replaces the model's)."),
+    model: str | None = typer.Option(
+        None, "--model", help="Registry name, e.g. PixelDiT-XL/16 (default), PixelDiT-T2I."
+    ),
+    preset: str | None = typer.Option(
+        None, "--preset", autocompletion=_preset_names, help="Take model and resolution from a preset."
+    ),
     batch: int = typer.Option(1, "--batch", min=1, help="Batch size."),
-    text_len: Optional[int] = typer.Option(None, "--text-len", help="T2I text tokens (default: the 300-token window)."),
-    measure: bool = typer.Option(False, "--measure", metavar="", help="Also time real forwards here and compare to the matmul rate."),
-    device: str = typer.Option("auto", "--device", help="With --measure: auto (CUDA when present) | cpu | cuda | cuda:N."),
-    precision: Precision = typer.Option(Precision.auto, "--precision", help="With --measure: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16."),
+    text_len: int | None = typer.Option(None, "--text-len", help="T2I text tokens (default: the 300-token window)."),
+    measure: bool = typer.Option(
+        False, "--measure", metavar="", help="Also time real forwards here and compare to the matmul rate."
+    ),
+    device: str = typer.Option(
+        "auto", "--device", help="With --measure: auto (CUDA when present) | cpu | cuda | cuda:N."
+    ),
+    precision: Precision = typer.Option(
+        Precision.auto, "--precision", help="With --measure: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16."
+    ),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print one JSON object."),
 ):
     """Parameters and GFLOPs of one forward, in the paper's convention (Linear 2·n·in·out, attention 4·B·N²·C)."""
     from .flops import run_flops
 
-    result = run_flops(res=res, height=height, width=width, patch=patch, model=model, preset=preset,
-                       batch=batch, text_len=text_len, measure=measure, device=device, precision=precision.value)
+    result = run_flops(
+        res=res,
+        height=height,
+        width=width,
+        patch=patch,
+        model=model,
+        preset=preset,
+        batch=batch,
+        text_len=text_len,
+        measure=measure,
+        device=device,
+        precision=precision.value,
+    )
     if as_json:
         print(json.dumps(result))
         return
-    t = Table(title=f"{result['model']} @ {result['height']}x{result['width']}, batch {result['batch']}", show_header=False)
+    t = Table(
+        title=f"{result['model']} @ {result['height']}x{result['width']}, batch {result['batch']}", show_header=False
+    )
     t.add_row("parameters", f"{result['params']:,} ({result['params'] / 1e6:.1f}M)")
     t.add_row("GFLOPs / forward", f"{result['gflops']:.2f}")
     for k, v in result["breakdown_gflops"].items():
@@ -142,20 +179,37 @@ def flops(
 )
 @friendly
 def convert(
-    src: Path = typer.Argument(..., help="Official .ckpt (c2i), official .pth (T2I), our training .pt, or safetensors."),
+    src: Path = typer.Argument(
+        ..., help="Official .ckpt (c2i), official .pth (T2I), our training .pt, or safetensors."
+    ),
     dst: Path = typer.Argument(..., help="Output .safetensors (config in its metadata), or a folder with --format hf."),
     weights: Weights = typer.Option(Weights.ema, "--weights", help="ema (what the release samples with) or raw."),
     force: bool = typer.Option(False, "--force", metavar="", help="Overwrite DST if it exists."),
-    unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", metavar="", help="Allow pickles that run code (only for files you trust)."),
+    unsafe_pickle: bool = typer.Option(
+        False, "--unsafe-pickle", metavar="", help="Allow pickles that run code (only for files you trust)."
+    ),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print the key report as one JSON object."),
-    fmt: WeightsFormat = typer.Option(WeightsFormat.safetensors, "--format", help="safetensors (one file) or hf: a folder with config.json + model.safetensors, loadable by every --ckpt."),
-    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="With --format hf: shard the weights above this size (huggingface_hub's rule)."),
+    fmt: WeightsFormat = typer.Option(
+        WeightsFormat.safetensors,
+        "--format",
+        help="safetensors (one file) or hf: a folder with config.json + model.safetensors, loadable by every --ckpt.",
+    ),
+    max_shard_size: str = typer.Option(
+        "5GB", "--max-shard-size", help="With --format hf: shard the weights above this size (huggingface_hub's rule)."
+    ),
 ):
     """Convert a checkpoint to safetensors; the architecture is read from the tensor shapes."""
     from .convert import convert as run
 
-    rep = run(src, dst, weights=weights.value, force=force, unsafe_pickle=unsafe_pickle, format=fmt.value,
-              max_shard_size=max_shard_size)
+    rep = run(
+        src,
+        dst,
+        weights=weights.value,
+        force=force,
+        unsafe_pickle=unsafe_pickle,
+        format=fmt.value,
+        max_shard_size=max_shard_size,
+    )
     if as_json:
         from dataclasses import asdict
 
@@ -185,20 +239,30 @@ def convert(
     "Any preset value is a dotted override: --train.lr 1e-5, --data.path DIR, --sample.cfg 2.0 "
     "(`--print-config` shows them all, resolved). The resolved config is printed, saved as OUT/config.yaml "
     "and in every checkpoint. Re-running the same command resumes from OUT/checkpoints/last.pt (--resume auto).\n\n"
-    "Config keys: " + ", ".join(dotted_keys())
+    "Config keys: " + ", ".join(dotted_keys()),
 )
 @friendly
 def train(
     ctx: typer.Context,
-    preset: str = typer.Option(..., "--preset", autocompletion=_preset_names, help="A preset name (see presets/) or a YAML file."),
+    preset: str = typer.Option(
+        ..., "--preset", autocompletion=_preset_names, help="A preset name (see presets/) or a YAML file."
+    ),
     out_dir: Path = typer.Option(..., "--out", help="Run folder: config.yaml, metrics.jsonl, checkpoints/, samples/."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Total optimizer steps (overrides train.steps)."),
-    resume: str = typer.Option("auto", "--resume", help="auto (OUT/checkpoints/last.pt if any), none, or a checkpoint path."),
-    repa_encoder: Optional[str] = typer.Option(None, "--repa-encoder", help="Local DINOv2 ViT-B/14 folder (transformers format)."),
-    text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="T2I: local Gemma-2-2b-it folder."),
+    steps: int | None = typer.Option(None, "--steps", help="Total optimizer steps (overrides train.steps)."),
+    resume: str = typer.Option(
+        "auto", "--resume", help="auto (OUT/checkpoints/last.pt if any), none, or a checkpoint path."
+    ),
+    repa_encoder: str | None = typer.Option(
+        None, "--repa-encoder", help="Local DINOv2 ViT-B/14 folder (transformers format)."
+    ),
+    text_encoder: str | None = typer.Option(None, "--text-encoder", help="T2I: local Gemma-2-2b-it folder."),
     nproc: int = typer.Option(1, "--nproc", help="Start this many worker processes here (torchrun not needed)."),
-    print_config: bool = typer.Option(False, "--print-config", metavar="", help="Print the resolved config (every dotted key) and exit."),
-    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the run's summary as one JSON object (logs go to stderr)."),
+    print_config: bool = typer.Option(
+        False, "--print-config", metavar="", help="Print the resolved config (every dotted key) and exit."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", metavar="", help="Print the run's summary as one JSON object (logs go to stderr)."
+    ),
 ):
     """Train PixelDiT with the release's recipe: class-conditional (REPA, EMA) or text-to-image stages."""
     from .config import resolve
@@ -233,8 +297,12 @@ def train(
     summary = run_training(cfg, out_dir, resume="" if resume == "none" else resume)
     if summary.get("last"):
         last = summary["last"]
-        out.print(f"step {summary['step']}: loss {last['loss']:.4f} ({summary['trained_steps']} steps in "
-                  f"{summary['seconds']:.0f} s) -> {out_dir}/checkpoints/last.pt", highlight=False, soft_wrap=True)
+        out.print(
+            f"step {summary['step']}: loss {last['loss']:.4f} ({summary['trained_steps']} steps in "
+            f"{summary['seconds']:.0f} s) -> {out_dir}/checkpoints/last.pt",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command(
@@ -258,43 +326,183 @@ def train(
 @friendly
 def sample(
     ctx: typer.Context,
-    ckpt: Path = typer.Option(..., "--ckpt", help="Weights: our .safetensors / training .pt, or an official .ckpt.", rich_help_panel="Model"),
-    preset: Optional[str] = typer.Option(None, "--preset", autocompletion=_preset_names, help="Sampling defaults of a preset (default: the xl256 release settings).", rich_help_panel="Model"),
-    weights: Weights = typer.Option(Weights.ema, "--weights", help="ema or raw (checkpoints that hold both).", rich_help_panel="Model"),
-    unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", metavar="", help="Allow checkpoints whose pickle runs code (only files you trust).", rich_help_panel="Model"),
-    classes: Optional[list[str]] = typer.Option(None, "--class", help="Class id or ImageNet name; repeat for several (cycled).", rich_help_panel="Sampling"),
-    class_mode: Optional[ClassMode] = typer.Option(None, "--classes", help="Without --class: uniform (random per index) or balanced (n/classes each, in order).", rich_help_panel="Sampling"),
-    prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="Text-to-image prompt; repeat for several (cycled).", rich_help_panel="Text"),
-    prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="A text file with one prompt per line.", rich_help_panel="Text"),
-    negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="Negative prompt (default: the empty prompt).", rich_help_panel="Text"),
-    text_encoder: Optional[Path] = typer.Option(None, "--text-encoder", help="Local Gemma-2-2b-it directory (T2I).", rich_help_panel="Text"),
+    ckpt: Path = typer.Option(
+        ..., "--ckpt", help="Weights: our .safetensors / training .pt, or an official .ckpt.", rich_help_panel="Model"
+    ),
+    preset: str | None = typer.Option(
+        None,
+        "--preset",
+        autocompletion=_preset_names,
+        help="Sampling defaults of a preset (default: the xl256 release settings).",
+        rich_help_panel="Model",
+    ),
+    weights: Weights = typer.Option(
+        Weights.ema, "--weights", help="ema or raw (checkpoints that hold both).", rich_help_panel="Model"
+    ),
+    unsafe_pickle: bool = typer.Option(
+        False,
+        "--unsafe-pickle",
+        metavar="",
+        help="Allow checkpoints whose pickle runs code (only files you trust).",
+        rich_help_panel="Model",
+    ),
+    classes: list[str] | None = typer.Option(
+        None, "--class", help="Class id or ImageNet name; repeat for several (cycled).", rich_help_panel="Sampling"
+    ),
+    class_mode: ClassMode | None = typer.Option(
+        None,
+        "--classes",
+        help="Without --class: uniform (random per index) or balanced (n/classes each, in order).",
+        rich_help_panel="Sampling",
+    ),
+    prompt: list[str] | None = typer.Option(
+        None, "--prompt", help="Text-to-image prompt; repeat for several (cycled).", rich_help_panel="Text"
+    ),
+    prompts_file: Path | None = typer.Option(
+        None, "--prompts", help="A text file with one prompt per line.", rich_help_panel="Text"
+    ),
+    negative_prompt: str | None = typer.Option(
+        None, "--negative-prompt", help="Negative prompt (default: the empty prompt).", rich_help_panel="Text"
+    ),
+    text_encoder: Path | None = typer.Option(
+        None, "--text-encoder", help="Local Gemma-2-2b-it directory (T2I).", rich_help_panel="Text"
+    ),
     n: int = typer.Option(64, "--n", help="Number of images.", rich_help_panel="Sampling"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Sample i uses seed + i [default: the config's sample.seed, 0].", rich_help_panel="Sampling"),
-    solver: Optional[Solver] = typer.Option(None, "--solver", help="The ODE solver [default: the preset's or checkpoint's].", rich_help_panel="Sampling"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Solver steps (= network calls) [default: the preset's or checkpoint's, e.g. 100 for xl256].", rich_help_panel="Sampling"),
-    shift: Optional[float] = typer.Option(None, "--shift", help="Time shift s (c2i convention) [default: the preset's or checkpoint's].", rich_help_panel="Sampling"),
-    height: Optional[int] = typer.Option(None, "--height", help="Image height, a multiple of p [default: the training resolution].", rich_help_panel="Sampling"),
-    width: Optional[int] = typer.Option(None, "--width", help="Image width, a multiple of p [default: the training resolution].", rich_help_panel="Sampling"),
-    aspect_ratio: Optional[str] = typer.Option(None, "--aspect-ratio", help="W:H, snapped to the release's T2I bucket list (scaled to the resolution).", rich_help_panel="Sampling"),
-    cfg: Optional[float] = typer.Option(None, "--cfg", help="Guidance scale, 1 = off [default: the preset's or checkpoint's, e.g. 2.75 for xl256].", rich_help_panel="Guidance"),
-    semantic_reuse: int = typer.Option(1, "--semantic-reuse", help="Run the patch (semantic) pathway every K-th network evaluation, the pixel pathway on every one: faster, see the README's trade-off table.", rich_help_panel="Guidance"),
-    reuse_schedule: ReuseSchedule = typer.Option(ReuseSchedule.uniform, "--reuse-schedule", help="uniform, or ends: also recompute on every evaluation of the first and last 10% of the steps.", rich_help_panel="Guidance"),
-    cfg_interval: Optional[tuple[float, float]] = typer.Option(None, "--cfg-interval", help="LO HI: guide only for LO < t < HI [default: the preset's or checkpoint's].", rich_help_panel="Guidance"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward; does not change the images [default: the config's sample.batch_size, 32].", rich_help_panel="Distributed"),
-    nproc: int = typer.Option(1, "--nproc", help="Start this many worker processes here (torchrun not needed).", rich_help_panel="Distributed"),
-    precision: Precision = typer.Option(Precision.auto, "--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16.", rich_help_panel="Distributed"),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present; torchrun: the local rank's GPU) | cpu | cuda | cuda:N.", rich_help_panel="Distributed"),
-    compile: bool = typer.Option(False, "--compile", metavar="", help="torch.compile the network.", rich_help_panel="Distributed"),
-    packed: bool = typer.Option(True, "--packed/--no-packed", help="CPU fp32: oneDNN-packed Linear weights (~1.2x on XL/16; last bits differ). --no-packed: PyTorch's own Linear, bit-identical to the library forward.", rich_help_panel="Distributed"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: named after every knob).", rich_help_panel="Output"),
-    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="--out holds samples of another checkpoint or other settings: replace them (pixeldit's own files only).", rich_help_panel="Output"),
-    npz: bool = typer.Option(False, "--npz", metavar="", help="Make sure an ADM samples.npz is written (arr_0 uint8 NHWC, arr_1 labels).", rich_help_panel="Output"),
-    fmt: SampleFormat = typer.Option(SampleFormat.auto, "--format", help="auto: both up to 1000 images, the npz alone above.", rich_help_panel="Output"),
-    as_json: bool = typer.Option(False, "--json", metavar="", help="Print results.json's content as one JSON object (no progress bar).", rich_help_panel="Output"),
-    print_config: bool = typer.Option(False, "--print-config", metavar="", help="Print the resolved config (flags folded in) and exit.", rich_help_panel="Output"),
+    seed: int | None = typer.Option(
+        None,
+        "--seed",
+        help="Sample i uses seed + i [default: the config's sample.seed, 0].",
+        rich_help_panel="Sampling",
+    ),
+    solver: Solver | None = typer.Option(
+        None, "--solver", help="The ODE solver [default: the preset's or checkpoint's].", rich_help_panel="Sampling"
+    ),
+    steps: int | None = typer.Option(
+        None,
+        "--steps",
+        help="Solver steps (= network calls) [default: the preset's or checkpoint's, e.g. 100 for xl256].",
+        rich_help_panel="Sampling",
+    ),
+    shift: float | None = typer.Option(
+        None,
+        "--shift",
+        help="Time shift s (c2i convention) [default: the preset's or checkpoint's].",
+        rich_help_panel="Sampling",
+    ),
+    height: int | None = typer.Option(
+        None,
+        "--height",
+        help="Image height, a multiple of p [default: the training resolution].",
+        rich_help_panel="Sampling",
+    ),
+    width: int | None = typer.Option(
+        None,
+        "--width",
+        help="Image width, a multiple of p [default: the training resolution].",
+        rich_help_panel="Sampling",
+    ),
+    aspect_ratio: str | None = typer.Option(
+        None,
+        "--aspect-ratio",
+        help="W:H, snapped to the release's T2I bucket list (scaled to the resolution).",
+        rich_help_panel="Sampling",
+    ),
+    cfg: float | None = typer.Option(
+        None,
+        "--cfg",
+        help="Guidance scale, 1 = off [default: the preset's or checkpoint's, e.g. 2.75 for xl256].",
+        rich_help_panel="Guidance",
+    ),
+    semantic_reuse: int = typer.Option(
+        1,
+        "--semantic-reuse",
+        help="Run the patch (semantic) pathway every K-th network evaluation, the pixel pathway on every one: faster, see the README's trade-off table.",
+        rich_help_panel="Guidance",
+    ),
+    reuse_schedule: ReuseSchedule = typer.Option(
+        ReuseSchedule.uniform,
+        "--reuse-schedule",
+        help="uniform, or ends: also recompute on every evaluation of the first and last 10% of the steps.",
+        rich_help_panel="Guidance",
+    ),
+    cfg_interval: tuple[float, float] | None = typer.Option(
+        None,
+        "--cfg-interval",
+        help="LO HI: guide only for LO < t < HI [default: the preset's or checkpoint's].",
+        rich_help_panel="Guidance",
+    ),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        help="Images per forward; does not change the images [default: the config's sample.batch_size, 32].",
+        rich_help_panel="Distributed",
+    ),
+    nproc: int = typer.Option(
+        1, "--nproc", help="Start this many worker processes here (torchrun not needed).", rich_help_panel="Distributed"
+    ),
+    precision: Precision = typer.Option(
+        Precision.auto,
+        "--precision",
+        help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16.",
+        rich_help_panel="Distributed",
+    ),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        help="auto (CUDA when present; torchrun: the local rank's GPU) | cpu | cuda | cuda:N.",
+        rich_help_panel="Distributed",
+    ),
+    compile: bool = typer.Option(
+        False, "--compile", metavar="", help="torch.compile the network.", rich_help_panel="Distributed"
+    ),
+    packed: bool = typer.Option(
+        True,
+        "--packed/--no-packed",
+        help="CPU fp32: oneDNN-packed Linear weights (~1.2x on XL/16; last bits differ). --no-packed: PyTorch's own Linear, bit-identical to the library forward.",
+        rich_help_panel="Distributed",
+    ),
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="Output folder (default: named after every knob).", rich_help_panel="Output"
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        metavar="",
+        help="--out holds samples of another checkpoint or other settings: replace them (pixeldit's own files only).",
+        rich_help_panel="Output",
+    ),
+    npz: bool = typer.Option(
+        False,
+        "--npz",
+        metavar="",
+        help="Make sure an ADM samples.npz is written (arr_0 uint8 NHWC, arr_1 labels).",
+        rich_help_panel="Output",
+    ),
+    fmt: SampleFormat = typer.Option(
+        SampleFormat.auto,
+        "--format",
+        help="auto: both up to 1000 images, the npz alone above.",
+        rich_help_panel="Output",
+    ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        metavar="",
+        help="Print results.json's content as one JSON object (no progress bar).",
+        rich_help_panel="Output",
+    ),
+    print_config: bool = typer.Option(
+        False,
+        "--print-config",
+        metavar="",
+        help="Print the resolved config (flags folded in) and exit.",
+        rich_help_panel="Output",
+    ),
 ):
     """Sample images: per-index PNGs, grid.png, results.json (and samples.npz)."""
-    from .sample import job_for, read_prompts, run
+    from .dist import init_distributed
+    from .models.loading import load_model
+    from .sampling import job_for, read_prompts, run
     from .validate import MAX_PROCS, count
 
     count("--nproc", nproc, 1, MAX_PROCS)
@@ -303,42 +511,89 @@ def sample(
 
         return launch_workers(nproc)
     overrides = _overrides(ctx)
-    command_config(preset, overrides)  # a bad key or value fails here, before the model loads
-    if classes and class_mode is not None:
-        raise PixelDiTError(f"--class and --classes {class_mode.value} both given",
-                            "--class fixes the classes; --classes uniform|balanced draws them: use one")
-    if not ckpt.exists():
-        raise PixelDiTError(f"checkpoint {ckpt} does not exist", "check the --ckpt path")
-    from .convert import load_model
-    from .dist import init_distributed
-
-    _, _, dev = init_distributed(device)
-    model = load_model(ckpt, weights=weights.value, device=dev, unsafe_pickle=unsafe_pickle)
+    _check_sample_flags(preset, overrides, classes, class_mode, ckpt)
+    process = init_distributed(device)
+    model = load_model(ckpt, weights=weights.value, device=process[2], unsafe_pickle=unsafe_pickle)
     prompts = list(prompt or []) + (read_prompts(prompts_file) if prompts_file is not None else [])
     job, defaults_from, config = job_for(
-        model, ckpt, preset=preset, overrides=overrides, classes=classes or [], prompts=prompts, aspect_ratio=aspect_ratio,
-        n=n, out=str(out_dir or ""), mode=class_mode.value if class_mode else None, solver=solver.value if solver else None, steps=steps, cfg=cfg,
-        interval=cfg_interval, shift=shift, height=height, width=width, seed=seed, batch_size=batch_size,
-        precision=precision.value, npz=npz, compile=compile, packed=packed, weights=weights.value, format=fmt.value, device=device,
-        semantic_reuse=semantic_reuse, reuse_schedule=reuse_schedule.value, negative_prompt=negative_prompt,
-        text_encoder=text_encoder, overwrite=overwrite)
+        model,
+        ckpt,
+        preset=preset,
+        overrides=overrides,
+        classes=classes or [],
+        prompts=prompts,
+        aspect_ratio=aspect_ratio,
+        n=n,
+        out=str(out_dir or ""),
+        mode=class_mode.value if class_mode else None,
+        solver=solver.value if solver else None,
+        steps=steps,
+        cfg=cfg,
+        interval=cfg_interval,
+        shift=shift,
+        height=height,
+        width=width,
+        seed=seed,
+        batch_size=batch_size,
+        precision=precision.value,
+        npz=npz,
+        compile=compile,
+        packed=packed,
+        weights=weights.value,
+        format=fmt.value,
+        device=device,
+        semantic_reuse=semantic_reuse,
+        reuse_schedule=reuse_schedule.value,
+        negative_prompt=negative_prompt,
+        text_encoder=text_encoder,
+        overwrite=overwrite,
+    )
     if print_config:
         return _print_config(config, defaults_from, as_json)
-    result = run(job, model=model, progress=not as_json,
-                 provenance={"defaults_from": defaults_from, "config": config.to_dict()})
-    if as_json:
-        if result:
-            print(json.dumps(result))
+    result = run(
+        job,
+        model=model,
+        progress=not as_json,
+        process=process,
+        provenance={"defaults_from": defaults_from, "config": config.to_dict()},
+    )
+    _print_sample(result, as_json, fmt, model.config.text_len)
+
+
+def _check_sample_flags(preset, overrides, classes, class_mode, ckpt: Path) -> None:
+    """What `sample` can refuse before it loads the checkpoint."""
+    check_overrides(preset, overrides)
+    if classes and class_mode is not None:
+        raise PixelDiTError(
+            f"--class and --classes {class_mode.value} both given",
+            "--class fixes the classes; --classes uniform|balanced draws them: use one",
+        )
+    if not ckpt.exists():
+        raise PixelDiTError(f"checkpoint {ckpt} does not exist", "check the --ckpt path")
+
+
+def _print_sample(result: dict, as_json: bool, fmt: SampleFormat, text_len: int) -> None:
+    """results.json as one JSON object, or a line saying where the images are (rank 0 only)."""
+    if not result:  # ranks other than 0
         return
-    for t in (result or {}).get("truncated_prompts") or []:
-        err.print(f"note: prompt truncated to the {model.config.text_len}-token window: {t[:60]!r}", highlight=False)
-    if result:
-        what = {"png": "PNGs", "npz": "samples.npz", "both": "PNGs and samples.npz"}[result["format"]]
-        rule = " (--format auto: over 1000 images only samples.npz; --format both for PNGs too)" \
-            if fmt is SampleFormat.auto and result["format"] == "npz" else ""
-        out.print(f"{n} images in {result['settings']['out']} as {what}{rule}  (NFE per sample {result['nfe_per_sample']}, "
-                  f"{result['generated_this_run']} generated, {result['resumed_from_disk']} already on disk)", highlight=False,
-                  soft_wrap=True)
+    if as_json:
+        print(json.dumps(result))
+        return
+    for t in result.get("truncated_prompts") or []:
+        err.print(f"note: prompt truncated to the {text_len}-token window: {t[:60]!r}", highlight=False)
+    what = {"png": "PNGs", "npz": "samples.npz", "both": "PNGs and samples.npz"}[result["format"]]
+    rule = (
+        " (--format auto: over 1000 images only samples.npz; --format both for PNGs too)"
+        if fmt is SampleFormat.auto and result["format"] == "npz"
+        else ""
+    )
+    n = result["settings"]["n"]
+    out.print(
+        f"{n} images in {result['settings']['out']} as {what}{rule}  (NFE per sample {result['nfe_per_sample']}, "
+        f"{result['generated_this_run']} generated, {result['resumed_from_disk']} already on disk)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command(
@@ -360,55 +615,134 @@ def sample(
 def edit(
     ctx: typer.Context,
     image: Path = typer.Argument(..., help="Input image (PNG/JPEG; gray or RGBA is converted)."),
-    src: str = typer.Option(..., "--src", help="Source class (id or name), or source prompt for a T2I checkpoint.", rich_help_panel="Edit"),
-    tgt: str = typer.Option(..., "--tgt", help="Target class (id or name), or target prompt for a T2I checkpoint.", rich_help_panel="Edit"),
-    text_encoder: Optional[Path] = typer.Option(None, "--text-encoder", help="T2I: local Gemma-2-2b-it folder.", rich_help_panel="Model"),
-    negative_prompt: str = typer.Option("", "--negative-prompt", help="T2I: the unconditional prompt.", rich_help_panel="Guidance"),
+    src: str = typer.Option(
+        ..., "--src", help="Source class (id or name), or source prompt for a T2I checkpoint.", rich_help_panel="Edit"
+    ),
+    tgt: str = typer.Option(
+        ..., "--tgt", help="Target class (id or name), or target prompt for a T2I checkpoint.", rich_help_panel="Edit"
+    ),
+    text_encoder: Path | None = typer.Option(
+        None, "--text-encoder", help="T2I: local Gemma-2-2b-it folder.", rich_help_panel="Model"
+    ),
+    negative_prompt: str = typer.Option(
+        "", "--negative-prompt", help="T2I: the unconditional prompt.", rich_help_panel="Guidance"
+    ),
     ckpt: Path = typer.Option(..., "--ckpt", help="Model weights.", rich_help_panel="Model"),
-    preset: Optional[str] = typer.Option(None, "--preset", autocompletion=_preset_names, help="Take the edit defaults from a preset's edit section.", rich_help_panel="Model"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Time grid size T [default: 50].", rich_help_panel="Edit"),
-    strength: Optional[float] = typer.Option(None, "--strength", help="Editing starts at this noise level, 0..1 [default: 0.66].", rich_help_panel="Edit"),
-    n_max: Optional[int] = typer.Option(None, "--n-max", help="Or: edited steps counted from the data end (FlowEdit's notation).", rich_help_panel="Edit"),
-    n_min: Optional[int] = typer.Option(None, "--n-min", help="Last steps sampled from the target alone [default: 0].", rich_help_panel="Edit"),
-    n_avg: Optional[int] = typer.Option(None, "--n-avg", help="Noise draws averaged per step [default: 1].", rich_help_panel="Edit"),
-    src_cfg: Optional[float] = typer.Option(None, "--src-cfg", help="Source guidance scale [default: 1.5].", rich_help_panel="Guidance"),
-    tgt_cfg: Optional[float] = typer.Option(None, "--tgt-cfg", help="Target guidance scale [default: 4.0].", rich_help_panel="Guidance"),
-    shift: Optional[float] = typer.Option(None, "--shift", help="Time shift of the grid (c2i convention) [default: 1.0].", rich_help_panel="Edit"),
+    preset: str | None = typer.Option(
+        None,
+        "--preset",
+        autocompletion=_preset_names,
+        help="Take the edit defaults from a preset's edit section.",
+        rich_help_panel="Model",
+    ),
+    steps: int | None = typer.Option(None, "--steps", help="Time grid size T [default: 50].", rich_help_panel="Edit"),
+    strength: float | None = typer.Option(
+        None, "--strength", help="Editing starts at this noise level, 0..1 [default: 0.66].", rich_help_panel="Edit"
+    ),
+    n_max: int | None = typer.Option(
+        None,
+        "--n-max",
+        help="Or: edited steps counted from the data end (FlowEdit's notation).",
+        rich_help_panel="Edit",
+    ),
+    n_min: int | None = typer.Option(
+        None, "--n-min", help="Last steps sampled from the target alone [default: 0].", rich_help_panel="Edit"
+    ),
+    n_avg: int | None = typer.Option(
+        None, "--n-avg", help="Noise draws averaged per step [default: 1].", rich_help_panel="Edit"
+    ),
+    src_cfg: float | None = typer.Option(
+        None, "--src-cfg", help="Source guidance scale [default: 1.5].", rich_help_panel="Guidance"
+    ),
+    tgt_cfg: float | None = typer.Option(
+        None, "--tgt-cfg", help="Target guidance scale [default: 4.0].", rich_help_panel="Guidance"
+    ),
+    shift: float | None = typer.Option(
+        None, "--shift", help="Time shift of the grid (c2i convention) [default: 1.0].", rich_help_panel="Edit"
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the per-step noise.", rich_help_panel="Edit"),
     num_seeds: int = typer.Option(1, "--num-seeds", help="Edit with seeds seed..seed+K-1.", rich_help_panel="Edit"),
-    fit: Fit = typer.Option(Fit.crop, "--fit", help="How to make the size a multiple of the patch size.", rich_help_panel="Input"),
-    mask: Optional[Path] = typer.Option(None, "--mask", help="Edit-region mask (white = edited), image-sized.", rich_help_panel="Metrics"),
-    bbox: Optional[tuple[int, int, int, int]] = typer.Option(None, "--bbox", help="Edit box x0 y0 x1 y1 (pixels).", rich_help_panel="Metrics"),
+    fit: Fit = typer.Option(
+        Fit.crop, "--fit", help="How to make the size a multiple of the patch size.", rich_help_panel="Input"
+    ),
+    mask: Path | None = typer.Option(
+        None, "--mask", help="Edit-region mask (white = edited), image-sized.", rich_help_panel="Metrics"
+    ),
+    bbox: tuple[int, int, int, int] | None = typer.Option(
+        None, "--bbox", help="Edit box x0 y0 x1 y1 (pixels).", rich_help_panel="Metrics"
+    ),
     out_dir: Path = typer.Option(Path("edits"), "--out", help="Output folder.", rich_help_panel="Output"),
-    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="--out holds another edit: replace it (pixeldit's own files only).", rich_help_panel="Output"),
-    as_json: bool = typer.Option(False, "--json", metavar="", help="Print results.json's content as one JSON object.", rich_help_panel="Output"),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present) | cpu | cuda | cuda:N.", rich_help_panel="Model"),
-    unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", metavar="", help="Allow checkpoints whose pickle runs code (only files you trust).", rich_help_panel="Model"),
-    precision: Precision = typer.Option(Precision.auto, "--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16.", rich_help_panel="Model"),
-    print_config: bool = typer.Option(False, "--print-config", metavar="", help="Print the resolved config (flags folded in) and exit.", rich_help_panel="Output"),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        metavar="",
+        help="--out holds another edit: replace it (pixeldit's own files only).",
+        rich_help_panel="Output",
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", metavar="", help="Print results.json's content as one JSON object.", rich_help_panel="Output"
+    ),
+    device: str = typer.Option(
+        "auto", "--device", help="auto (CUDA when present) | cpu | cuda | cuda:N.", rich_help_panel="Model"
+    ),
+    unsafe_pickle: bool = typer.Option(
+        False,
+        "--unsafe-pickle",
+        metavar="",
+        help="Allow checkpoints whose pickle runs code (only files you trust).",
+        rich_help_panel="Model",
+    ),
+    precision: Precision = typer.Option(
+        Precision.auto, "--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16.", rich_help_panel="Model"
+    ),
+    print_config: bool = typer.Option(
+        False,
+        "--print-config",
+        metavar="",
+        help="Print the resolved config (flags folded in) and exit.",
+        rich_help_panel="Output",
+    ),
 ):
     """Edit an image with FlowEdit (class to class); MSE/SSIM outside the edit region with --mask/--bbox."""
     from .edit import run_edit
+    from .settings import resolve_edit
 
     overrides = _overrides(ctx)
-    command_config(preset, overrides)  # a bad key or value fails here, before the model loads
+    check_overrides(preset, overrides)  # a bad key or value fails here, before the model loads
     model = _edit_model(image, ckpt, device, unsafe_pickle, need=not print_config)
     # the model's own config (or --preset) gives the defaults, as for sample; every flag given wins
     config, defaults_from = command_config(preset, overrides, model)
-    config = with_values(config, "edit", steps=steps, n_min=n_min, n_avg=n_avg, src_cfg=src_cfg, tgt_cfg=tgt_cfg,
-                         shift=shift, strength=strength)
+    numbers = dict(steps=steps, n_min=n_min, n_avg=n_avg, src_cfg=src_cfg, tgt_cfg=tgt_cfg, shift=shift)
+    settings = resolve_edit(config, strength=strength, n_max=n_max, **numbers, seed=seed, num_seeds=num_seeds)
+    # the config as results.json records it: the settings used, with --n-max as the strength it amounts to
+    given = strength if strength is not None else settings.strength if n_max is not None else config.edit.strength
+    config = with_values(config, "edit", **settings.section_values(), strength=given)
     if print_config:
         return _print_config(config, defaults_from, as_json)
-    ed = config.edit
-    kw = dict(steps=ed.steps, n_min=ed.n_min, n_avg=ed.n_avg, src_cfg=ed.src_cfg, tgt_cfg=ed.tgt_cfg, shift=ed.shift)
-    if n_max is None:
-        strength = ed.strength
-    elif strength is None and ed.steps >= 1:  # FlowEdit's notation: recorded as the strength it amounts to
-        config = with_values(config, "edit", strength=n_max / ed.steps)
-    r = run_edit(image, ckpt, src, tgt, out_dir, strength=strength, n_max=n_max, **kw, seed=seed, num_seeds=num_seeds, fit=fit.value, mask=mask, bbox=bbox,
-                 text_encoder=text_encoder, negative_prompt=negative_prompt, device=device, precision=precision.value,
-                 unsafe_pickle=unsafe_pickle, provenance={"defaults_from": defaults_from, "config": config.to_dict()},
-                 overwrite=overwrite, model=model)
+    r = run_edit(
+        image,
+        ckpt,
+        src,
+        tgt,
+        out_dir,
+        settings,
+        fit=fit.value,
+        mask=mask,
+        bbox=bbox,
+        text_encoder=text_encoder,
+        negative_prompt=negative_prompt,
+        device=device,
+        precision=precision.value,
+        unsafe_pickle=unsafe_pickle,
+        provenance={"defaults_from": defaults_from, "config": config.to_dict()},
+        overwrite=overwrite,
+        model=model,
+    )
+    _print_edit(r, as_json, out_dir)
+
+
+def _print_edit(r: dict, as_json: bool, out_dir: Path) -> None:
+    """results.json as one JSON object, or where the edits are and how far each moved from the source."""
     if as_json:
         print(json.dumps(r))
         return
@@ -416,44 +750,56 @@ def edit(
         err.print(f"note: {r['input_note']}", highlight=False)
     s, t = r["source"], r["target"]
     label = lambda d: d.get("prompt") or d.get("name") or d.get("class")
-    out.print(f"{label(s)!s} -> {label(t)!s}: {', '.join(r['outputs'])} and strip.png in {out_dir} "
-              f"({r['network_evaluations_per_image']} network evaluations per edit)", highlight=False, soft_wrap=True)
+    out.print(
+        f"{label(s)!s} -> {label(t)!s}: {', '.join(r['outputs'])} and strip.png in {out_dir} "
+        f"({r['network_evaluations_per_image']} network evaluations per edit)",
+        highlight=False,
+        soft_wrap=True,
+    )
     bg = {m["seed"]: m for m in r["background"] or []}
     for m in r["to_source"]:
         line = f"  seed {m['seed']}: to the source MSE {m['mse']:.6f}  SSIM {m['ssim']:.4f}"
         if m["seed"] in bg:
-            line += f" | background MSE {bg[m['seed']]['background_mse']:.6f}  SSIM {bg[m['seed']]['background_ssim']:.4f}"
+            line += (
+                f" | background MSE {bg[m['seed']]['background_mse']:.6f}  SSIM {bg[m['seed']]['background_ssim']:.4f}"
+            )
         if m["unchanged"]:
             line += "  — unchanged: the output equals the input (try a larger --strength or --tgt-cfg)"
         out.print(line, highlight=False, soft_wrap=True)
 
 
-@app.command(
-    epilog="Examples:\n\n"
-    "  pixeldit classes demo.safetensors\n\n"
-    "  pixeldit classes xl256.safetensors --json"
-)
+@app.command(epilog="Examples:\n\n  pixeldit classes demo.safetensors\n\n  pixeldit classes xl256.safetensors --json")
 @friendly
 def classes(
     ckpt: Path = typer.Argument(..., help="Any checkpoint --ckpt accepts."),
-    unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", metavar="", help="Allow checkpoints whose pickle runs code (only files you trust)."),
-    as_json: bool = typer.Option(False, "--json", metavar="", help="Print {\"classes\": [{\"id\", \"name\"}, ...]} as one JSON object."),
+    unsafe_pickle: bool = typer.Option(
+        False, "--unsafe-pickle", metavar="", help="Allow checkpoints whose pickle runs code (only files you trust)."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", metavar="", help='Print {"classes": [{"id", "name"}, ...]} as one JSON object.'
+    ),
 ):
     """List a checkpoint's class ids and names (what --class, --src and --tgt accept)."""
-    from .convert import load_model
     from .families import family_of
     from .labels import class_names_of
+    from .models.loading import load_model
 
     if not ckpt.exists():
         raise PixelDiTError(f"checkpoint {ckpt} does not exist", "check the path")
     model = load_model(ckpt, unsafe_pickle=unsafe_pickle)
     if family_of(model).condition_flag != "--class":
-        raise PixelDiTError(f"{ckpt} is a {family_of(model).title} model: it has no class table",
-                            f"it takes {family_of(model).condition_flag} instead")
+        raise PixelDiTError(
+            f"{ckpt} is a {family_of(model).title} model: it has no class table",
+            f"it takes {family_of(model).condition_flag} instead",
+        )
     names = class_names_of(model)
     rows = [{"id": i, "name": names[i] if names else None} for i in range(model.config.num_classes)]
     if as_json:
-        print(json.dumps({"num_classes": model.config.num_classes, "null_class": model.config.num_classes, "classes": rows}))
+        print(
+            json.dumps(
+                {"num_classes": model.config.num_classes, "null_class": model.config.num_classes, "classes": rows}
+            )
+        )
         return
     for r in rows:
         out.print(f"{r['id']:>5}  {r['name'] or '(no name: use the id)'}", highlight=False)
@@ -468,8 +814,8 @@ def classes(
 @friendly
 def plot(
     run: Path = typer.Argument(..., help="A run folder written by `pixeldit train` (reads its metrics.jsonl)."),
-    out_path: Optional[Path] = typer.Option(None, "--out", help="Image to write (default: RUN/loss.png)."),
-    as_json: bool = typer.Option(False, "--json", metavar="", help="Print {\"out\": PATH} as one JSON object."),
+    out_path: Path | None = typer.Option(None, "--out", help="Image to write (default: RUN/loss.png)."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help='Print {"out": PATH} as one JSON object.'),
 ):
     """Training curves: loss, REPA loss, learning rate and gradient norm against step (training also draws it at every checkpoint)."""
     from .plot import plot_metrics
@@ -495,29 +841,54 @@ def plot(
 @friendly
 def eval_fid(
     ctx: typer.Context,
-    samples: Path = typer.Argument(..., help="ADM npz (arr_0 uint8 NHWC) or a folder of PNGs; with --make-ref: the source images."),
-    ref: Path = typer.Argument(..., help="ADM reference batch (mu/sigma/mu_s/sigma_s + images) or images; with --make-ref: the output .npz."),
-    inception: Optional[Path] = typer.Option(None, "--inception", help="pt_inception-2015-12-05 state dict (local path)."),
-    inception_sha256: Optional[str] = typer.Option(None, "--inception-sha256", help="Refuse weights with another SHA-256."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per Inception forward [default: 64]."),
-    pr_mode: Optional[PRDistances] = typer.Option(None, "--pr-distances", help="fp16 (ADM's tiles) or fp32 [default: fp16]."),
-    fid_method: Optional[Sqrtm] = typer.Option(None, "--sqrtm", help="scipy (ADM's path) or eigh (fast, symmetric) [default: scipy]."),
-    preset: Optional[str] = typer.Option(None, "--preset", autocompletion=_preset_names, help="Take the defaults above from a preset's eval section."),
-    cache_dir: Path = typer.Option(Path.home() / ".cache" / "pixeldit" / "fid", "--cache-dir", help="Reference feature cache."),
+    samples: Path = typer.Argument(
+        ..., help="ADM npz (arr_0 uint8 NHWC) or a folder of PNGs; with --make-ref: the source images."
+    ),
+    ref: Path = typer.Argument(
+        ..., help="ADM reference batch (mu/sigma/mu_s/sigma_s + images) or images; with --make-ref: the output .npz."
+    ),
+    inception: Path | None = typer.Option(None, "--inception", help="pt_inception-2015-12-05 state dict (local path)."),
+    inception_sha256: str | None = typer.Option(
+        None, "--inception-sha256", help="Refuse weights with another SHA-256."
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per Inception forward [default: 64]."),
+    pr_mode: PRDistances | None = typer.Option(
+        None, "--pr-distances", help="fp16 (ADM's tiles) or fp32 [default: fp16]."
+    ),
+    fid_method: Sqrtm | None = typer.Option(
+        None, "--sqrtm", help="scipy (ADM's path) or eigh (fast, symmetric) [default: scipy]."
+    ),
+    preset: str | None = typer.Option(
+        None, "--preset", autocompletion=_preset_names, help="Take the defaults above from a preset's eval section."
+    ),
+    cache_dir: Path = typer.Option(
+        Path.home() / ".cache" / "pixeldit" / "fid", "--cache-dir", help="Reference feature cache."
+    ),
     no_cache: bool = typer.Option(False, "--no-cache", metavar="", help="Do not read or write the cache."),
-    make_ref: bool = typer.Option(False, "--make-ref", metavar="", help="Write an ADM reference batch from SAMPLES to REF."),
+    make_ref: bool = typer.Option(
+        False, "--make-ref", metavar="", help="Write an ADM reference batch from SAMPLES to REF."
+    ),
     ref_images: int = typer.Option(10000, "--ref-images", help="With --make-ref: images kept in arr_0."),
     force: bool = typer.Option(False, "--force", metavar="", help="With --make-ref: overwrite REF."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present; torchrun: the local rank's GPU) | cpu | cuda | cuda:N."),
+    device: str = typer.Option(
+        "auto", "--device", help="auto (CUDA when present; torchrun: the local rank's GPU) | cpu | cuda | cuda:N."
+    ),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print one JSON object."),
-    print_config: bool = typer.Option(False, "--print-config", metavar="", help="Print the resolved config (flags folded in) and exit."),
+    print_config: bool = typer.Option(
+        False, "--print-config", metavar="", help="Print the resolved config (flags folded in) and exit."
+    ),
 ):
     """FID, sFID, Inception Score, precision and recall with the ADM protocol, in PyTorch."""
     from .metrics.evaluate import evaluate, make_reference
 
     config, defaults_from = command_config(preset, _overrides(ctx))
-    config = with_values(config, "eval", batch_size=batch_size, pr_distances=pr_mode.value if pr_mode else None,
-                         sqrtm=fid_method.value if fid_method else None)
+    config = with_values(
+        config,
+        "eval",
+        batch_size=batch_size,
+        pr_distances=pr_mode.value if pr_mode else None,
+        sqrtm=fid_method.value if fid_method else None,
+    )
     if print_config:
         return _print_config(config, defaults_from, as_json)
     ec = config.eval
@@ -527,26 +898,57 @@ def eval_fid(
     if batch_size < 1:
         raise PixelDiTError(f"--batch-size must be at least 1, got {batch_size}")
     if make_ref:
-        r = make_reference(samples, ref, inception, inception_sha256, ref_images, batch_size, force, progress=not as_json,
-                           device=device)
+        r = make_reference(
+            samples,
+            ref,
+            inception,
+            inception_sha256,
+            ref_images,
+            batch_size,
+            force,
+            progress=not as_json,
+            device=device,
+        )
         if not r:  # ranks other than 0
             return
-        print(json.dumps(r)) if as_json else out.print(f"wrote {r['out']}: {r['images_in_arr_0']} images, statistics over {r['statistics_over']}", highlight=False)
+        print(json.dumps(r)) if as_json else out.print(
+            f"wrote {r['out']}: {r['images_in_arr_0']} images, statistics over {r['statistics_over']}", highlight=False
+        )
         return
     try:
-        r = evaluate(samples, ref, inception, inception_sha256, batch_size, pr_mode, fid_method,
-                     None if no_cache else cache_dir, device=device, progress=not as_json)
+        r = evaluate(
+            samples,
+            ref,
+            inception,
+            inception_sha256,
+            batch_size,
+            pr_mode,
+            fid_method,
+            None if no_cache else cache_dir,
+            device=device,
+            progress=not as_json,
+        )
     except ValueError as e:  # e.g. an imaginary sqrtm or too few points: a data problem, said in one line
         raise PixelDiTError(str(e)) from None
     if not r:
         return
     r.update(defaults_from=defaults_from, config=config.to_dict())
+    _print_eval(r, as_json)
+
+
+def _print_eval(r: dict, as_json: bool) -> None:
+    """The metrics as one JSON object, or a table with the protocol, weights and reference."""
     if as_json:
         print(json.dumps(r))
         return
     t = Table(title=f"ADM protocol: {r['n']} samples at {r['resolution'][0]}x{r['resolution'][1]}", show_header=False)
-    for k, label, fmt in [("fid", "FID", "{:.4f}"), ("sfid", "sFID", "{:.4f}"), ("is", "Inception Score", "{:.3f}"),
-                          ("precision", "Precision", "{:.4f}"), ("recall", "Recall", "{:.4f}")]:
+    for k, label, fmt in [
+        ("fid", "FID", "{:.4f}"),
+        ("sfid", "sFID", "{:.4f}"),
+        ("is", "Inception Score", "{:.3f}"),
+        ("precision", "Precision", "{:.4f}"),
+        ("recall", "Recall", "{:.4f}"),
+    ]:
         t.add_row(label, fmt.format(r[k]) if r[k] is not None else "skipped")
     for k, v in r["protocol"].items():
         t.add_row(f"  {k}", v)
@@ -566,9 +968,9 @@ def _edit_model(image: Path, ckpt: Path, device: str, unsafe_pickle: bool, need:
         if not need:
             return None
         raise PixelDiTError(f"checkpoint {ckpt} does not exist", "check the --ckpt path")
-    from .convert import load_model
     from .dist import pick_device
     from .io import read_image
+    from .models.loading import load_model
 
     if need and image.is_file():
         read_image(image)  # an unreadable input is one line before the model loads, not after

@@ -5,6 +5,7 @@ against the field's type, and the resolved config is what gets printed and saved
 """
 
 import dataclasses
+import difflib
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -13,7 +14,6 @@ import yaml
 
 from .errors import PixelDiTError
 
-
 #################################################################################
 #                                 Sections                                      #
 #################################################################################
@@ -21,44 +21,44 @@ from .errors import PixelDiTError
 
 @dataclass(frozen=True)
 class ModelSection:
-    name: str = "PixelDiT-XL/16"          # registry entry (see `pixeldit flops --help` for the list)
-    num_classes: int = 1000               # class-conditional only; id num_classes is the null class
+    name: str = "PixelDiT-XL/16"  # registry entry (see `pixeldit flops --help` for the list)
+    num_classes: int = 1000  # class-conditional only; id num_classes is the null class
 
 
 @dataclass(frozen=True)
 class DataSection:
-    path: str = ""                        # ImageFolder, EDM2 zip/folder with dataset.json, or image+.txt folder
-    resolution: int = 256                 # training resolution (square; T2I stage 2 buckets around it)
-    multi_aspect: bool = False            # T2I aspect-ratio bucketing
-    flip: bool = False                    # the release uses no augmentation
+    path: str = ""  # ImageFolder, EDM2 zip/folder with dataset.json, or image+.txt folder
+    resolution: int = 256  # training resolution (square; T2I stage 2 buckets around it)
+    multi_aspect: bool = False  # T2I aspect-ratio bucketing
+    flip: bool = False  # the release uses no augmentation
     num_workers: int = 8
 
 
 @dataclass(frozen=True)
 class TrainSection:
-    steps: int = 400_000                  # optimizer steps in total
+    steps: int = 400_000  # optimizer steps in total
     global_batch: int = 256
-    micro_batch: int = 32                 # per process per forward; accumulation keeps global_batch
+    micro_batch: int = 32  # per process per forward; accumulation keeps global_batch
     optimizer: str = "adamw"
     lr: float = 1e-4
-    lr_drop_step: int = 0                 # 0: never; else lr -> lr_drop_to from this step on
+    lr_drop_step: int = 0  # 0: never; else lr -> lr_drop_to from this step on
     lr_drop_to: float = 1e-5
     warmup_steps: int = 0
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    grad_clip_drop_step: int = 0          # 0: never; else clip -> grad_clip_drop_to from this step on
+    grad_clip_drop_step: int = 0  # 0: never; else clip -> grad_clip_drop_to from this step on
     grad_clip_drop_to: float = 0.5
-    ema_decay: float = 0.9999             # updated every optimizer step, no warm-up (as released)
-    cond_drop: float = 0.1                # class (or caption) dropout for CFG
-    time_shift: float = 1.0               # c2i: t' = t / (t + (1 - t)·s) on logit-normal t
+    ema_decay: float = 0.9999  # updated every optimizer step, no warm-up (as released)
+    cond_drop: float = 0.1  # class (or caption) dropout for CFG
+    time_shift: float = 1.0  # c2i: t' = t / (t + (1 - t)·s) on logit-normal t
     repa_weight: float = 0.5
-    repa_block: int = 8                   # 1-based patch block whose output is aligned (T2I: 6)
-    repa_encoder: str = ""                # local DINOv2 ViT-B/14 directory (transformers format)
-    repa_width: int = 0                   # the REPA projector's hidden width (0: the network's; the T2I release: 2048)
-    precision: str = "bf16"               # CUDA autocast; the CPU always trains in fp32
+    repa_block: int = 8  # 1-based patch block whose output is aligned (T2I: 6)
+    repa_encoder: str = ""  # local DINOv2 ViT-B/14 directory (transformers format)
+    repa_width: int = 0  # the REPA projector's hidden width (0: the network's; the T2I release: 2048)
+    precision: str = "bf16"  # CUDA autocast; the CPU always trains in fp32
     grad_checkpointing: bool = False
-    fsdp: bool = False                    # shard params/grads/optimizer over ranks (FSDP2); needs > 1 process
+    fsdp: bool = False  # shard params/grads/optimizer over ranks (FSDP2); needs > 1 process
     compile: bool = False
     seed: int = 0
     log_every: int = 100
@@ -66,8 +66,8 @@ class TrainSection:
     ckpt_every: int = 10_000
     keep_last: int = 2
     keep_every: int = 100_000
-    max_nonfinite: int = 10               # stop after this many non-finite steps in a row
-    tensorboard: bool = False             # also log every metrics line to OUT/tensorboard (needs tensorboard)
+    max_nonfinite: int = 10  # stop after this many non-finite steps in a row
+    tensorboard: bool = False  # also log every metrics line to OUT/tensorboard (needs tensorboard)
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,8 @@ class SampleSection:
     steps: int = 100
     cfg: float = 2.75
     interval: tuple[float, float] = (0.1, 0.9)  # guidance on for lo < t < hi, t: 0 noise -> 1 data
-    shift: float = 1.0                    # in the c2i convention for both models
-    height: int = 0                       # 0: data.resolution
+    shift: float = 1.0  # in the c2i convention for both models
+    height: int = 0  # 0: data.resolution
     width: int = 0
     seed: int = 0
     batch_size: int = 32
@@ -87,25 +87,26 @@ class SampleSection:
 class EditSection:
     """FlowEdit's SD3 schedule (T = 50, editing from noise level 0.66) with guidance scales for PixelDiT,
     which samples at CFG ~3 rather than SD3's 13.5 (docs/editing.md#schedule)."""
-    steps: int = 50                       # the time grid T
-    strength: float = 0.66                # editing starts at this noise level: n_max = round(strength·steps)
-    n_min: int = 0                        # last steps sampled from the target alone
-    n_avg: int = 1                        # noise draws averaged per step
+
+    steps: int = 50  # the time grid T
+    strength: float = 0.66  # editing starts at this noise level: n_max = round(strength·steps)
+    n_min: int = 0  # last steps sampled from the target alone
+    n_avg: int = 1  # noise draws averaged per step
     src_cfg: float = 1.5
     tgt_cfg: float = 4.0
-    shift: float = 1.0                    # time shift of the grid (c2i convention)
+    shift: float = 1.0  # time shift of the grid (c2i convention)
 
 
 @dataclass(frozen=True)
 class EvalSection:
-    batch_size: int = 64                  # images per Inception forward
-    pr_distances: str = "fp16"            # fp16 (ADM's distance tiles) | fp32
-    sqrtm: str = "scipy"                  # scipy (ADM's path) | eigh (fast, symmetric)
+    batch_size: int = 64  # images per Inception forward
+    pr_distances: str = "fp16"  # fp16 (ADM's distance tiles) | fp32
+    sqrtm: str = "scipy"  # scipy (ADM's path) | eigh (fast, symmetric)
 
 
 @dataclass(frozen=True)
 class TextSection:
-    encoder: str = ""                     # local Gemma-2-2b-it directory (the text window is the model's: 300)
+    encoder: str = ""  # local Gemma-2-2b-it directory (the text window is the model's: 300)
     negative_prompt: str = ""
 
 
@@ -214,8 +215,10 @@ def load_preset(name_or_path: str) -> Config:
     except yaml.YAMLError as e:
         raise PixelDiTError(f"preset {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise PixelDiTError(f"preset {path} holds a YAML {type(data).__name__}, not a mapping of sections",
-                            "a preset is `model:`, `data:`, `train:` ... sections (see presets/)")
+        raise PixelDiTError(
+            f"preset {path} holds a YAML {type(data).__name__}, not a mapping of sections",
+            "a preset is `model:`, `data:`, `train:` ... sections (see presets/)",
+        )
     data.setdefault("preset", path.stem)
     return config_from_dict(data)
 
@@ -232,7 +235,7 @@ def defaults_for(model, preset: str | None = None) -> tuple[Config, str]:
             return config_from_dict(stored), "the checkpoint's training config"
         except PixelDiTError:
             pass  # written by another version with other keys: the family default below
-    from .families import family_of
+    from .families import family_of  # noqa: PLC0415 (families imports torch: `pixeldit --help` must not)
 
     name = family_of(model.config).release_preset
     return load_preset(name), f"preset {name} (the release's settings)"
@@ -249,6 +252,14 @@ def command_config(preset: str | None, overrides: dict | None, model=None) -> tu
     if overrides:
         base, where = apply_overrides(base, overrides), where + " with overrides"
     return base, where
+
+
+def check_overrides(preset: str | None, overrides: dict | None) -> None:
+    """Fail fast, before a checkpoint loads: the preset exists and each dotted override names a key and
+    holds a value of its type. (The command's config itself is resolved once, with the model: command_config.)"""
+    base = load_preset(preset) if preset else Config()
+    if overrides:
+        apply_overrides(base, overrides)
 
 
 def parse_overrides(args: list[str], flags: tuple = (), command: str = "train") -> dict[str, str]:
@@ -286,20 +297,18 @@ def dotted_keys(cls=Config, prefix: str = "") -> list[str]:
 
 
 def _unknown_flag(word: str, flags, command: str) -> PixelDiTError:
-    import difflib
-
     close = difflib.get_close_matches("--" + word, list(flags), n=3, cutoff=0.6)
     if not close:
-        close = difflib.get_close_matches(word, dotted_keys(), n=3, cutoff=0.6) or \
-            [k for k in dotted_keys() if k.split(".")[-1] == word][:3]
+        close = (
+            difflib.get_close_matches(word, dotted_keys(), n=3, cutoff=0.6)
+            or [k for k in dotted_keys() if k.split(".")[-1] == word][:3]
+        )
         close = ["--" + k for k in close]
     hint = f"did you mean {', '.join(close)}?" if close else f"`pixeldit {command} --help` lists the options"
     return PixelDiTError(f"no such option --{word}", hint)
 
 
 def _unknown_key(key: str) -> PixelDiTError:
-    import difflib
-
     close = difflib.get_close_matches(key, dotted_keys(), n=3, cutoff=0.6)
     if not close:  # the right key in another section? (`--lr` for `train.lr`)
         close = [k for k in dotted_keys() if k.split(".")[-1] == key.split(".")[-1]][:3]
@@ -311,7 +320,11 @@ def with_values(config: Config, section: str, /, **values) -> Config:
     """`cfg` with the given (non-None) values in one section: a command's flags folded into its config, so
     that the config it prints and records is the one it ran with."""
     given = {k: v for k, v in values.items() if v is not None}
-    return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **given)}) if given else config
+    return (
+        dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **given)})
+        if given
+        else config
+    )
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, typing.Any]) -> Config:

@@ -8,6 +8,7 @@ AMX run hundreds of times slower than fp32, so bf16 on a CPU is only for tests o
 
 import os
 import sys
+import uuid
 
 import torch
 
@@ -36,8 +37,10 @@ def pick_device(spec: str | None = "auto") -> torch.device:
             raise PixelDiTError(f"--device {spec}: no CUDA device is visible here", "use --device cpu (or auto)")
         index = local if spec == "cuda" else spec.split(":", 1)[1]
         if not str(index).isdigit() or int(index) >= torch.cuda.device_count():
-            raise PixelDiTError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)",
-                                f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+            raise PixelDiTError(
+                f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+                f"use cuda:0..cuda:{torch.cuda.device_count() - 1}",
+            )
         return torch.device(f"cuda:{int(index)}")
     raise PixelDiTError(f"unknown --device {spec!r}", "use auto, cpu, cuda or cuda:N")
 
@@ -50,7 +53,9 @@ def resolve_precision(precision: str, device: torch.device, allow_cpu_bf16: bool
         return "bf16" if device.type == "cuda" else "fp32"
     allow_cpu_bf16 = allow_cpu_bf16 or os.environ.get("PIXELDIT_ALLOW_CPU_BF16") == "1"  # tests of the bf16 path
     if precision == "bf16" and device.type == "cpu" and not allow_cpu_bf16:
-        raise PixelDiTError("bf16 on this CPU runs matmuls ~500x slower than fp32", "use --precision fp32 (the default on CPU)")
+        raise PixelDiTError(
+            "bf16 on this CPU runs matmuls ~500x slower than fp32", "use --precision fp32 (the default on CPU)"
+        )
     return precision
 
 
@@ -103,16 +108,14 @@ def device_report(device: torch.device, precision: str) -> dict:
 
 def launch_workers(nproc: int, argv: list[str] | None = None) -> None:
     """Re-run this command in `nproc` local processes through torch.distributed's launcher (torchrun's)."""
-    import uuid
-
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch  # noqa: PLC0415 (heavy: only when used)
 
     if nproc < 1:
         raise PixelDiTError(f"--nproc must be at least 1, got {nproc}")
     argv = list(sys.argv[1:] if argv is None else argv)
     for i, a in enumerate(argv):
         if a == "--nproc":
-            del argv[i: i + 2]
+            del argv[i : i + 2]
             break
         if a.startswith("--nproc="):
             del argv[i]
@@ -120,8 +123,16 @@ def launch_workers(nproc: int, argv: list[str] | None = None) -> None:
     if argv and argv[0] == "--":
         argv = argv[1:]
     os.environ[LAUNCHER_ENV] = str(os.getpid())  # the workers die with this process (die_with_launcher)
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.5,
+    )
     try:
         elastic_launch(config, sys.executable)("-m", "pixeldit_cli", *argv)
     except Exception as e:  # ChildFailedError: a worker already printed its own one-line error

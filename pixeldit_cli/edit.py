@@ -14,15 +14,25 @@ bit for bit (the velocity difference is exactly zero).
 """
 
 import math
+import re
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .config import EditSection
+from .dist import autocast_dtype, device_report, pick_device, resolve_precision
+from .errors import PixelDiTError
+from .families import family_of
+from .folders import claim, differences, lock, read_marker, remove_own
+from .io import ensure_writable_dir, file_sha256, read_image, write_json, write_png
+from .memory import check_fits
+from .models.loading import checkpoint_sha256, load_model
+from .models.packed import packed_linears
+from .settings import EditSettings, n_max_of
 from .solvers import Velocity, c2i_grid, to_uint8
-
 
 #################################################################################
 #                                  FlowEdit                                     #
@@ -31,11 +41,6 @@ from .solvers import Velocity, c2i_grid, to_uint8
 
 # FlowEdit's defaults live in the config's edit section (config.EditSection: T = 50, strength 0.66, CFG 1.5 -> 4).
 DEFAULTS = asdict(EditSection())
-
-
-def n_max_of(strength: float, steps: int) -> int:
-    """Editing starts at noise level `strength`: the last round(strength·steps) steps of the grid are edited."""
-    return int(round(strength * steps))
 
 
 def edit_steps(steps: int, n_max: int, n_min: int = 0, shift: float = 1.0):
@@ -53,10 +58,24 @@ def _noise(seed: int, step: int, draw: int, shape, device):
     return torch.randn(*shape, generator=g).to(device)
 
 
-def flowedit(model, x_src, src, tgt, *, steps: int = DEFAULTS["steps"], n_max: int | None = None,
-             n_min: int = DEFAULTS["n_min"], n_avg: int = DEFAULTS["n_avg"], src_cfg: float = DEFAULTS["src_cfg"],
-             tgt_cfg: float = DEFAULTS["tgt_cfg"], shift: float = DEFAULTS["shift"], seed: int = 0, uncond=None,
-             autocast=None, strength: float = DEFAULTS["strength"]):
+def flowedit(
+    model,
+    x_src,
+    src,
+    tgt,
+    *,
+    steps: int = DEFAULTS["steps"],
+    n_max: int | None = None,
+    n_min: int = DEFAULTS["n_min"],
+    n_avg: int = DEFAULTS["n_avg"],
+    src_cfg: float = DEFAULTS["src_cfg"],
+    tgt_cfg: float = DEFAULTS["tgt_cfg"],
+    shift: float = DEFAULTS["shift"],
+    seed: int = 0,
+    uncond=None,
+    autocast=None,
+    strength: float = DEFAULTS["strength"],
+):
     """Edit images x_src (B, C, H, W) in [-1, 1] from condition `src` to `tgt`; returns (edited, stats).
 
     How far to edit: `strength` (editing starts at that noise level), or `n_max` edited steps in
@@ -97,8 +116,12 @@ def flowedit(model, x_src, src, tgt, *, steps: int = DEFAULTS["steps"], n_max: i
             for k, k1 in tail:
                 z = z + (ts[k1] - ts[k]) * v_tgt(z, tv[k], ts[k])
     evals = v_src.stats.evals + v_tgt.stats.evals
-    return z, {"network_evaluations_per_image": evals, "edited_steps": len(pairs), "tail_steps": len(tail),
-               "start_time_noise_convention": 1 - tv[steps - n_max]}
+    return z, {
+        "network_evaluations_per_image": evals,
+        "edited_steps": len(pairs),
+        "tail_steps": len(tail),
+        "start_time_noise_convention": 1 - tv[steps - n_max],
+    }
 
 
 #################################################################################
@@ -127,7 +150,7 @@ def ssim_map(a, b, data_range: float = 1.0):
     whose map this equals everywhere (tested).
     """
     C1, C2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    a, b = a.double().unsqueeze(1), b.double().unsqueeze(1)                        # (C, 1, H, W)
+    a, b = a.double().unsqueeze(1), b.double().unsqueeze(1)  # (C, 1, H, W)
     w = _gauss().to(a).view(1, 1, 11, 11)
     pad = lambda t: _symmetric_pad(t, 5) if min(t.shape[-2:]) >= 5 else F.pad(t, (5, 5, 5, 5), mode="replicate")
     mu_a, mu_b = F.conv2d(pad(a), w), F.conv2d(pad(b), w)
@@ -135,7 +158,7 @@ def ssim_map(a, b, data_range: float = 1.0):
     sbb = F.conv2d(pad(b * b), w) - mu_b**2
     sab = F.conv2d(pad(a * b), w) - mu_a * mu_b
     m = ((2 * mu_a * mu_b + C1) * (2 * sab + C2)) / ((mu_a**2 + mu_b**2 + C1) * (saa + sbb + C2))
-    return m.mean(0)[0]                                                              # (H, W)
+    return m.mean(0)[0]  # (H, W)
 
 
 def background_metrics(src_u8, out_u8, region):
@@ -152,7 +175,7 @@ def background_metrics(src_u8, out_u8, region):
 def bbox_region(h: int, w: int, box):
     x0, y0, x1, y1 = box
     r = torch.zeros(h, w, dtype=torch.bool)
-    r[max(0, y0): min(h, y1), max(0, x0): min(w, x1)] = True
+    r[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)] = True
     return r
 
 
@@ -163,28 +186,24 @@ def bbox_region(h: int, w: int, box):
 
 def read_rgb(path):
     """(uint8 (3, H, W), note) — every accepted format and depth becomes 8-bit RGB; the note says what changed."""
-    from .io import read_image
-
     return read_image(path)
 
 
 def fit_image(img, p: int, how: str):
     """Make H and W multiples of p: centre 'crop', replicate-'pad' (undone after the edit), or 'resize'."""
-    from .errors import PixelDiTError
-
     _, H, W = img.shape
     if how == "crop":
         h, w = H // p * p, W // p * p
         if h == 0 or w == 0:
             raise PixelDiTError(f"image {W}x{H} is smaller than one {p}x{p} patch", "use --fit pad or --fit resize")
         top, left = (H - h) // 2, (W - w) // 2
-        return img[:, top: top + h, left: left + w], dict(fit="crop", box=[left, top, left + w, top + h])
+        return img[:, top : top + h, left : left + w], dict(fit="crop", box=[left, top, left + w, top + h])
     if how == "pad":
         h, w = -(-H // p) * p, -(-W // p) * p
         out = F.pad(img[None].float(), (0, w - W, 0, h - H), mode="replicate")[0].to(torch.uint8)
         return out, dict(fit="pad", pad=[0, w - W, 0, h - H])
     if how == "resize":
-        from torchvision.transforms.v2.functional import resize
+        from torchvision.transforms.v2.functional import resize  # noqa: PLC0415 (heavy: only when used)
 
         h, w = max(p, round(H / p) * p), max(p, round(W / p) * p)
         return resize(img, [h, w], antialias=True), dict(fit="resize", size=[w, h])
@@ -196,86 +215,84 @@ def unfit(img, info, H: int, W: int):
     return img[:, :H, :W] if info["fit"] == "pad" else img
 
 
-def _check_numbers(steps, n_max, n_min, n_avg, num_seeds, src_cfg, tgt_cfg, shift, seed):
-    from .errors import PixelDiTError
-    from .validate import MAX_CFG, MAX_SEEDS, MAX_STEPS, count, finite
-    from .validate import shift as shift_ok
-    from .validate import seed as seed_ok
+def run_edit(
+    image,
+    ckpt,
+    src: str,
+    tgt: str,
+    out,
+    settings: EditSettings = EditSettings(),
+    *,
+    fit="crop",
+    mask=None,
+    bbox=None,
+    model=None,
+    text_encoder=None,
+    negative_prompt: str = "",
+    device: str = "auto",
+    precision: str = "auto",
+    unsafe_pickle: bool = False,
+    provenance: dict | None = None,
+    packed: bool = True,
+    overwrite: bool = False,
+) -> dict:
+    """Edit one image file with `settings` (settings.resolve_edit); writes edited*.png, strip.png, run.json
+    and results.json into `out`.
 
-    count("--steps", steps, 1, MAX_STEPS)
-    if not 0 <= n_min <= n_max <= steps:
-        raise PixelDiTError(f"need 0 <= --n-min <= --n-max <= --steps (got {n_min}, {n_max}, {steps})",
-                            "--n-max counts edited steps from the data end; it cannot exceed --steps")
-    count("--n-avg", n_avg, 1, 1000)
-    count("--num-seeds", num_seeds, 1, MAX_SEEDS)
-    seed_ok("--seed", seed, num_seeds)
-    finite("--src-cfg", src_cfg, lo=0.0, hi=MAX_CFG)
-    finite("--tgt-cfg", tgt_cfg, lo=0.0, hi=MAX_CFG)
-    shift_ok("--shift", shift)
-
-
-def run_edit(image, ckpt, src: str, tgt: str, out, *, steps=DEFAULTS["steps"], strength=None, n_max=None,
-             n_min=DEFAULTS["n_min"], n_avg=DEFAULTS["n_avg"], src_cfg=DEFAULTS["src_cfg"], tgt_cfg=DEFAULTS["tgt_cfg"],
-             shift=DEFAULTS["shift"], seed=0, num_seeds=1, fit="crop", mask=None, bbox=None, model=None, text_encoder=None,
-             negative_prompt: str = "", device: str = "auto", precision: str = "auto", unsafe_pickle: bool = False,
-             provenance: dict | None = None, packed: bool = True, overwrite: bool = False) -> dict:
-    """Edit one image file; writes edited*.png, strip.png, run.json and results.json into `out`.
-
-    How far to edit: `strength` in [0, 1] (default 0.66) for any `steps`, or `n_max` in FlowEdit's notation.
     `packed`: CPU fp32 GEMMs with oneDNN-packed weights (models/packed.py; the last bits move).
     Every user error is found before the model loads, and `out` is created only when the edits are made: a
     rejected input leaves nothing behind. `out` holding another edit (other input, checkpoint or settings)
     is refused unless `overwrite`; a folder pixeldit did not make is always refused."""
-    from pathlib import Path
-
-    from .convert import load_model
-    from .dist import autocast_dtype, device_report, pick_device, resolve_precision
-    from .families import family_of
-    from .folders import claim
-    from .io import file_sha256, write_json
-    from .memory import check_fits
-    from .models.packed import packed_linears
-    image, out = Path(image), Path(out)
-    n_max = _check_request(image, steps, strength, n_max, n_min, n_avg, num_seeds, src_cfg, tgt_cfg, shift, seed)
+    image, out, es = Path(image), Path(out), settings
+    _check_input(image)
     dev = pick_device(device)
     prec = resolve_precision(precision, dev)
-    names = _output_names(image, out, seed, num_seeds)
+    names = _output_names(image, out, es.seed, es.num_seeds)
     claim(out, "edit")  # a folder of someone else's files is refused before any work
     img, note = read_rgb(image)
     region = edit_region(img, mask, bbox)
     ck_rec = _checkpoint_record(ckpt)
-    identity = dict(input_sha256=file_sha256(image), **ck_rec, src=src, tgt=tgt, negative_prompt=negative_prompt,
-                    steps=steps, n_max=n_max, n_min=n_min, n_avg=n_avg, src_cfg=src_cfg, tgt_cfg=tgt_cfg, shift=shift,
-                    seed=seed, num_seeds=num_seeds, fit=fit, device_type=dev.type, precision=prec, packed=packed)
+    request = dict(src=src, tgt=tgt, negative_prompt=negative_prompt, **asdict(es), fit=fit)
+    identity = dict(
+        input_sha256=file_sha256(image), **ck_rec, **request, device_type=dev.type, precision=prec, packed=packed
+    )
     _check_folder(out, identity, overwrite)
     if model is None:
         model = load_model(ckpt, device=dev, unsafe_pickle=unsafe_pickle)
     dev, cfg = next(model.parameters()).device, model.config
     cond_src, cond_tgt, uncond, rec_src, rec_tgt = family_of(cfg).edit_conditions(
-        model, src, tgt, text_encoder, negative_prompt, dev)
+        model, src, tgt, text_encoder, negative_prompt, dev
+    )
     fitted, info = fit_image(img, cfg.patch_size, fit)
     check_fits(cfg, fitted.shape[1], fitted.shape[2], 2, dev, "one guided FlowEdit step")
     x = ((fitted.float() / 255 - 0.5) / 0.5).to(dev)  # the training normalisation
 
-    edits, stats = [], None
     with packed_linears(model, enabled=packed):
-        for k in range(num_seeds):
-            z, stats = flowedit(model, x[None], cond_src, cond_tgt, steps=steps, n_max=n_max, n_min=n_min, n_avg=n_avg,
-                                src_cfg=src_cfg, tgt_cfg=tgt_cfg, shift=shift, seed=seed + k, uncond=uncond, autocast=autocast_dtype(prec))
-            edits.append(unfit(to_uint8(z)[0].cpu(), info, *img.shape[1:]))
+        runs = [flowedit(model, x[None], cond_src, cond_tgt, **es.flowedit_kwargs(), seed=es.seed + k, uncond=uncond,
+                         autocast=autocast_dtype(prec)) for k in range(es.num_seeds)]  # fmt: skip
+    edits, stats = [unfit(to_uint8(z)[0].cpu(), info, *img.shape[1:]) for z, _ in runs], runs[-1][1]
     src_shown = unfit(fitted, info, *img.shape[1:])
     _write_outputs(out, identity, overwrite, names, src_shown, edits)
     result = {
-        "input": str(image.resolve()), "input_note": "; ".join(n for n in (note, _size_note(model, fitted)) if n), **ck_rec,
-        "source": {**rec_src, "cfg": src_cfg}, "target": {**rec_tgt, "cfg": tgt_cfg},
+        "input": str(image.resolve()),
+        "input_note": "; ".join(n for n in (note, _size_note(model, fitted)) if n),
+        **ck_rec,
+        "source": {**rec_src, "cfg": es.src_cfg},
+        "target": {**rec_tgt, "cfg": es.tgt_cfg},
         "negative_prompt": negative_prompt if uncond is not None else None,
-        "steps": steps, "strength": n_max / steps, "n_max": n_max, "n_min": n_min, "n_avg": n_avg, "shift": shift, "seed": seed,
-        "num_seeds": num_seeds, "packed": packed, "fit": info, "size": [int(fitted.shape[2]), int(fitted.shape[1])],
-        "outputs": names, "strip": "strip.png", **stats,
+        **asdict(es),
+        "strength": es.strength,
+        "packed": packed,
+        "fit": info,
+        "size": [int(fitted.shape[2]), int(fitted.shape[1])],
+        "outputs": names,
+        "strip": "strip.png",
+        **stats,
         "region": ({"mask": str(mask)} if mask is not None else {"bbox": list(bbox)} if bbox is not None else None),
-        "background": _background(region, info, fitted, src_shown, edits, seed),
-        "to_source": [dict(seed=seed + k, **change_metrics(src_shown, e)) for k, e in enumerate(edits)],
-        **device_report(dev, prec), **(provenance or {}),
+        "background": _background(region, info, fitted, src_shown, edits, es.seed),
+        "to_source": [dict(seed=es.seed + k, **change_metrics(src_shown, e)) for k, e in enumerate(edits)],
+        **device_report(dev, prec),
+        **(provenance or {}),
     }
     write_json(out / "results.json", result)
     return result
@@ -287,8 +304,10 @@ def _size_note(model, fitted) -> str:
     res = data.get("resolution") if isinstance(data, dict) else None
     h, w = fitted.shape[1:]
     if isinstance(res, int) and (h, w) != (res, res):
-        return (f"the model was trained at {res}x{res}; this edit runs at {w}x{h} (resize the input to "
-                f"{res}x{res}, or --fit resize, for edits the model has seen)")
+        return (
+            f"the model was trained at {res}x{res}; this edit runs at {w}x{h} (resize the input to "
+            f"{res}x{res}, or --fit resize, for edits the model has seen)"
+        )
     return ""
 
 
@@ -296,51 +315,41 @@ def change_metrics(src_u8, out_u8) -> dict:
     """How far an edit moved from its source over the whole image: MSE (in [0, 1]), mean SSIM, and
     whether not one pixel changed (a model too weak for the target can return its input as it was)."""
     a, b = src_u8.double() / 255, out_u8.double() / 255
-    return {"mse": ((a - b) ** 2).mean().item(), "ssim": ssim_map(a, b).mean().item(),
-            "unchanged": bool(torch.equal(src_u8, out_u8))}
+    return {
+        "mse": ((a - b) ** 2).mean().item(),
+        "ssim": ssim_map(a, b).mean().item(),
+        "unchanged": bool(torch.equal(src_u8, out_u8)),
+    }
 
 
 def _check_folder(out, identity: dict, overwrite: bool) -> None:
     """An edit folder holds one edit: the same request again rewrites it (same bytes); another is refused
     unless --overwrite, which replaces the files an edit writes."""
-    import re
-
-    from .errors import PixelDiTError
-    from .folders import differences, read_marker, remove_own
-
     before = read_marker(out) if out.is_dir() else None
     diff = differences(before, identity) if before is not None else []
     if diff and not overwrite:
-        raise PixelDiTError(f"{out} holds another edit (different {', '.join(diff[:4])})",
-                            "choose another --out, or pass --overwrite to replace it")
+        raise PixelDiTError(
+            f"{out} holds another edit (different {', '.join(diff[:4])})",
+            "choose another --out, or pass --overwrite to replace it",
+        )
     if diff:
-        remove_own(out, lambda n: bool(re.fullmatch(r"edited(_seed\d+)?\.png", n)) or n in ("strip.png", "results.json", "run.json"))
+        remove_own(
+            out,
+            lambda n: (
+                bool(re.fullmatch(r"edited(_seed\d+)?\.png", n)) or n in ("strip.png", "results.json", "run.json")
+            ),
+        )
 
 
-def _check_request(image, steps, strength, n_max, n_min, n_avg, num_seeds, src_cfg, tgt_cfg, shift, seed) -> int:
-    """The input exists and the numbers make sense; returns n_max (from `strength` unless given)."""
-    from .errors import PixelDiTError
-    from .validate import finite
-
+def _check_input(image) -> None:
     if image.is_dir():
         raise PixelDiTError(f"{image} is a folder, not an image", "pass one image file")
     if not image.is_file():
         raise PixelDiTError(f"input image {image} does not exist")
-    if strength is not None and n_max is not None:
-        raise PixelDiTError("--strength and --n-max both given", "use one: --strength is --n-max / --steps")
-    if strength is not None:
-        finite("--strength", strength, lo=0.0, hi=1.0)
-    if steps >= 1 and n_max is None:
-        n_max = n_max_of(DEFAULTS["strength"] if strength is None else strength, steps)
-    n_max = 0 if n_max is None else n_max
-    _check_numbers(steps, n_max, n_min, n_avg, num_seeds, src_cfg, tgt_cfg, shift, seed)
-    return n_max
 
 
 def _output_names(image, out, seed: int, num_seeds: int) -> list[str]:
     """edited.png (or edited_seedK.png per seed); refused when one would overwrite the input."""
-    from .errors import PixelDiTError
-
     names = [f"edited_seed{seed + k}.png" for k in range(num_seeds)] if num_seeds > 1 else ["edited.png"]
     for n in names + ["strip.png"]:
         if (out / n).resolve() == image.resolve():
@@ -350,33 +359,34 @@ def _output_names(image, out, seed: int, num_seeds: int) -> list[str]:
 
 def edit_region(img, mask=None, bbox=None):
     """The edited region as a bool (H, W) map from --mask (white = edit) or --bbox; None without either."""
-    from .errors import PixelDiTError
-
     _, H0, W0 = img.shape
     region = None
     if mask is not None:
         m, _ = read_rgb(mask)
         if m.shape[1:] != img.shape[1:]:
-            raise PixelDiTError(f"mask is {m.shape[2]}x{m.shape[1]} but the image is {W0}x{H0}", "the mask must have the image's size")
+            raise PixelDiTError(
+                f"mask is {m.shape[2]}x{m.shape[1]} but the image is {W0}x{H0}", "the mask must have the image's size"
+            )
         region = m.float().mean(0) > 127.5
     elif bbox is not None:
         x0, y0, x1, y1 = bbox
         if not (0 <= x0 < x1 <= W0 and 0 <= y0 < y1 <= H0):
-            raise PixelDiTError(f"--bbox {x0} {y0} {x1} {y1} is not inside the {W0}x{H0} image",
-                                f"need 0 <= X0 < X1 <= {W0} and 0 <= Y0 < Y1 <= {H0}")
+            raise PixelDiTError(
+                f"--bbox {x0} {y0} {x1} {y1} is not inside the {W0}x{H0} image",
+                f"need 0 <= X0 < X1 <= {W0} and 0 <= Y0 < Y1 <= {H0}",
+            )
         region = bbox_region(H0, W0, bbox)
     if region is not None and bool(region.all()):
-        raise PixelDiTError("the edit region covers the whole image, so there is no background to measure",
-                            "give a smaller --bbox or --mask, or leave both out")
+        raise PixelDiTError(
+            "the edit region covers the whole image, so there is no background to measure",
+            "give a smaller --bbox or --mask, or leave both out",
+        )
     return region
 
 
 def _write_outputs(out, identity, overwrite, names, src_shown, edits) -> None:
     """Under the folder's lock: run.json (the edit's identity, pixeldit's marker), each edit as a PNG, and
     strip.png: the source, then every edit, 2-pixel white separators."""
-    from .folders import lock
-    from .io import ensure_writable_dir, write_json
-
     ensure_writable_dir(out)
     with lock(out):
         _check_folder(out, identity, overwrite)  # again under the lock: another edit may have started meanwhile
@@ -386,8 +396,6 @@ def _write_outputs(out, identity, overwrite, names, src_shown, edits) -> None:
 
 def _write_images(out, names, src_shown, edits) -> None:
     """edited*.png at the input's size; strip.png upscaled by an integer factor when the images are small."""
-    from .io import write_png
-
     for name, e in zip(names, edits):
         write_png(e, out / name)
     sep = torch.full((3, src_shown.shape[1], 2), 255, dtype=torch.uint8)
@@ -404,15 +412,17 @@ def _background(region, info, fitted, src_shown, edits, seed: int):
         l, t, r, b = info["box"]
         region = region[t:b, l:r]
     elif info["fit"] == "resize":
-        from torchvision.transforms.v2.functional import InterpolationMode, resize
-        region = resize(region[None].float(), [fitted.shape[1], fitted.shape[2]], interpolation=InterpolationMode.NEAREST)[0] > 0.5
+        from torchvision.transforms.v2.functional import InterpolationMode, resize  # noqa: PLC0415 (heavy: only when used)
+
+        region = (
+            resize(region[None].float(), [fitted.shape[1], fitted.shape[2]], interpolation=InterpolationMode.NEAREST)[0]
+            > 0.5
+        )
     return [dict(seed=seed + k, **background_metrics(src_shown, e, region)) for k, e in enumerate(edits)]
 
 
 def _checkpoint_record(ckpt) -> dict:
-    from pathlib import Path
-
-    from .convert import checkpoint_sha256
-
-    return {"checkpoint": str(Path(ckpt).resolve()) if ckpt else None,
-            "checkpoint_sha256": checkpoint_sha256(ckpt) if ckpt and Path(ckpt).exists() else None}
+    return {
+        "checkpoint": str(Path(ckpt).resolve()) if ckpt else None,
+        "checkpoint_sha256": checkpoint_sha256(ckpt) if ckpt and Path(ckpt).exists() else None,
+    }

@@ -5,6 +5,8 @@ for T2I over the joint text+image sequence). Nothing else counts: norms, RoPE, s
 modulation, residuals, embedding lookups. Analytic counts are instant even for XL/8 at 1024².
 """
 
+import contextlib
+import re
 import time
 from contextlib import contextmanager
 
@@ -12,9 +14,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import load_preset
+from .dist import autocast_dtype, device_report, pick_device, resolve_precision
+from .errors import PixelDiTError
 from .families import family_of
 from .models.config import ModelConfig
-
+from .models.registry import build_model, count_params, empty_model, model_config
 
 #################################################################################
 #                               Closed form                                     #
@@ -23,21 +28,32 @@ from .models.config import ModelConfig
 
 def analytic_flops(cfg: ModelConfig, height: int, width: int, batch: int = 1, text_len: int | None = None) -> dict:
     """FLOPs of one forward by component, plus 'total'. T2I counts `text_len` text tokens (default: the window)."""
-    p, C, D, d, A, F_ = cfg.patch_size, cfg.in_channels, cfg.hidden_size, cfg.pixel_hidden, cfg.pixel_attn_hidden, cfg.mlp_hidden
+    p, C, D, d, A, F_ = (
+        cfg.patch_size,
+        cfg.in_channels,
+        cfg.hidden_size,
+        cfg.pixel_hidden,
+        cfg.pixel_attn_hidden,
+        cfg.mlp_hidden,
+    )
     HW, L, P = height * width, (height // p) * (width // p), p * p
     family = family_of(cfg)
     Ly = family.text_tokens(cfg, text_len)
-    N = L + Ly                                       # tokens in one patch-level attention
-    streams = family.streams                         # MM-DiT: image and text Linears
+    N = L + Ly  # tokens in one patch-level attention
+    streams = family.streams  # MM-DiT: image and text Linears
     parts = {
         "embedders": 2 * L * (C * P) * D + 2 * 256 * D + 2 * D * D + 2 * (2 * HW * C * d) + 2 * Ly * cfg.text_dim * D,
         # per patch block: adaLN on one vector per image (per stream), qkv + proj on all N tokens, attention, SwiGLU
-        "patch_blocks": cfg.patch_depth * (
-            streams * 2 * 6 * D * D + 2 * N * D * 3 * D + 2 * N * D * D + 4 * N * N * D + 3 * 2 * N * D * F_
-        ),
+        "patch_blocks": cfg.patch_depth
+        * (streams * 2 * 6 * D * D + 2 * N * D * 3 * D + 2 * N * D * D + 4 * N * N * D + 3 * 2 * N * D * F_),
         # per PiT block: pixel-wise adaLN on every patch token, compaction, attention on L tokens, pixel MLP
-        "pixel_blocks": cfg.pixel_depth * (
-            2 * L * D * 6 * P * d + 2 * 2 * L * P * d * A + 2 * L * A * 3 * A + 2 * L * A * A + 4 * L * L * A
+        "pixel_blocks": cfg.pixel_depth
+        * (
+            2 * L * D * 6 * P * d
+            + 2 * 2 * L * P * d * A
+            + 2 * L * A * 3 * A
+            + 2 * L * A * A
+            + 4 * L * L * A
             + 2 * 2 * HW * d * 4 * d
         ),
     }
@@ -93,7 +109,9 @@ def count_by_hooks(model: nn.Module):
         tally["total"] = tally["linear"] + tally["attention"]
 
 
-def example_inputs(cfg: ModelConfig, height: int, width: int, batch: int = 1, text_len: int | None = None, seed: int = 0):
+def example_inputs(
+    cfg: ModelConfig, height: int, width: int, batch: int = 1, text_len: int | None = None, seed: int = 0
+):
     """The counter's inputs: t = 0.5 (·1000 for T2I), class 0 or random text states."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, cfg.in_channels, height, width, generator=g)
@@ -128,8 +146,6 @@ def matmul_rate(n: int = 2048, repeats: int = 5, dtype=torch.float32, device="cp
 
 def measure_forward(model: nn.Module, inputs, flops: int, repeats: int = 3, autocast=None) -> dict:
     """Time `repeats` forwards (after one warm-up) and report the best as GFLOP/s."""
-    import contextlib
-
     device = inputs[0].device
     ctx = (lambda: torch.autocast(device.type, dtype=autocast)) if autocast is not None else contextlib.nullcontext
     times = []
@@ -150,14 +166,21 @@ def measure_forward(model: nn.Module, inputs, flops: int, repeats: int = 3, auto
 #################################################################################
 
 
-def run_flops(res=None, height=None, width=None, patch=None, model=None, preset=None, batch=1,
-              text_len=None, measure=False, repeats=3, device="auto", precision="auto") -> dict:
+def run_flops(
+    res=None,
+    height=None,
+    width=None,
+    patch=None,
+    model=None,
+    preset=None,
+    batch=1,
+    text_len=None,
+    measure=False,
+    repeats=3,
+    device="auto",
+    precision="auto",
+) -> dict:
     """Resolve model and size (flags > preset > XL/16 @ 256), count, optionally measure. Returns a dict."""
-    import re
-
-    from .config import load_preset
-    from .errors import PixelDiTError
-    from .models.registry import build_model, count_params, empty_model, model_config
 
     name, default_res, overrides = "PixelDiT-XL/16", 256, {}
     if preset:
@@ -178,20 +201,24 @@ def run_flops(res=None, height=None, width=None, patch=None, model=None, preset=
     W = width if width is not None else res if res is not None else default_res
     for side in (H, W):
         if side <= 0 or side % mcfg.patch_size:
-            raise PixelDiTError(f"image size {H}x{W} is not a positive multiple of the patch size {mcfg.patch_size}",
-                                f"use sizes divisible by {mcfg.patch_size}")
+            raise PixelDiTError(
+                f"image size {H}x{W} is not a positive multiple of the patch size {mcfg.patch_size}",
+                f"use sizes divisible by {mcfg.patch_size}",
+            )
     params = count_params(empty_model(mcfg))
     parts = analytic_flops(mcfg, H, W, batch, text_len)
     result = {
-        "model": name, "height": H, "width": W, "batch": batch, "params": params,
+        "model": name,
+        "height": H,
+        "width": W,
+        "batch": batch,
+        "params": params,
         "gflops": parts["total"] / 1e9,
         "breakdown_gflops": {k: v / 1e9 for k, v in parts.items() if k != "total"},
     }
     if family_of(mcfg).text_tokens(mcfg, text_len):
         result["text_tokens"] = family_of(mcfg).text_tokens(mcfg, text_len)
     if measure:
-        from .dist import autocast_dtype, device_report, pick_device, resolve_precision
-
         dev = pick_device(device)
         prec = resolve_precision(precision, dev)
         net = build_model(mcfg, init=False).eval().to(dev)
@@ -200,8 +227,10 @@ def run_flops(res=None, height=None, width=None, patch=None, model=None, preset=
         m["matmul_gflops_per_s"] = matmul_rate(dtype=autocast_dtype(prec) or torch.float32, device=dev)
         m["efficiency"] = m["gflops_per_s"] / m["matmul_gflops_per_s"]
         if m["efficiency"] > 1.0:  # a forward cannot beat a large square matmul: the reference read low
-            m["note"] = (f"{100 * m['efficiency']:.0f}% of the matmul rate cannot be right: the reference matmul was "
-                         "measured while the machine was busy; re-run on a quiet machine")
+            m["note"] = (
+                f"{100 * m['efficiency']:.0f}% of the matmul rate cannot be right: the reference matmul was "
+                "measured while the machine was busy; re-run on a quiet machine"
+            )
         m["threads"] = torch.get_num_threads()
         m.update(device_report(dev, prec))
         result["measured"] = m

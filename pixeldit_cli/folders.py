@@ -10,6 +10,7 @@ one folder.
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
@@ -31,7 +32,7 @@ def lock_name(target: str) -> str:
 
 
 def lock_target(name: str) -> str:
-    return name[1:-len(".pixeldit.lock")]
+    return name[1 : -len(".pixeldit.lock")]
 
 
 def marker_format(kind: str) -> str:
@@ -46,11 +47,14 @@ def read_marker(folder: Path) -> dict | None:
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise PixelDiTError(f"{path} is not valid JSON ({str(e).splitlines()[0][:80]})",
-                            "it was not written by pixeldit, or was damaged: choose another --out") from None
+        raise PixelDiTError(
+            f"{path} is not valid JSON ({str(e).splitlines()[0][:80]})",
+            "it was not written by pixeldit, or was damaged: choose another --out",
+        ) from None
     if not isinstance(d, dict):
-        raise PixelDiTError(f"{path} holds a JSON {type(d).__name__}, not pixeldit's job description",
-                            "choose another --out")
+        raise PixelDiTError(
+            f"{path} holds a JSON {type(d).__name__}, not pixeldit's job description", "choose another --out"
+        )
     return d
 
 
@@ -82,8 +86,10 @@ def claim(folder, kind: str, what: str = "--out", legacy=None) -> None:
     entries = foreign_entries(folder)
     if entries:
         shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
-        raise PixelDiTError(f"{what} {folder} already holds files pixeldit did not write for this command ({shown})",
-                            f"choose a new or empty folder for {what}; nothing was changed")
+        raise PixelDiTError(
+            f"{what} {folder} already holds files pixeldit did not write for this command ({shown})",
+            f"choose a new or empty folder for {what}; nothing was changed",
+        )
 
 
 def differences(marker: dict, identity: dict) -> list[str]:
@@ -116,14 +122,14 @@ def lock(folder, what: str = "--out", name: str = LOCK):
     refused at once, in one line, instead of racing the first. The lock dies with its process; the file
     is removed when the job ends (a process that opened it just before then sees, after locking, that
     the name no longer points at its file, and is refused too)."""
-    import fcntl
-
     folder = Path(folder)
     path = folder / name
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise PixelDiTError(f"could not write {path}: {e.strerror or e}", f"the folder is not writable: choose another {what}") from None
+        raise PixelDiTError(
+            f"could not write {path}: {e.strerror or e}", f"the folder is not writable: choose another {what}"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -135,8 +141,10 @@ def lock(folder, what: str = "--out", name: str = LOCK):
         if not same:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             target = folder if name == LOCK else folder / lock_target(name)
-            raise PixelDiTError(f"another pixeldit process (pid {holder}) is writing to {target}",
-                                f"wait for it to finish, or choose another {what}")
+            raise PixelDiTError(
+                f"another pixeldit process (pid {holder}) is writing to {target}",
+                f"wait for it to finish, or choose another {what}",
+            )
         os.ftruncate(fd, 0)
         with contextlib.suppress(OSError):  # the pid is only a courtesy for the message above (a full disk)
             os.pwrite(fd, str(os.getpid()).encode(), 0)

@@ -13,13 +13,15 @@ WebP become uint8 RGB, and a note says what was converted.
 import contextlib
 import errno
 import hashlib
+import io as _io
 import json
 import os
-import zipfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from .errors import PixelDiTError
 
@@ -214,10 +216,17 @@ def _to_rgb8(im) -> tuple[np.ndarray, str]:
         return np.repeat(a[..., None], 3, axis=2), "16-bit grayscale input converted to 8-bit RGB"
     if mode == "F":
         raise ValueError("32-bit float images are not supported")
-    notes = {"1": "1-bit input converted to RGB", "L": "grayscale input converted to RGB",
-             "LA": "grayscale+alpha input converted to RGB (alpha dropped)", "P": "palette input converted to RGB",
-             "PA": "palette+alpha input converted to RGB (alpha dropped)", "RGBA": "RGBA input converted to RGB (alpha dropped)",
-             "CMYK": "CMYK input converted to RGB", "YCbCr": "YCbCr input converted to RGB", "RGB": ""}
+    notes = {
+        "1": "1-bit input converted to RGB",
+        "L": "grayscale input converted to RGB",
+        "LA": "grayscale+alpha input converted to RGB (alpha dropped)",
+        "P": "palette input converted to RGB",
+        "PA": "palette+alpha input converted to RGB (alpha dropped)",
+        "RGBA": "RGBA input converted to RGB (alpha dropped)",
+        "CMYK": "CMYK input converted to RGB",
+        "YCbCr": "YCbCr input converted to RGB",
+        "RGB": "",
+    }
     if mode not in notes:
         raise ValueError(f"image mode {mode} is not supported")
     if mode in ("P", "PA"):
@@ -230,14 +239,11 @@ def _to_rgb8(im) -> tuple[np.ndarray, str]:
 
 def read_image(path) -> tuple[torch.Tensor, str]:
     """Any accepted image -> (uint8 (3, H, W) RGB, note). One line for anything unreadable."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     path = Path(path)
     if path.is_dir():
         raise PixelDiTError(f"{path} is a folder, not an image", "pass one image file")
     if not path.exists():
         raise PixelDiTError(f"image {path} does not exist", "check the path")
-    import warnings
 
     try:
         with warnings.catch_warnings():
@@ -249,12 +255,16 @@ def read_image(path) -> tuple[torch.Tensor, str]:
                 if rotated:
                     note = "; ".join(n for n in (note, "EXIF orientation applied") if n)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise PixelDiTError(f"{path} claims to be a huge image (over {Image.MAX_IMAGE_PIXELS:,} pixels)",
-                            "pass a real image; pixeldit works at up to a few thousand pixels a side") from None
+        raise PixelDiTError(
+            f"{path} claims to be a huge image (over {Image.MAX_IMAGE_PIXELS:,} pixels)",
+            "pass a real image; pixeldit works at up to a few thousand pixels a side",
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         reason = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
-        raise PixelDiTError(f"{path} is not a readable image ({reason})",
-                            f"pass a {', '.join(x[1:].upper() for x in IMAGE_EXTENSIONS)} file") from None
+        raise PixelDiTError(
+            f"{path} is not a readable image ({reason})",
+            f"pass a {', '.join(x[1:].upper() for x in IMAGE_EXTENSIONS)} file",
+        ) from None
     return torch.from_numpy(np.array(arr)).permute(2, 0, 1).contiguous(), note
 
 
@@ -281,9 +291,6 @@ def is_complete_png(path) -> bool:
 def png_bytes(img_u8: torch.Tensor) -> bytes:
     """uint8 (3, H, W) or (1, H, W) -> PNG bytes (Pillow, zlib level 6; torchvision is not imported here:
     `import torchvision` imports torch._dynamo, two seconds of start-up for every command)."""
-    import io as _io
-
-    from PIL import Image
 
     a = img_u8.detach().cpu().numpy()
     a = a[0] if a.shape[0] == 1 else np.ascontiguousarray(a.transpose(1, 2, 0))
@@ -305,7 +312,7 @@ def grid_image(images_u8: torch.Tensor, nrow: int, padding: int = 2, pad_value: 
     grid = torch.full((c, padding + rows * (h + padding), padding + nrow * (w + padding)), pad_value, dtype=torch.uint8)
     for k, img in enumerate(images_u8.cpu()):
         y, x = padding + (k // nrow) * (h + padding), padding + (k % nrow) * (w + padding)
-        grid[:, y: y + h, x: x + w] = img
+        grid[:, y : y + h, x : x + w] = img
     return grid
 
 
@@ -331,8 +338,6 @@ def _upscale(images_u8: torch.Tensor, min_tile: int) -> torch.Tensor:
 
 def _label_columns(grid: torch.Tensor, tile: int, labels, padding: int = 2, strip: int = 14) -> torch.Tensor:
     """Add a white strip above the grid with each column's label, cut to the column's width."""
-    from PIL import Image, ImageDraw, ImageFont
-
     c, h, w = grid.shape
     canvas = Image.new("RGB", (w, h + strip), "white")
     canvas.paste(Image.fromarray(np.ascontiguousarray(grid.permute(1, 2, 0).numpy())), (0, strip))
@@ -349,73 +354,3 @@ def _label_columns(grid: torch.Tensor, tile: int, labels, padding: int = 2, stri
 #################################################################################
 #                              ADM .npz, streamed                               #
 #################################################################################
-
-
-class NpzWriter:
-    """Write an .npz (a zip of .npy members, stored) a row at a time: `arr_0` never has to fit in RAM.
-
-    with NpzWriter(path) as w:
-        rows = w.stream("arr_0", (n, H, W, 3), np.uint8)
-        for block in ...: rows.write(block)
-        w.add("arr_1", labels)
-    The file appears at `path` only when every member is complete (atomic_file).
-    """
-
-    def __init__(self, path, durable: bool = True):
-        self.path, self.durable = Path(path), durable
-        self._ctx = self._zip = self._open = None
-
-    def __enter__(self):
-        self._ctx = atomic_file(self.path, self.durable)
-        f = self._ctx.__enter__()
-        self._zip = zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True)
-        return self
-
-    def _close_member(self):
-        if self._open is not None:
-            member, expected = self._open
-            if member.written != expected:
-                raise PixelDiTError(f"{self.path}: a member got {member.written} of {expected} bytes")
-            member.close()
-            self._open = None
-
-    def stream(self, name: str, shape, dtype):
-        self._close_member()
-        dtype = np.dtype(dtype)
-        member = _CountingMember(self._zip.open(name + ".npy", "w", force_zip64=True))
-        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(int(s) for s in shape)}
-        np.lib.format.write_array_header_2_0(member, header)
-        member.written = 0
-        self._open = (member, int(np.prod(shape)) * dtype.itemsize)
-        return member
-
-    def add(self, name: str, array) -> None:
-        self._close_member()
-        with self._zip.open(name + ".npy", "w", force_zip64=True) as m:
-            np.lib.format.write_array(m, np.asarray(array), allow_pickle=False)
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None:
-                self._close_member()
-            self._zip.close()
-        except BaseException as e:
-            self._ctx.__exit__(type(e), e, e.__traceback__)
-            raise
-        return self._ctx.__exit__(exc_type, exc, tb)
-
-
-class _CountingMember:
-    """A zip member that counts payload bytes (the npy header is written before counting starts)."""
-
-    def __init__(self, member):
-        self.member, self.written = member, 0
-
-    def write(self, data) -> int:
-        data = memoryview(np.ascontiguousarray(data)).cast("B") if isinstance(data, np.ndarray) else data
-        n = self.member.write(data)
-        self.written += len(data)
-        return n
-
-    def close(self):
-        self.member.close()

@@ -4,6 +4,7 @@ A sample's label depends on its global index alone (like its noise), so the imag
 depend on batch size, process count or resume.
 """
 
+import difflib
 import json
 import math
 import re
@@ -40,8 +41,10 @@ def parse_class(spec: str, num_classes: int, names: list[str] | None) -> int:
     if re.fullmatch(r"\s*-?\d+\s*", spec):
         k = int(spec)
         if not 0 <= k < num_classes:
-            raise PixelDiTError(f"class id {k} is out of range for a model with {num_classes} classes",
-                                f"use 0..{num_classes - 1} (id {num_classes} is the null class)")
+            raise PixelDiTError(
+                f"class id {k} is out of range for a model with {num_classes} classes",
+                f"use 0..{num_classes - 1} (id {num_classes} is the null class)",
+            )
         return k
     if names:
         table = {_norm(n): i for i, n in enumerate(names)}
@@ -49,14 +52,17 @@ def parse_class(spec: str, num_classes: int, names: list[str] | None) -> int:
             return table[_norm(spec)]
         close = [n for n in names if _norm(spec) in _norm(n) or _norm(n) in _norm(spec)][:3]
         if not close:
-            import difflib
-
             close = difflib.get_close_matches(spec, names, n=3, cutoff=0.6)
-        kind = "an ImageNet class name" if num_classes == 1000 and names == imagenet_names() else \
-            f"one of this model's {num_classes} class names ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
+        kind = (
+            "an ImageNet class name"
+            if num_classes == 1000 and names == imagenet_names()
+            else f"one of this model's {num_classes} class names ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
+        )
         hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"use a class id or {kind}"
         raise PixelDiTError(f"unknown class name {spec!r}", hint)
-    raise PixelDiTError(f"class {spec!r} is not an id and this model has no class names", f"use an id in 0..{num_classes - 1}")
+    raise PixelDiTError(
+        f"class {spec!r} is not an id and this model has no class names", f"use an id in 0..{num_classes - 1}"
+    )
 
 
 def labels_for(indices, *, classes: list[int] | None, mode: str, n: int, num_classes: int, seed: int) -> list[int]:

@@ -18,6 +18,8 @@ checks that the estimate is above the measured peak of a real forward.
 import torch
 
 from .errors import PixelDiTError
+from .families import family_of
+from .models.registry import build_model
 
 MARGIN = 2.0  # 1.5 was exceeded on a fresh clone (S/4 128², batch 2: 109 MB measured vs 102 MB)
 
@@ -25,7 +27,6 @@ MARGIN = 2.0  # 1.5 was exceeded on a fresh clone (S/4 128², batch 2: 109 MB me
 def forward_bytes(cfg, height: int, width: int, batch: int) -> int:
     """Estimated activation bytes of one fp32 inference forward of `batch` images (weights not included)."""
     pixels = height * width
-    from .families import family_of
 
     tokens = (height // cfg.patch_size) * (width // cfg.patch_size) + family_of(cfg).text_tokens(cfg)
     pixel_level = 32 * cfg.pixel_hidden * pixels + 2 * cfg.in_channels * pixels
@@ -55,8 +56,11 @@ def check_fits(cfg, height: int, width: int, batch: int, device, what: str = "on
     have = available_bytes(device)
     if have is not None and need > have:
         gb = lambda b: f"{b / 1024**3:,.1f} GB"
-        raise PixelDiTError(f"{height}x{width} images need about {gb(need)} for {what} (batch {batch}), but {device} "
-                            f"has {gb(have)} free", "use a smaller --height/--width or --batch-size")
+        raise PixelDiTError(
+            f"{height}x{width} images need about {gb(need)} for {what} (batch {batch}), but {device} "
+            f"has {gb(have)} free",
+            "use a smaller --height/--width or --batch-size",
+        )
     return need
 
 
@@ -69,15 +73,15 @@ def check_train_fits(cfg, resolution: int, micro_batch: int, device, extra_param
     parameter (weights, EMA, gradient, two AdamW moments) plus one micro-batch's inference-forward
     activations (a lower bound of training's: it never refuses what fits). The parameter count comes from
     a network built on the meta device (no memory)."""
-    from .models.registry import build_model
-
     with torch.device("meta"):
         params = sum(p.numel() for p in build_model(cfg, init=False).parameters()) + extra_params
     need = TRAIN_BYTES_PER_PARAM * params + forward_bytes(cfg, resolution, resolution, micro_batch) // 2
     have = available_bytes(device)
     if have is not None and need > have:
         gb = lambda b: f"{b / 1024**3:,.1f} GB"
-        raise PixelDiTError(f"training this {params / 1e6:,.0f}M-parameter model needs at least {gb(need)} (weights, EMA, "
-                            f"gradients, AdamW state and a micro-batch of {micro_batch}), but {device} has {gb(have)} free",
-                            "train a smaller model, or on a machine with more memory (FSDP over GPUs shards the state)")
+        raise PixelDiTError(
+            f"training this {params / 1e6:,.0f}M-parameter model needs at least {gb(need)} (weights, EMA, "
+            f"gradients, AdamW state and a micro-batch of {micro_batch}), but {device} has {gb(have)} free",
+            "train a smaller model, or on a machine with more memory (FSDP over GPUs shards the state)",
+        )
     return need

@@ -32,10 +32,10 @@ def read_metrics(run: Path) -> list[dict]:
 def plot_metrics(run, out=None) -> Path:
     """Write RUN/loss.png (or `out`) and return its path."""
     try:
-        import matplotlib
+        import matplotlib  # noqa: PLC0415 (optional)
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # noqa: PLC0415 (optional)
     except ImportError:
         raise PixelDiTError("plotting needs matplotlib", "pip install 'pixeldit[plot]' (or matplotlib)") from None
     out = Path(out) if out else Path(run) / "loss.png"

@@ -5,6 +5,8 @@ import contextlib
 import sys
 import time
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
 
 class _Quiet:
     def add(self, label: str, total: int, **fields):
@@ -40,8 +42,14 @@ class _Lines:
         self.stream, self.every, self.tasks = stream, every, {}
 
     def add(self, label: str, total: int, completed: int = 0, **fields):
-        self.tasks[label] = {"total": max(1, total), "done": completed, "start": completed, "t0": time.perf_counter(),
-                             "shown": completed, "info": fields.get("info", "")}
+        self.tasks[label] = {
+            "total": max(1, total),
+            "done": completed,
+            "start": completed,
+            "t0": time.perf_counter(),
+            "shown": completed,
+            "info": fields.get("info", ""),
+        }
         return label
 
     def advance(self, task, n: int = 1, info: str | None = None):
@@ -63,8 +71,12 @@ class _Lines:
         made = t["done"] - t["start"]
         eta = elapsed / made * (t["total"] - t["done"]) if made > 0 else float("nan")
         eta_s = f"ETA {int(eta // 60)}m{int(eta % 60):02d}s" if eta == eta else "ETA ?"
-        print(f"{label} {t['done']}/{t['total']} ({100 * t['done'] / t['total']:.0f}%) {elapsed:.0f}s elapsed, {eta_s}"
-              + (f" | {t['info']}" if t["info"] else ""), file=self.stream, flush=True)
+        print(
+            f"{label} {t['done']}/{t['total']} ({100 * t['done'] / t['total']:.0f}%) {elapsed:.0f}s elapsed, {eta_s}"
+            + (f" | {t['info']}" if t["info"] else ""),
+            file=self.stream,
+            flush=True,
+        )
 
 
 @contextlib.contextmanager
@@ -76,10 +88,14 @@ def progress(enabled: bool = True):
     if not sys.stdout.isatty():
         yield _Lines(sys.stderr)
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                 TimeRemainingColumn())
+    p = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+    )
     p.start()
     try:
         yield _Bar(p)

@@ -17,6 +17,7 @@ directory listing and one sequential pass, so a 50K job's bookkeeping is linear 
 import contextlib
 import os
 import re
+import signal
 import struct
 import uuid
 import zlib
@@ -27,7 +28,8 @@ import numpy as np
 
 from .errors import PixelDiTError
 from .folders import remove_own
-from .io import is_complete_png, write_error
+from .io import is_complete_png, read_image, write_error
+from .npz import NpzImages
 
 MAGIC = b"PXDPART1"
 _HEAD = struct.Struct("<8sIII12x")
@@ -93,8 +95,6 @@ def _test_kill_hook(f, count: int):
     """Tests only: PIXELDIT_TEST_KILL_AFTER_RECORDS=N SIGKILLs the process after N records and half of the next."""
     limit = os.environ.get("PIXELDIT_TEST_KILL_AFTER_RECORDS")
     if limit and count == int(limit) + 1:
-        import signal
-
         f.flush()
         f.truncate(f.tell() - 100)  # the last record torn, as a kill during its write leaves it
         f.flush()
@@ -106,9 +106,9 @@ class Inventory:
     """Every sample a job folder holds, found with one listing of OUT and one of OUT/parts."""
 
     shape: tuple
-    records: dict = field(default_factory=dict)   # index -> (path, offset, label); offset -1: row of samples.npz
-    pngs: dict = field(default_factory=dict)      # index -> file name of a complete PNG
-    dropped: int = 0                              # torn or corrupt records ignored (they are made again)
+    records: dict = field(default_factory=dict)  # index -> (path, offset, label); offset -1: row of samples.npz
+    pngs: dict = field(default_factory=dict)  # index -> file name of a complete PNG
+    dropped: int = 0  # torn or corrupt records ignored (they are made again)
     npz_rows: int = 0
 
     def record_bytes(self) -> int:
@@ -155,8 +155,10 @@ def _scan_part(path: Path, inv: Inventory, label_of) -> None:
         if magic != MAGIC:
             raise PixelDiTError(f"{path} is not a pixeldit part file", "remove it, or choose another --out")
         if tuple(shape) != inv.shape:
-            raise PixelDiTError(f"{path} holds {shape[1]}x{shape[0]} images, this job makes {inv.shape[1]}x{inv.shape[0]}",
-                                "choose another --out")
+            raise PixelDiTError(
+                f"{path} holds {shape[1]}x{shape[0]} images, this job makes {inv.shape[1]}x{inv.shape[0]}",
+                "choose another --out",
+            )
         while True:
             offset = f.tell()
             head = f.read(_REC.size)
@@ -174,15 +176,15 @@ def _scan_part(path: Path, inv: Inventory, label_of) -> None:
 
 
 def _scan_npz(path: Path, inv: Inventory, label_of) -> None:
-    from .metrics.npz import NpzImages
-
     try:
         src = NpzImages(path)
     except PixelDiTError:
         return  # an unreadable npz is rebuilt from the records
     if tuple(src.shape[1:]) != inv.shape:
-        raise PixelDiTError(f"{path} holds {src.shape[2]}x{src.shape[1]} images, this job makes {inv.shape[1]}x{inv.shape[0]}",
-                            "choose another --out")
+        raise PixelDiTError(
+            f"{path} holds {src.shape[2]}x{src.shape[1]} images, this job makes {inv.shape[1]}x{inv.shape[0]}",
+            "choose another --out",
+        )
     labels = src.array("arr_1")
     if labels is None or len(labels) != len(src):
         return
@@ -213,8 +215,6 @@ class RecordReader:
             path, off, _ = self.inv.records[i]
             if off < 0:
                 if self.npz is None:
-                    from .metrics.npz import NpzImages
-
                     self.npz = NpzImages(path)
                     self.npz_file = self.npz.zf.open("arr_0.npy")
                 self.npz_file.seek(self.npz.offset + i * size)
@@ -226,7 +226,6 @@ class RecordReader:
             if len(buf) != size:
                 raise PixelDiTError(f"{path} changed while being read (sample {i})", "re-run the same command")
             return np.frombuffer(buf, dtype=np.uint8).reshape(self.inv.shape)
-        from .io import read_image
 
         img, _ = read_image(self.out / self.inv.pngs[i])
         return img.permute(1, 2, 0).numpy()

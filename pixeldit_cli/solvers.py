@@ -29,10 +29,10 @@ REUSE_SCHEDULES = values(ReuseSchedule)  # ("uniform", "ends")
 
 @dataclass
 class Stats:
-    calls: int = 0           # network forward calls
-    evals: int = 0           # evaluations per sample: 2 for a guided call, 1 for an unguided one (= pixel-path runs)
+    calls: int = 0  # network forward calls
+    evals: int = 0  # evaluations per sample: 2 for a guided call, 1 for an unguided one (= pixel-path runs)
     guided_steps: list = field(default_factory=list)
-    patch_evals: int = 0     # patch-path (semantic) runs per sample, counted the same way; < evals with reuse
+    patch_evals: int = 0  # patch-path (semantic) runs per sample, counted the same way; < evals with reuse
 
 
 class SemanticReuse:
@@ -72,7 +72,7 @@ class SemanticReuse:
         e, self.count = self.count, self.count + 1
         cached = self.cache.get(key)
         if cached is None and key == "cond" and "both" in self.cache:
-            cached = self.cache["both"][self.cache["both"].shape[0] // 2:]  # [uncond; cond]: the cond half
+            cached = self.cache["both"][self.cache["both"].shape[0] // 2 :]  # [uncond; cond]: the cond half
         if cached is None or self.due(e):
             sem = model.semantics(x, t_in, y)
             self.cache = {key: sem.s}
@@ -265,8 +265,21 @@ def dpmpp_2m(v: Velocity, x, sigmas):
 #################################################################################
 
 
-def solve(model, noise, cond, uncond=None, *, solver: str = "flowdpm", steps: int = 100, cfg: float = 1.0,
-          interval=(0.0, 1.0), shift: float = 1.0, autocast=None, semantic_reuse: int = 1, reuse_schedule: str = "uniform"):
+def solve(
+    model,
+    noise,
+    cond,
+    uncond=None,
+    *,
+    solver: str = "flowdpm",
+    steps: int = 100,
+    cfg: float = 1.0,
+    interval=(0.0, 1.0),
+    shift: float = 1.0,
+    autocast=None,
+    semantic_reuse: int = 1,
+    reuse_schedule: str = "uniform",
+):
     """Integrate from noise (t = 0) to data (t = 1); returns (images in [-1, 1] unclipped, Stats).
 
     semantic_reuse K > 1 runs the patch pathway every K-th network evaluation only (SemanticReuse);

@@ -32,7 +32,7 @@ CHI_PROMPT = [
 def quiet_transformers():
     """No download/loading progress bars from transformers: our commands print their own output (and JSON)."""
     try:
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # noqa: PLC0415 (optional, heavy)
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
@@ -43,7 +43,7 @@ def quiet_transformers():
 def from_local_cache(model_id: str) -> str | None:
     """The local snapshot folder of a Hugging Face model id (`google/gemma-2-2b-it`), never downloading."""
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # noqa: PLC0415 (optional/heavy)
     except ImportError:
         return None
     try:
@@ -54,7 +54,7 @@ def from_local_cache(model_id: str) -> str | None:
 
 def hub_cache_dir() -> str:
     try:
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # noqa: PLC0415 (optional/heavy)
 
         return str(constants.HF_HUB_CACHE)
     except ImportError:
@@ -70,8 +70,10 @@ def resolve_pretrained(what: str, path, hint: str) -> str:
         return path
     cached = from_local_cache(path)
     if cached is None:
-        raise PixelDiTError(f"{what} {path!r} is neither a local folder nor in the Hugging Face cache ({hub_cache_dir()})",
-                            f"{hint} (nothing is downloaded)")
+        raise PixelDiTError(
+            f"{what} {path!r} is neither a local folder nor in the Hugging Face cache ({hub_cache_dir()})",
+            f"{hint} (nothing is downloaded)",
+        )
     return cached
 
 
@@ -94,10 +96,17 @@ def clean_prompt(prompt: str) -> str:
 class TextEncoder:
     """encode(prompts) -> (B, L, D) with L = max_length; null(negative) -> (1, L, D), computed once."""
 
-    def __init__(self, path, device="cpu", dtype=torch.float32, max_length: int = 300, expected_dim: int | None = None,
-                 system_prompt: list[str] | None = None):
+    def __init__(
+        self,
+        path,
+        device="cpu",
+        dtype=torch.float32,
+        max_length: int = 300,
+        expected_dim: int | None = None,
+        system_prompt: list[str] | None = None,
+    ):
         try:
-            from transformers import AutoModel, AutoTokenizer
+            from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415 (optional, heavy)
         except ImportError:
             raise PixelDiTError("the text encoder needs transformers", "pip install 'pixeldit[text]'") from None
 
@@ -108,16 +117,22 @@ class TextEncoder:
             except TypeError:  # transformers < 4.56 names it torch_dtype
                 return tokenizer, AutoModel.from_pretrained(path, local_files_only=local, torch_dtype=dtype)
 
-        self.tokenizer, model = load_pretrained("text encoder", path, "pass --text-encoder DIR with Gemma-2-2b-it", load)
-        self.model = (model.get_decoder() if hasattr(model, "get_decoder") and model.get_decoder() is not None else model)
+        self.tokenizer, model = load_pretrained(
+            "text encoder", path, "pass --text-encoder DIR with Gemma-2-2b-it", load
+        )
+        self.model = model.get_decoder() if hasattr(model, "get_decoder") and model.get_decoder() is not None else model
         self.model = self.model.to(device).eval().requires_grad_(False)
         self.tokenizer.padding_side = "right"
         self.dim = self.model.config.hidden_size
         if expected_dim is not None and expected_dim != self.dim:
-            raise PixelDiTError(f"the text encoder gives {self.dim}-wide states but the checkpoint expects {expected_dim}",
-                                "use the encoder the checkpoint was trained with (Gemma-2-2b-it: 2304)")
+            raise PixelDiTError(
+                f"the text encoder gives {self.dim}-wide states but the checkpoint expects {expected_dim}",
+                "use the encoder the checkpoint was trained with (Gemma-2-2b-it: 2304)",
+            )
         if len(self.tokenizer) > self.model.config.vocab_size:
-            raise PixelDiTError(f"tokenizer ({len(self.tokenizer)} tokens) and model (vocab {self.model.config.vocab_size}) do not match")
+            raise PixelDiTError(
+                f"tokenizer ({len(self.tokenizer)} tokens) and model (vocab {self.model.config.vocab_size}) do not match"
+            )
         self.device, self.max_length = device, max_length
         self.chi = "\n".join(system_prompt if system_prompt is not None else CHI_PROMPT)
         self.n_chi = len(self.tokenizer.encode(self.chi))  # includes BOS
@@ -155,3 +170,10 @@ class TextEncoder:
         if negative not in self._null:
             self._null[negative] = self._states([negative], self.max_length)
         return self._null[negative]
+
+
+def text_encoder(path: str, mcfg, device, why: str) -> TextEncoder:
+    """The Gemma-2 encoder a T2I checkpoint needs (`why` names the command), one line when none was given."""
+    if not path:
+        raise PixelDiTError(f"{why} needs the Gemma-2 text encoder", "pass --text-encoder DIR (gemma-2-2b-it)")
+    return TextEncoder(path, device=device, max_length=mcfg.text_len, expected_dim=mcfg.text_dim)

@@ -44,13 +44,13 @@ def count(name: str, value, lo: int, hi: int, hint: str = ""):
 
 
 # The bounds: far above any real job, far below what breaks (memory, int64 seeds, hours of compute).
-MAX_IMAGES = 10_000_000        # --n (ImageNet's 50K evaluations are 200x below this)
-MAX_STEPS = 10_000             # solver / edit steps (the release samples with 25-250)
-MAX_SEEDS = 10_000             # edit --num-seeds
-MAX_PROCS = 1024               # --nproc
-MAX_SEED = 2**62               # seed + i stays a valid 64-bit generator seed for every index
-MAX_CFG = 1_000.0              # a guidance scale beyond this only overflows (black images)
-SHIFT_RANGE = (1e-4, 1e4)      # t / (t + (1 - t)·s): outside this every step collapses to t = 0 or 1
+MAX_IMAGES = 10_000_000  # --n (ImageNet's 50K evaluations are 200x below this)
+MAX_STEPS = 10_000  # solver / edit steps (the release samples with 25-250)
+MAX_SEEDS = 10_000  # edit --num-seeds
+MAX_PROCS = 1024  # --nproc
+MAX_SEED = 2**62  # seed + i stays a valid 64-bit generator seed for every index
+MAX_CFG = 1_000.0  # a guidance scale beyond this only overflows (black images)
+SHIFT_RANGE = (1e-4, 1e4)  # t / (t + (1 - t)·s): outside this every step collapses to t = 0 or 1
 
 
 def seed(name: str, value: int, n: int = 1):

@@ -1,6 +1,8 @@
 """The `--nproc` launcher's one contract with its workers, kept free of torch (every command runs it first)."""
 
+import ctypes
 import os
+import signal
 import sys
 
 LAUNCHER_ENV = "PIXELDIT_LAUNCHER_PID"
@@ -13,9 +15,6 @@ def die_with_launcher() -> None:
     if not pid or not sys.platform.startswith("linux") or str(os.getpid()) == pid:
         return
     try:
-        import ctypes
-        import signal
-
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return

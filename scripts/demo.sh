@@ -31,13 +31,13 @@ $PY -m pixeldit_cli sample --ckpt "$OUT/smoke.safetensors" $CLASSES --n 200 --ou
 
 stage judge "an independent classifier (real training images only), then: are the samples the class they were drawn for?"
 $PY scripts/fashion_export.py "$OUT/data" --n 250
-$PY scripts/fashion_classifier.py "$OUT/classifier.pt" --judge "$OUT/samples/samples.npz"
+$PY -m studies.fashion_classifier "$OUT/classifier.pt" --judge "$OUT/samples/samples.npz"
 
 stage fid "FID / precision / recall against 250 held-out test images (fallback Inception; N = 200 checks the pipeline, biased high)"
 $PY -m pixeldit_cli eval-fid "$OUT/samples/samples.npz" "$OUT/data/fashion_test.npz" --sqrtm eigh --no-cache
 
 stage edit "FlowEdit over real test images, scored by the classifier: a strength x target-CFG sweep"
-$PY scripts/edit_study.py --ckpt "$OUT/smoke.safetensors" --classifier "$OUT/classifier.pt" --out "$OUT/edit" --per-pair 10
+$PY -m studies.edit_study --ckpt "$OUT/smoke.safetensors" --classifier "$OUT/classifier.pt" --out "$OUT/edit" --per-pair 10
 
 stage plot "training curves"
 $PY -m pixeldit_cli plot "$OUT/train"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from torchvision.io import write_png
 
-from pixeldit_cli.metrics.npz import write_npz
+from pixeldit_cli.npz import write_npz
 from pixeldit_cli.train.data import FashionMNIST
 
 

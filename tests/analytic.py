@@ -16,7 +16,7 @@ class GaussianFlow(torch.nn.Module):
 
     def __init__(self, mus, s=0.5, kind="c2i"):
         super().__init__()
-        self.mus = torch.tensor(mus, dtype=torch.float64)   # one per class id, the last is the null class
+        self.mus = torch.tensor(mus, dtype=torch.float64)  # one per class id, the last is the null class
         self.s = s
         self.config = SimpleNamespace(kind=kind, num_classes=len(mus) - 1, patch_size=1)
 

@@ -47,7 +47,9 @@ def rope_angles_2d(dh, rows, cols):
 
 
 def rope_angles_1d(dh, length):
-    return torch.tensor([[pos * 10000.0 ** (-2.0 * k / dh) for k in range(dh // 2)] for pos in range(length)], dtype=torch.float64)
+    return torch.tensor(
+        [[pos * 10000.0 ** (-2.0 * k / dh) for k in range(dh // 2)] for pos in range(length)], dtype=torch.float64
+    )
 
 
 def rotate(x, ang):
@@ -115,8 +117,12 @@ def pixel_path(sd, x, s_cond, cfg):
     emb = lin(sd, "pixel_embedder.proj", x.permute(0, 2, 3, 1))  # (B, H, W, d)
     for r in range(H):
         for c in range(W):
-            vec = [math.sin(c * 10000.0 ** (-k / q)) for k in range(q)] + [math.cos(c * 10000.0 ** (-k / q)) for k in range(q)]
-            vec += [math.sin(r * 10000.0 ** (-k / q)) for k in range(q)] + [math.cos(r * 10000.0 ** (-k / q)) for k in range(q)]
+            vec = [math.sin(c * 10000.0 ** (-k / q)) for k in range(q)] + [
+                math.cos(c * 10000.0 ** (-k / q)) for k in range(q)
+            ]
+            vec += [math.sin(r * 10000.0 ** (-k / q)) for k in range(q)] + [
+                math.cos(r * 10000.0 ** (-k / q)) for k in range(q)
+            ]
             emb[:, r, c] += torch.tensor(vec, dtype=torch.float64)
     X = torch.zeros(B * L, P, d, dtype=torch.float64)
     for b in range(B):
@@ -162,7 +168,7 @@ def forward_c2i(sd, cfg, x, t, y):
     for n in range(cfg["patch_depth"]):
         pre = f"patch_blocks.{n}"
         m = lin(sd, f"{pre}.adaLN_modulation.0", c)
-        sh1, sc1, g1, sh2, sc2, g2 = (m[..., k * D:(k + 1) * D] for k in range(6))
+        sh1, sc1, g1, sh2, sc2, g2 = (m[..., k * D : (k + 1) * D] for k in range(6))
         s = s + g1 * attention(sd, f"{pre}.attn", rms(s, sd[f"{pre}.norm1.weight"]) * (1 + sc1) + sh1, heads, ang)
         s = s + g2 * swiglu(sd, f"{pre}.mlp", rms(s, sd[f"{pre}.norm2.weight"]) * (1 + sc2) + sh2)
     s_cond = silu(t_emb + s).reshape(B * Hs * Ws, D)
@@ -183,8 +189,8 @@ def forward_t2i(sd, cfg, x, t, y):
     for n in range(cfg["patch_depth"]):
         pre = f"patch_blocks.{n}"
         mi, mt = lin(sd, f"{pre}.adaLN_modulation_img.0", c), lin(sd, f"{pre}.adaLN_modulation_txt.0", c)
-        xi = [mi[..., k * D:(k + 1) * D] for k in range(6)]
-        yi = [mt[..., k * D:(k + 1) * D] for k in range(6)]
+        xi = [mi[..., k * D : (k + 1) * D] for k in range(6)]
+        yi = [mt[..., k * D : (k + 1) * D] for k in range(6)]
         hx = rms(s, sd[f"{pre}.norm_x1.weight"]) * (1 + xi[1]) + xi[0]
         hy = rms(u, sd[f"{pre}.norm_y1.weight"]) * (1 + yi[1]) + yi[0]
         qx, kx, vx = heads_qkv(sd, f"{pre}.attn", hx, heads, ang_x, "qkv_x", "q_norm_x", "k_norm_x")
@@ -201,5 +207,14 @@ def forward_t2i(sd, cfg, x, t, y):
 
 def ref_cfg(mc) -> dict:
     """The reference's small config dict from a pixeldit ModelConfig (only plain numbers cross over)."""
-    return dict(p=mc.patch_size, D=mc.hidden_size, heads=mc.num_heads, d=mc.pixel_hidden, A=mc.pixel_attn_hidden,
-                pixel_heads=mc.pixel_heads, patch_depth=mc.patch_depth, pixel_depth=mc.pixel_depth, text_len=mc.text_len)
+    return dict(
+        p=mc.patch_size,
+        D=mc.hidden_size,
+        heads=mc.num_heads,
+        d=mc.pixel_hidden,
+        A=mc.pixel_attn_hidden,
+        pixel_heads=mc.pixel_heads,
+        patch_depth=mc.patch_depth,
+        pixel_depth=mc.pixel_depth,
+        text_len=mc.text_len,
+    )

@@ -12,14 +12,14 @@ import json
 
 import pytest
 import torch
+from conftest import randomize
 from safetensors.torch import save_file
 
-from conftest import randomize
 from pixeldit_cli import build_model
 from pixeldit_cli.solvers import Velocity, noise_for, solve
 from pixeldit_cli.train.objective import flow_loss
 
-U = 2.0 ** -8
+U = 2.0**-8
 
 
 def longest_matmul_path(cfg) -> int:
@@ -75,7 +75,9 @@ def test_sampler_under_bf16_autocast(c2i):
 
 
 def test_training_loss_and_gradients_under_bf16_autocast(c2i):
-    model = randomize(build_model("PixelDiT-S/4", hidden_size=32, num_heads=2, patch_depth=2, num_classes=10), 0).train()
+    model = randomize(
+        build_model("PixelDiT-S/4", hidden_size=32, num_heads=2, patch_depth=2, num_classes=10), 0
+    ).train()
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
     noise, t = torch.randn(2, 3, 16, 16, generator=g), torch.tensor([0.2, 0.7])
@@ -95,7 +97,7 @@ def test_training_loss_and_gradients_under_bf16_autocast(c2i):
 
 
 def test_sample_job_in_bf16_on_cpu_records_it(c2i, tmp_path, monkeypatch):
-    from pixeldit_cli.sample import SampleJob, run
+    from pixeldit_cli.sampling import SampleJob, run
 
     path = tmp_path / "tiny.safetensors"
     save_file(c2i.state_dict(), str(path), metadata={"pixeldit_config": json.dumps(c2i.config.to_dict())})

@@ -26,8 +26,6 @@ def test_every_command_registered_with_examples_in_help():
         assert h.exit_code == 0 and "Example" in h.output, cmd
 
 
-
-
 def test_flops_card_example_json():
     r = run("flops", "--res", "1024", "--patch", "16", "--json")
     assert r.exit_code == 0
@@ -40,11 +38,14 @@ def test_flops_human_output_and_non_square():
     assert r.exit_code == 0 and "184,749,155" in r.output and "256x512" in r.output
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["flops", "--res", "100"], "not a positive multiple of the patch size 16"),
-    (["flops", "--model", "PixelDiT-Huge/16"], "unknown model 'PixelDiT-Huge/16'"),
-    (["flops", "--preset", "nope"], "unknown preset 'nope'"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["flops", "--res", "100"], "not a positive multiple of the patch size 16"),
+        (["flops", "--model", "PixelDiT-Huge/16"], "unknown model 'PixelDiT-Huge/16'"),
+        (["flops", "--preset", "nope"], "unknown preset 'nope'"),
+    ],
+)
 def test_flops_bad_input_one_line(args, msg):
     r = run(*args)
     assert r.exit_code == 1 and msg in r.output
@@ -69,13 +70,19 @@ def test_real_process_prints_one_line_and_no_traceback(tmp_path):
     """Through `python -m pixeldit_cli` (the torchrun entry point), as a user sees it."""
     bad = tmp_path / "junk.ckpt"
     bad.write_bytes(b"\x00" * 100)
-    p = subprocess.run([sys.executable, "-m", "pixeldit_cli", "convert", str(bad), str(tmp_path / "o.safetensors")],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "pixeldit_cli", "convert", str(bad), str(tmp_path / "o.safetensors")],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 1 and p.stdout == ""
     assert p.stderr.strip().startswith("error:") and "is not a checkpoint" in p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
-    p = subprocess.run([sys.executable, "-m", "pixeldit_cli", "--", "flops", "--model", "PixelDiT-S/4", "--res", "32", "--json"],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "pixeldit_cli", "--", "flops", "--model", "PixelDiT-S/4", "--res", "32", "--json"],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0 and json.loads(p.stdout)["height"] == 32
 
 
@@ -85,6 +92,7 @@ def test_version_and_debug_traceback(monkeypatch):
     monkeypatch.setenv("PIXELDIT_DEBUG", "1")
     r = run("flops", "--res", "100")
     from pixeldit_cli.errors import PixelDiTError
+
     assert isinstance(r.exception, PixelDiTError) and "multiple of the patch size" in str(r.exception)
 
 
@@ -93,8 +101,10 @@ def test_help_imports_nothing_heavy_and_completion_is_on():
     import subprocess
     import sys
 
-    code = ("import sys, pixeldit_cli.cli\n"
-            "print([m for m in ('torch', 'torchvision', 'numpy', 'scipy', 'safetensors', 'PIL', 'transformers') if m in sys.modules])")
+    code = (
+        "import sys, pixeldit_cli.cli\n"
+        "print([m for m in ('torch', 'torchvision', 'numpy', 'scipy', 'safetensors', 'PIL', 'transformers') if m in sys.modules])"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr[-1000:]
     r = runner.invoke(app, ["--help"])
@@ -104,17 +114,17 @@ def test_help_imports_nothing_heavy_and_completion_is_on():
 
 
 def test_import_pixeldit_is_the_same_package():
-    import importlib
     import sys
 
     import pixeldit
     import pixeldit_cli
 
-    assert pixeldit is pixeldit_cli and pixeldit.__version__ == pixeldit_cli.__version__
-    assert importlib.import_module("pixeldit.sample") is sys.modules["pixeldit_cli.sample"]
-    from pixeldit import load_model, sample
+    assert pixeldit.__version__ == pixeldit_cli.__version__
+    from pixeldit import build_model, load_model, sample
 
-    assert callable(sample) and sample is pixeldit_cli.sample and load_model.__module__ == "pixeldit_cli.convert"
+    assert callable(sample) and sample is pixeldit_cli.sample and load_model is pixeldit_cli.load_model
+    assert build_model is pixeldit_cli.build_model and load_model.__module__ == "pixeldit_cli.models.loading"
+    assert not [m for m in sys.modules if m.startswith("pixeldit.")]  # one copy of every module: pixeldit_cli's
 
 
 def test_unknown_config_keys_get_a_suggestion_and_print_config_lists_every_key(tmp_path):
@@ -122,8 +132,10 @@ def test_unknown_config_keys_get_a_suggestion_and_print_config_lists_every_key(t
     assert r.exit_code == 1 and "did you mean" in r.output and "train.ema_decay" in r.output
     r = runner.invoke(app, ["train", "--preset", "smoke", "--out", str(tmp_path / "r"), "--lr", "1e-3"])
     assert r.exit_code == 1 and "train.lr" in r.output  # the key in its section
-    r = runner.invoke(app, ["train", "--preset", "smoke", "--out", str(tmp_path / "r"), "--print-config", "--json",
-                            "--train.lr", "3e-4"])
+    r = runner.invoke(
+        app,
+        ["train", "--preset", "smoke", "--out", str(tmp_path / "r"), "--print-config", "--json", "--train.lr", "3e-4"],
+    )
     cfg = json.loads(r.output)
     assert cfg["train"]["lr"] == 3e-4 and cfg["data"]["resolution"] == 32 and not (tmp_path / "r").exists()
     from pixeldit_cli.config import dotted_keys
@@ -132,7 +144,9 @@ def test_unknown_config_keys_get_a_suggestion_and_print_config_lists_every_key(t
 
 
 def test_convert_json_is_one_object(fixtures, tmp_path):
-    r = runner.invoke(app, ["convert", str(fixtures / "official_c2i_small.ckpt"), str(tmp_path / "c.safetensors"), "--json"])
+    r = runner.invoke(
+        app, ["convert", str(fixtures / "official_c2i_small.ckpt"), str(tmp_path / "c.safetensors"), "--json"]
+    )
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output)
     assert rep["source_format"].startswith("official class-conditional") and rep["weights"] == "ema"
@@ -143,9 +157,21 @@ def test_plot_draws_the_curves_of_a_run(tmp_path):
     pytest.importorskip("matplotlib")
     run = tmp_path / "run"
     run.mkdir()
-    rows = [{"step": s, "loss": 1 / s, "loss_flow": 0.9 / s, "loss_repa": 0.1, "grad_norm": 2.0, "lr": 1e-4,
-             "grad_clip": 1.0} for s in range(1, 21)]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 21, "lo')  # torn last line
+    rows = [
+        {
+            "step": s,
+            "loss": 1 / s,
+            "loss_flow": 0.9 / s,
+            "loss_repa": 0.1,
+            "grad_norm": 2.0,
+            "lr": 1e-4,
+            "grad_clip": 1.0,
+        }
+        for s in range(1, 21)
+    ]
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 21, "lo'
+    )  # torn last line
     r = runner.invoke(app, ["plot", str(run), "--json"])
     assert r.exit_code == 0, r.output
     from PIL import Image

@@ -1,26 +1,44 @@
 """convert / load_model: official formats built from the documented key layout, round trips, bad input."""
 
-import os
 import json
+import os
 
 import pytest
 import torch
+from conftest import randomize
 from safetensors import safe_open
 
-from conftest import randomize
 from pixeldit_cli import build_model, load_model
-from pixeldit_cli.convert import convert, infer_config
+from pixeldit_cli.convert import convert
 from pixeldit_cli.errors import PixelDiTError
+from pixeldit_cli.models.loading import infer_config
 
 
 def tiny_c2i(seed):
-    return randomize(build_model("PixelDiT-S/2", hidden_size=32, num_heads=2, patch_depth=2, pixel_depth=1,
-                                 pixel_hidden=8, num_classes=5), seed)
+    return randomize(
+        build_model(
+            "PixelDiT-S/2", hidden_size=32, num_heads=2, patch_depth=2, pixel_depth=1, pixel_hidden=8, num_classes=5
+        ),
+        seed,
+    )
 
 
 def tiny_t2i(seed):
-    return randomize(build_model("PixelDiT-T2I-S/2", hidden_size=32, num_heads=2, patch_depth=2, pixel_depth=1,
-                                 pixel_hidden=4, pixel_attn_hidden=24, pixel_heads=3, text_dim=12, text_len=6), seed)
+    return randomize(
+        build_model(
+            "PixelDiT-T2I-S/2",
+            hidden_size=32,
+            num_heads=2,
+            patch_depth=2,
+            pixel_depth=1,
+            pixel_hidden=4,
+            pixel_attn_hidden=24,
+            pixel_heads=3,
+            text_dim=12,
+            text_len=6,
+        ),
+        seed,
+    )
 
 
 def lightning_ckpt(path, raw, ema):
@@ -31,8 +49,18 @@ def lightning_ckpt(path, raw, ema):
     for i, (o, n) in zip((0, 2, 4), [(D, D), (D, D), (16, D)]):
         sd[f"diffusion_trainer.proj.0.{i}.weight"] = torch.randn(o, n)
         sd[f"diffusion_trainer.proj.0.{i}.bias"] = torch.randn(o)
-    torch.save({"epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.5.0", "state_dict": sd,
-                "loops": {}, "optimizer_states": [], "lr_schedulers": []}, path)
+    torch.save(
+        {
+            "epoch": 3,
+            "global_step": 120,
+            "pytorch-lightning_version": "2.5.0",
+            "state_dict": sd,
+            "loops": {},
+            "optimizer_states": [],
+            "lr_schedulers": [],
+        },
+        path,
+    )
 
 
 def c2i_inputs(n=2, H=8, W=12):
@@ -79,8 +107,15 @@ def test_official_t2i_roundtrip_and_flat_fsdp_form(tmp_path):
 
 def test_training_checkpoint_roundtrip(tmp_path):
     raw, ema = tiny_c2i(4), tiny_c2i(5)
-    ck = {"format": "pixeldit-train", "model": raw.state_dict(), "ema": ema.state_dict(),
-          "model_config": raw.config.to_dict(), "step": 7, "optimizer": {}, "config": {}}
+    ck = {
+        "format": "pixeldit-train",
+        "model": raw.state_dict(),
+        "ema": ema.state_dict(),
+        "model_config": raw.config.to_dict(),
+        "step": 7,
+        "optimizer": {},
+        "config": {},
+    }
     torch.save(ck, tmp_path / "last.pt")
     x, t, y = c2i_inputs()
     with torch.no_grad():
@@ -93,22 +128,44 @@ def test_training_checkpoint_roundtrip(tmp_path):
 
 def test_infer_config_from_shapes_of_released_layout(fixtures):
     """Architecture of the real XL/16 and T2I files from their key listings' shapes alone."""
+
     def shapes(path, prefix):
         sd = {}
         for line in path.read_text().splitlines():
             name, shape = line.split(" ", 1)
             if name.startswith(prefix):
-                sd[name[len(prefix):]] = torch.empty(tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), device="meta")
+                sd[name[len(prefix) :]] = torch.empty(
+                    tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), device="meta"
+                )
         return sd
 
     c = infer_config(shapes(fixtures / "keys_c2i_xl256.txt", "ema_denoiser."))
-    assert (c.kind, c.patch_size, c.hidden_size, c.num_heads, c.patch_depth, c.pixel_depth, c.num_classes) == ("c2i", 16, 1152, 16, 26, 4, 1000)
+    assert (c.kind, c.patch_size, c.hidden_size, c.num_heads, c.patch_depth, c.pixel_depth, c.num_classes) == (
+        "c2i",
+        16,
+        1152,
+        16,
+        26,
+        4,
+        1000,
+    )
     t = infer_config(shapes(fixtures / "keys_t2i_1024.txt", "core."))
-    assert (t.kind, t.hidden_size, t.num_heads, t.patch_depth, t.pixel_depth, t.pixel_attn_hidden, t.pixel_heads,
-            t.mlp_hidden, t.text_dim, t.text_len) == ("t2i", 1536, 24, 14, 2, 1152, 16, 4096, 2304, 300)
+    assert (
+        t.kind,
+        t.hidden_size,
+        t.num_heads,
+        t.patch_depth,
+        t.pixel_depth,
+        t.pixel_attn_hidden,
+        t.pixel_heads,
+        t.mlp_hidden,
+        t.text_dim,
+        t.text_len,
+    ) == ("t2i", 1536, 24, 14, 2, 1152, 16, 4096, 2304, 300)
 
 
 # ---- bad input: one clear error, nothing written --------------------------------------------------------
+
 
 @pytest.fixture
 def official(tmp_path):
@@ -209,8 +266,12 @@ def test_convert_is_byte_identical_across_processes_and_world_readable(fixtures,
     outs = []
     for i in range(2):
         dst = tmp_path / f"c{i}.safetensors"
-        p = subprocess.run([sys.executable, "-m", "pixeldit_cli", "convert", str(fixtures / "official_c2i_small.ckpt"), str(dst)],
-                           capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": str(i)})
+        p = subprocess.run(
+            [sys.executable, "-m", "pixeldit_cli", "convert", str(fixtures / "official_c2i_small.ckpt"), str(dst)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": str(i)},
+        )
         assert p.returncode == 0, p.stderr[-1500:]
         outs.append(dst)
     assert outs[0].read_bytes() == outs[1].read_bytes()
@@ -219,7 +280,7 @@ def test_convert_is_byte_identical_across_processes_and_world_readable(fixtures,
     import struct
 
     raw = outs[0].read_bytes()
-    meta = json.loads(raw[8: 8 + struct.unpack("<Q", raw[:8])[0]])["__metadata__"]  # dict keeps the file's order
+    meta = json.loads(raw[8 : 8 + struct.unpack("<Q", raw[:8])[0]])["__metadata__"]  # dict keeps the file's order
     assert list(meta) == sorted(meta)
 
 
@@ -247,8 +308,24 @@ def test_hf_folder_round_trip(fixtures, tmp_path, shard):
     a, b = load_model(src), load_model(dst)
     assert a.config == b.config
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    r = CliRunner().invoke(app, ["sample", "--ckpt", str(dst), "--n", "1", "--steps", "1", "--height", "8", "--width", "8",
-                                 "--out", str(tmp_path / "s")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "sample",
+            "--ckpt",
+            str(dst),
+            "--n",
+            "1",
+            "--steps",
+            "1",
+            "--height",
+            "8",
+            "--width",
+            "8",
+            "--out",
+            str(tmp_path / "s"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 1 and "already exists" in again.output

@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import randomize
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from conftest import randomize
 from pixeldit_cli import build_model, load_model
 from pixeldit_cli.cli import app
 from pixeldit_cli.convert import convert
 from pixeldit_cli.errors import PixelDiTError
-from pixeldit_cli.sample import SampleJob, run
+from pixeldit_cli.sampling import SampleJob, run
 
 runner = CliRunner()
 
@@ -43,8 +43,21 @@ def ckpt(tmp_path):
 
 
 def job(ckpt, out, **kw):
-    return SampleJob(**{"ckpt": str(ckpt), "n": 2, "out": str(out), "solver": "euler", "steps": 2, "cfg": 1.0,
-                        "height": 16, "width": 16, "format": "npz", "classes": (3,), **kw})
+    return SampleJob(
+        **{
+            "ckpt": str(ckpt),
+            "n": 2,
+            "out": str(out),
+            "solver": "euler",
+            "steps": 2,
+            "cfg": 1.0,
+            "height": 16,
+            "width": 16,
+            "format": "npz",
+            "classes": (3,),
+            **kw,
+        }
+    )
 
 
 def cli(*args):
@@ -58,6 +71,7 @@ def contents(folder: Path) -> dict:
 
 # ---- convert --force: only pixeldit's own outputs, never a folder holding the source or the cwd ----------
 
+
 def test_convert_hf_force_never_empties_a_users_folder(ckpt, tmp_path):
     a = tmp_path / "a"
     (a / "b").mkdir(parents=True)
@@ -65,8 +79,12 @@ def test_convert_hf_force_never_empties_a_users_folder(ckpt, tmp_path):
     src.write_bytes(ckpt.read_bytes())
     (a / "notes.txt").write_text("mine")
     before = contents(a)
-    p = subprocess.run([sys.executable, "-m", "pixeldit_cli", "convert", str(src), "..", "--format", "hf", "--force"],
-                       cwd=a / "b", capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "pixeldit_cli", "convert", str(src), "..", "--format", "hf", "--force"],
+        cwd=a / "b",
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 1 and "Traceback" not in p.stderr and "contains the source" in p.stderr
     p = cli("convert", src, a, "--format", "hf", "--force")  # models/mine.safetensors -> models
     assert p.returncode == 1 and "contains the source" in p.stderr
@@ -79,8 +97,12 @@ def test_convert_hf_force_never_empties_a_users_folder(ckpt, tmp_path):
 
 
 def test_convert_to_dot_is_one_line(ckpt, tmp_path):
-    p = subprocess.run([sys.executable, "-m", "pixeldit_cli", "convert", str(ckpt), ".", "--format", "hf", "--force"],
-                       cwd=tmp_path, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "pixeldit_cli", "convert", str(ckpt), ".", "--format", "hf", "--force"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 1 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1, p.stderr
     assert ckpt.exists()
 
@@ -89,8 +111,10 @@ def test_convert_hf_force_replaces_its_own_folder_but_not_one_with_a_user_file(c
     dst = tmp_path / "m"
     convert(ckpt, dst, format="hf")
     convert(save_tiny(tmp_path / "t2.safetensors", seed=5), dst, format="hf", force=True)
-    assert torch.equal(load_model(dst).state_dict()["final_layer.linear.weight"],
-                       load_model(tmp_path / "t2.safetensors").state_dict()["final_layer.linear.weight"])
+    assert torch.equal(
+        load_model(dst).state_dict()["final_layer.linear.weight"],
+        load_model(tmp_path / "t2.safetensors").state_dict()["final_layer.linear.weight"],
+    )
     (dst / "mine.txt").write_text("keep")
     with pytest.raises(PixelDiTError, match=r"files pixeldit did not write \(mine.txt\)"):
         convert(ckpt, dst, format="hf", force=True)
@@ -108,10 +132,16 @@ def test_convert_force_keeps_a_file_pixeldit_did_not_write(ckpt, tmp_path):
 
 # ---- sample / train / edit into folders pixeldit did not make --------------------------------------------
 
+
 def test_sample_refuses_a_folder_of_user_files_and_deletes_nothing(ckpt, tmp_path):
     out = tmp_path / "o"
     (out / "parts").mkdir(parents=True)
-    for name, data in {"grid.png": b"my grid", "results.json": b"{}", ".draft.tmp": b"draft", "parts/x.part": b"p"}.items():
+    for name, data in {
+        "grid.png": b"my grid",
+        "results.json": b"{}",
+        ".draft.tmp": b"draft",
+        "parts/x.part": b"p",
+    }.items():
         (out / name).write_bytes(data)
     before = contents(out)
     with pytest.raises(PixelDiTError, match="pixeldit did not write"):
@@ -122,7 +152,7 @@ def test_sample_refuses_a_folder_of_user_files_and_deletes_nothing(ckpt, tmp_pat
 def test_stale_cleanup_takes_only_pixeldits_temporaries(ckpt, tmp_path):
     out = tmp_path / "o"
     run(job(ckpt, out, n=1), progress=False)
-    (out / ".draft.tmp").write_bytes(b"user")                      # a user's hidden file
+    (out / ".draft.tmp").write_bytes(b"user")  # a user's hidden file
     (out / ".grid.png.pixeldit-999999.tmp").write_bytes(b"stale")  # what a killed writer leaves
     (out / "parts").mkdir()
     (out / "parts" / "x.part").write_bytes(b"user part")
@@ -165,6 +195,7 @@ def test_train_resume_must_keep_seed_and_batch_and_says_when_there_is_nothing_to
 
 # ---- content-keyed jobs -------------------------------------------------------------------------------
 
+
 def test_a_changed_checkpoint_is_refused_then_overwrite_replaces(ckpt, tmp_path):
     out = tmp_path / "o"
     first = run(job(ckpt, out), progress=False)
@@ -201,6 +232,7 @@ def test_a_second_process_on_the_same_folder_is_refused(ckpt, tmp_path):
 
 
 # ---- model folders: every shard inside, a digest in results.json ------------------------------------------
+
 
 @pytest.fixture
 def folder(ckpt, tmp_path):
@@ -240,12 +272,15 @@ def test_folder_checkpoints_get_a_digest_that_follows_the_shards(folder, tmp_pat
         run(job(folder, tmp_path / "o"), progress=False)
 
 
-@pytest.mark.parametrize("index, message", [
-    ("not json", "is not valid JSON"),
-    ("[1, 2]", "not an object"),
-    ('{"metadata": {}}', "has no weight_map"),
-    ('{"weight_map": {"a": ["x"]}}', "every weight_map value must be a shard file name"),
-])
+@pytest.mark.parametrize(
+    "index, message",
+    [
+        ("not json", "is not valid JSON"),
+        ("[1, 2]", "not an object"),
+        ('{"metadata": {}}', "has no weight_map"),
+        ('{"weight_map": {"a": ["x"]}}', "every weight_map value must be a shard file name"),
+    ],
+)
 def test_malformed_index_files_are_one_line(folder, index, message):
     (folder / "model.safetensors.index.json").write_text(index)
     with pytest.raises(PixelDiTError, match=message):
@@ -261,22 +296,26 @@ def test_malformed_config_json_is_one_line(folder, config):
 
 # ---- crafted safetensors metadata and training checkpoints ------------------------------------------------
 
+
 def _cfg(**kw):
     return json.dumps({**tiny_net().config.to_dict(), **kw})
 
 
-@pytest.mark.parametrize("meta, message", [
-    ({"pixeldit_config": "{bad"}, "'pixeldit_config' is not valid JSON"),
-    ({"pixeldit_config": "[1, 2]"}, "'pixeldit_config' is a JSON list"),
-    ({"pixeldit_config": _cfg(num_heads=0)}, "num_heads must be positive"),
-    ({"pixeldit_config": _cfg(kind="evil")}, "kind must be one of"),
-    ({"pixeldit_config": _cfg(patch_size="2")}, "patch_size must be an integer"),
-    ({"class_names": "{bad"}, "'class_names' is not valid JSON"),
-    ({"class_names": '{"a": 1}'}, "'class_names' is a JSON dict"),
-    ({"class_names": json.dumps([str(i) for i in range(11)])}, "11 class_names for a model with 10 classes"),
-    ({"class_names": '"notalist"'}, "'class_names' is a JSON str"),
-    ({"train_config": "{bad"}, "'train_config' is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "meta, message",
+    [
+        ({"pixeldit_config": "{bad"}, "'pixeldit_config' is not valid JSON"),
+        ({"pixeldit_config": "[1, 2]"}, "'pixeldit_config' is a JSON list"),
+        ({"pixeldit_config": _cfg(num_heads=0)}, "num_heads must be positive"),
+        ({"pixeldit_config": _cfg(kind="evil")}, "kind must be one of"),
+        ({"pixeldit_config": _cfg(patch_size="2")}, "patch_size must be an integer"),
+        ({"class_names": "{bad"}, "'class_names' is not valid JSON"),
+        ({"class_names": '{"a": 1}'}, "'class_names' is a JSON dict"),
+        ({"class_names": json.dumps([str(i) for i in range(11)])}, "11 class_names for a model with 10 classes"),
+        ({"class_names": '"notalist"'}, "'class_names' is a JSON str"),
+        ({"train_config": "{bad"}, "'train_config' is not valid JSON"),
+    ],
+)
 def test_crafted_metadata_is_one_line_naming_file_and_field(tmp_path, meta, message):
     path = save_tiny(tmp_path / "m.safetensors", **meta)
     with pytest.raises(PixelDiTError, match=message) as e:
@@ -295,7 +334,12 @@ def test_class_names_shorter_than_the_table_sample_and_write_results(tmp_path):
 
 def test_training_checkpoints_missing_entries_are_one_line(tmp_path):
     net = tiny_net()
-    base = {"format": "pixeldit-train", "model": net.state_dict(), "ema": net.state_dict(), "model_config": net.config.to_dict()}
+    base = {
+        "format": "pixeldit-train",
+        "model": net.state_dict(),
+        "ema": net.state_dict(),
+        "model_config": net.config.to_dict(),
+    }
     for drop in ("ema", "model_config"):
         path = tmp_path / f"no-{drop}.pt"
         torch.save({k: v for k, v in base.items() if k != drop}, path)
@@ -320,18 +364,24 @@ def test_a_torch_zip_named_safetensors_and_a_fifo_are_one_line(tmp_path):
 
 # ---- numbers, and what --json prints for an error ----------------------------------------------------------
 
-@pytest.mark.parametrize("args, message", [
-    (["--seed", str(2**64)], "--seed must be at most"),
-    (["--n", str(10**12)], "--n must be at most"),
-    (["--steps", str(10**9)], "--steps must be at most"),
-    (["--cfg", "1e308"], "--cfg must be in"),
-    (["--shift", "1e-320"], "--shift must be"),
-    (["--nproc", "0"], "--nproc must be at least 1"),
-])
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seed", str(2**64)], "--seed must be at most"),
+        (["--n", str(10**12)], "--n must be at most"),
+        (["--steps", str(10**9)], "--steps must be at most"),
+        (["--cfg", "1e308"], "--cfg must be in"),
+        (["--shift", "1e-320"], "--shift must be"),
+        (["--nproc", "0"], "--nproc must be at least 1"),
+    ],
+)
 def test_sample_numbers_out_of_bounds_are_one_line(ckpt, tmp_path, args, message):
     out = tmp_path / "o"
     r = runner.invoke(app, ["sample", "--ckpt", str(ckpt), "--out", str(out), "--height", "16", "--width", "16", *args])
-    assert r.exit_code == 1 and message in r.output and r.exception is None or isinstance(r.exception, SystemExit), r.output
+    assert r.exit_code == 1 and message in r.output and r.exception is None or isinstance(r.exception, SystemExit), (
+        r.output
+    )
     assert not out.exists()
 
 
@@ -340,14 +390,34 @@ def test_edit_num_seeds_bound_and_json_errors_are_json(ckpt, tmp_path):
 
     img = tmp_path / "in.png"
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(img)
-    r = runner.invoke(app, ["edit", str(img), "--ckpt", str(ckpt), "--src", "0", "--tgt", "1", "--num-seeds", str(10**9),
-                            "--out", str(tmp_path / "e"), "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "edit",
+            str(img),
+            "--ckpt",
+            str(ckpt),
+            "--src",
+            "0",
+            "--tgt",
+            "1",
+            "--num-seeds",
+            str(10**9),
+            "--out",
+            str(tmp_path / "e"),
+            "--json",
+        ],
+    )
     assert r.exit_code == 1 and not (tmp_path / "e").exists()
     first = r.stdout.splitlines()[0]
-    assert json.loads(first) == {"error": "--num-seeds must be at most 10,000, got 1,000,000,000", "hint": "is it a typo?"}
+    assert json.loads(first) == {
+        "error": "--num-seeds must be at most 10,000, got 1,000,000,000",
+        "hint": "is it a typo?",
+    }
 
 
 # ---- edit folders --------------------------------------------------------------------------------------------
+
 
 def test_rejected_edit_input_leaves_no_folder_and_another_edit_is_refused(ckpt, tmp_path):
     from PIL import Image
@@ -363,7 +433,11 @@ def test_rejected_edit_input_leaves_no_folder_and_another_edit_is_refused(ckpt, 
     assert runner.invoke(app, [*base, "--tgt", "1"]).exit_code == 0
     first = (out / "edited.png").read_bytes()
     r = runner.invoke(app, [*base, "--tgt", "2"])
-    assert r.exit_code == 1 and "holds another edit (different tgt)" in r.output and (out / "edited.png").read_bytes() == first
+    assert (
+        r.exit_code == 1
+        and "holds another edit (different tgt)" in r.output
+        and (out / "edited.png").read_bytes() == first
+    )
     assert runner.invoke(app, [*base, "--tgt", "2", "--overwrite"]).exit_code == 0
     assert json.loads((out / "run.json").read_text())["tgt"] == "2"
 
@@ -374,14 +448,34 @@ def test_an_edit_that_changes_nothing_says_so(ckpt, tmp_path):
     img = tmp_path / "in.png"
     Image.fromarray((np.arange(16 * 16 * 3) % 251).astype(np.uint8).reshape(16, 16, 3)).save(img)
     # src == tgt with equal CFG: FlowEdit's velocity difference is exactly zero, the input comes back bit for bit
-    r = runner.invoke(app, ["edit", str(img), "--ckpt", str(ckpt), "--src", "3", "--tgt", "3", "--src-cfg", "2",
-                            "--tgt-cfg", "2", "--steps", "4", "--out", str(tmp_path / "e")])
+    r = runner.invoke(
+        app,
+        [
+            "edit",
+            str(img),
+            "--ckpt",
+            str(ckpt),
+            "--src",
+            "3",
+            "--tgt",
+            "3",
+            "--src-cfg",
+            "2",
+            "--tgt-cfg",
+            "2",
+            "--steps",
+            "4",
+            "--out",
+            str(tmp_path / "e"),
+        ],
+    )
     assert r.exit_code == 0 and "to the source MSE 0.000000  SSIM 1.0000" in r.output and "unchanged" in r.output
     res = json.loads((tmp_path / "e" / "results.json").read_text())
     assert res["to_source"] == [{"seed": 0, "mse": 0.0, "ssim": 1.0, "unchanged": True}]
 
 
 # ---- the rest of the campaign: files the toolkit reads, and where it writes ----------------------------------
+
 
 def test_a_decompression_bomb_header_and_exif_rotation(tmp_path):
     from PIL import Image
@@ -435,8 +529,6 @@ def test_plot_never_overwrites_its_input_and_skips_foreign_lines(tmp_path):
     assert plot_metrics(run_dir).name == "loss.png" and log.read_bytes() == before  # one point is drawn
 
 
-
-
 def test_a_list_yaml_preset_and_a_corrupt_feature_cache(tmp_path):
     from pixeldit_cli.config import load_preset
     from pixeldit_cli.metrics.evaluate import _read_cache
@@ -451,7 +543,7 @@ def test_a_list_yaml_preset_and_a_corrupt_feature_cache(tmp_path):
 
 
 def test_an_object_array_in_an_npz_is_one_line(tmp_path):
-    from pixeldit_cli.metrics.npz import NpzImages
+    from pixeldit_cli.npz import NpzImages
 
     path = tmp_path / "s.npz"
     np.savez(path, arr_0=np.zeros((2, 8, 8, 3), np.uint8), arr_1=np.array([1, "x"], dtype=object))
@@ -474,8 +566,17 @@ def test_a_non_ascii_checkpoint_path_under_the_c_locale(ckpt, tmp_path):
     odd = tmp_path / "modèle-ü.safetensors"
     odd.write_bytes(ckpt.read_bytes())
     env = {**os.environ, "LANG": "C", "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
-    p = subprocess.run([sys.executable, "-c", "import sys; from pixeldit_cli import load_model; "
-                        "print(load_model(sys.argv[1]).config.num_classes)", str(odd)], capture_output=True, text=True, env=env)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pixeldit_cli import load_model; print(load_model(sys.argv[1]).config.num_classes)",
+            str(odd),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert p.returncode == 0 and p.stdout.strip() == "10", p.stderr[-800:]
 
 
@@ -496,11 +597,26 @@ def test_writes_on_a_read_only_mount_are_one_line(tmp_path, read_only_dir, ckpt)
     (run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n')
     p = cli("plot", run_dir, "--out", read_only_dir / "c.png")
     assert p.returncode == 1 and "Traceback" not in p.stderr and "not writable" in p.stderr, p.stderr
-    p = cli("sample", "--ckpt", ckpt, "--out", read_only_dir / "o", "--n", "1", "--steps", "1", "--height", "16", "--width", "16")
+    p = cli(
+        "sample",
+        "--ckpt",
+        ckpt,
+        "--out",
+        read_only_dir / "o",
+        "--n",
+        "1",
+        "--steps",
+        "1",
+        "--height",
+        "16",
+        "--width",
+        "16",
+    )
     assert p.returncode == 1 and "Traceback" not in p.stderr and "Read-only file system" in p.stderr, p.stderr
 
 
 # ---- first contact: training checks what it can before building anything -------------------------------------
+
 
 def test_train_refuses_a_missing_repa_encoder_and_what_cannot_fit_before_building(tmp_path, monkeypatch):
     from pixeldit_cli.config import apply_overrides, load_preset
@@ -536,13 +652,33 @@ def test_classes_lists_the_checkpoints_names(tmp_path):
     path = save_tiny(tmp_path / "m.safetensors", class_names=json.dumps(["zero", "one"]))
     r = runner.invoke(app, ["classes", str(path), "--json"])
     d = json.loads(r.stdout)
-    assert d["num_classes"] == 10 and d["classes"][:3] == [{"id": 0, "name": "zero"}, {"id": 1, "name": "one"},
-                                                          {"id": 2, "name": "2"}]
+    assert d["num_classes"] == 10 and d["classes"][:3] == [
+        {"id": 0, "name": "zero"},
+        {"id": 1, "name": "one"},
+        {"id": 2, "name": "2"},
+    ]
 
 
 def test_progress_in_a_log_file_is_plain_lines(ckpt, tmp_path):
-    p = cli("sample", "--ckpt", ckpt, "--n", "40", "--batch-size", "2", "--steps", "1", "--solver", "euler",
-            "--height", "16", "--width", "16", "--out", tmp_path / "o")
+    p = cli(
+        "sample",
+        "--ckpt",
+        ckpt,
+        "--n",
+        "40",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--solver",
+        "euler",
+        "--height",
+        "16",
+        "--width",
+        "16",
+        "--out",
+        tmp_path / "o",
+    )
     lines = [l for l in p.stderr.splitlines() if l.startswith("sampling ")]
     assert p.returncode == 0 and len(lines) == 20 and lines[-1].startswith("sampling 40/40 (100%)"), p.stderr
 
@@ -580,9 +716,35 @@ def test_killing_the_nproc_launcher_ends_its_workers(ckpt, tmp_path):
     import time
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen([sys.executable, "-m", "pixeldit_cli", "sample", "--ckpt", str(ckpt), "--nproc", "2", "--n", "100000",
-                          "--batch-size", "1", "--steps", "50", "--height", "16", "--width", "16", "--format", "npz",
-                          "--out", str(tmp_path / "o")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pixeldit_cli",
+            "sample",
+            "--ckpt",
+            str(ckpt),
+            "--nproc",
+            "2",
+            "--n",
+            "100000",
+            "--batch-size",
+            "1",
+            "--steps",
+            "50",
+            "--height",
+            "16",
+            "--width",
+            "16",
+            "--format",
+            "npz",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def workers():
         out = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import randomize
+
 from pixeldit_cli import build_model
-from pixeldit_cli.edit_study import Pair, choose, edit_pair, study, summarize, table_markdown
-from pixeldit_cli.metrics.classifier import accuracy, load_classifier, predict, save_classifier, train_classifier
+from studies.classifier import accuracy, load_classifier, predict, save_classifier, train_classifier
+from studies.edit_study import Pair, choose, edit_pair, study, summarize, table_markdown
 
 
 def bars(n, seed):
@@ -17,7 +17,7 @@ def bars(n, seed):
     x = 0.3 * torch.randn(n, 1, 16, 16, generator=g) - 0.5
     for i in range(n):
         r = int(torch.randint(0, 6, (1,), generator=g)) + (0 if y[i] == 0 else 9)
-        x[i, :, r: r + 2, 2:14] = 1.0
+        x[i, :, r : r + 2, 2:14] = 1.0
     return x, y
 
 
@@ -40,9 +40,11 @@ def test_classifier_learns_a_separable_task_and_round_trips(tmp_path):
 
 
 def test_summarize_and_choose_by_hand():
-    rows = [dict(src=7, tgt=9, to_target=0.5, to_source=0.25, ssim=0.6, mse=0.02, bg_ssim=0.7, bg_mse=0.01),
-            dict(src=5, tgt=7, to_target=0.25, to_source=0.75, ssim=0.8, mse=0.01),
-            dict(src=1, tgt=1, to_target=1.0, to_source=0.75, ssim=0.9, mse=0.001)]
+    rows = [
+        dict(src=7, tgt=9, to_target=0.5, to_source=0.25, ssim=0.6, mse=0.02, bg_ssim=0.7, bg_mse=0.01),
+        dict(src=5, tgt=7, to_target=0.25, to_source=0.75, ssim=0.8, mse=0.01),
+        dict(src=1, tgt=1, to_target=1.0, to_source=0.75, ssim=0.9, mse=0.001),
+    ]
     s = summarize(rows)
     assert s["success"] == pytest.approx(0.375) and s["kept"] == pytest.approx(0.75)
     assert s["ssim"] == pytest.approx(0.7) and s["mse"] == pytest.approx(0.015)
@@ -76,7 +78,9 @@ def test_identity_edit_with_equal_guidance_is_the_source(tiny):
 def test_study_sweeps_every_setting_and_pair(tiny):
     model, clf, imgs, labels = tiny
     pairs = [Pair(0, 2), Pair(1, 1)]
-    res = study(model, clf, imgs, labels, pairs, per_pair=3, strengths=[0.0, 0.6], tgt_cfgs=[1.0, 3.0], src_cfg=1.0, steps=5)
+    res = study(
+        model, clf, imgs, labels, pairs, per_pair=3, strengths=[0.0, 0.6], tgt_cfgs=[1.0, 3.0], src_cfg=1.0, steps=5
+    )
     assert [(s["strength"], s["tgt_cfg"]) for s in res["settings"]] == [(0.0, 1.0), (0.0, 3.0), (0.6, 1.0), (0.6, 3.0)]
     for s in res["settings"]:
         assert [(r["src"], r["tgt"], r["n"]) for r in s["rows"]] == [(0, 2, 3), (1, 1, 3)]

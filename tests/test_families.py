@@ -94,8 +94,12 @@ def _sources():
 
 
 def test_no_module_outside_families_branches_on_the_family():
-    hits = [f"{p.relative_to(PACKAGE)}:{i}" for p in _sources()
-            for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"\bkind\s*[!=]=", line)]
+    hits = [
+        f"{p.relative_to(PACKAGE)}:{i}"
+        for p in _sources()
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"\bkind\s*[!=]=", line)
+    ]
     assert hits == []
 
 

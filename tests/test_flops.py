@@ -1,6 +1,5 @@
 """FLOPs: every cell of the paper's Table 16, the closed form against hook counting, the CLI."""
 
-
 import pytest
 import torch
 
@@ -20,10 +19,15 @@ def test_table16_every_cell(p, res):
     assert abs(got - TABLE16[p][res]) <= 0.01
 
 
-@pytest.mark.parametrize("name,res,gflops", [
-    ("PixelDiT-B/16", 256, 75.43), ("PixelDiT-L/16", 256, 227.77),
-    ("PixelDiT-T2I", 512, 1432.57), ("PixelDiT-T2I", 1024, 6183.12),
-])
+@pytest.mark.parametrize(
+    "name,res,gflops",
+    [
+        ("PixelDiT-B/16", 256, 75.43),
+        ("PixelDiT-L/16", 256, 227.77),
+        ("PixelDiT-T2I", 512, 1432.57),
+        ("PixelDiT-T2I", 1024, 6183.12),
+    ],
+)
 def test_other_paper_flops(name, res, gflops):
     assert abs(analytic_flops(model_config(name), res, res)["total"] / 1e9 - gflops) <= 0.01
 
@@ -32,10 +36,15 @@ def test_official_counter_rounding_for_xl16_1024():
     assert round(analytic_flops(model_config("PixelDiT-XL/16"), 1024, 1024)["total"] / 1e9, 2) == 7147.18
 
 
-@pytest.mark.parametrize("name,H,W,B,Lt", [
-    ("PixelDiT-S/4", 32, 32, 1, None), ("PixelDiT-S/4", 16, 40, 2, None),
-    ("PixelDiT-T2I-S/4", 24, 16, 1, None), ("PixelDiT-T2I-S/2", 8, 12, 3, 7),
-])
+@pytest.mark.parametrize(
+    "name,H,W,B,Lt",
+    [
+        ("PixelDiT-S/4", 32, 32, 1, None),
+        ("PixelDiT-S/4", 16, 40, 2, None),
+        ("PixelDiT-T2I-S/4", 24, 16, 1, None),
+        ("PixelDiT-T2I-S/2", 8, 12, 3, 7),
+    ],
+)
 def test_closed_form_equals_hook_counting(name, H, W, B, Lt):
     m = build_model(name, init=False).eval()
     with torch.no_grad(), count_by_hooks(m) as tally:

@@ -6,8 +6,17 @@ import pytest
 import torch
 
 from pixeldit_cli.models.layers import (
-    PiTBlock, RMSNorm, apply_rope, patchify, pixel_sincos, pixel_tokens, rope_1d, rope_2d,
-    swiglu_hidden, timestep_features, unpatchify_pixels,
+    PiTBlock,
+    RMSNorm,
+    apply_rope,
+    patchify,
+    pixel_sincos,
+    pixel_tokens,
+    rope_1d,
+    rope_2d,
+    swiglu_hidden,
+    timestep_features,
+    unpatchify_pixels,
 )
 
 
@@ -62,7 +71,12 @@ def test_pixel_sincos_column_first_float64():
     r, c = 2, 3
     v = tab[r * 5 + c]
     w = [1, 0.1, 0.01, 0.001]
-    expect = [math.sin(c * x) for x in w] + [math.cos(c * x) for x in w] + [math.sin(r * x) for x in w] + [math.cos(r * x) for x in w]
+    expect = (
+        [math.sin(c * x) for x in w]
+        + [math.cos(c * x) for x in w]
+        + [math.sin(r * x) for x in w]
+        + [math.cos(r * x) for x in w]
+    )
     assert torch.allclose(v.double(), torch.tensor(expect, dtype=torch.float64), atol=1e-7)
 
 
@@ -101,10 +115,10 @@ def test_pit_adaln_is_pixel_major():
             prm.zero_()
         blk.norm1.weight.fill_(1)
         blk.norm2.weight.fill_(1)
-        blk.expand_from_attn.bias.fill_(1.0)   # the attention branch contributes exactly 1 everywhere
+        blk.expand_from_attn.bias.fill_(1.0)  # the attention branch contributes exactly 1 everywhere
         bias = blk.adaLN_modulation[0].bias.view(P, 6, d)
-        bias[1, 2] = 2.0                       # pixel 1, chunk 2 = gate1
-    X = torch.randn(2, P, d)                   # (B·L = 2, P, d)
+        bias[1, 2] = 2.0  # pixel 1, chunk 2 = gate1
+    X = torch.randn(2, P, d)  # (B·L = 2, P, d)
     out = blk(X, torch.zeros(2, 3), B=1, freqs_cis=rope_2d(4, 1, 2))
     delta = out - X
     assert torch.allclose(delta[:, 1], torch.full((2, d), 2.0))

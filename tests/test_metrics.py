@@ -13,14 +13,15 @@ from typer.testing import CliRunner
 from pixeldit_cli.cli import app
 from pixeldit_cli.errors import PixelDiTError
 from pixeldit_cli.metrics.inception import FIDInception, fid_helper_path, load_inception
-from pixeldit_cli.metrics.npz import NpzImages, open_images, write_npz
 from pixeldit_cli.metrics.resize import tf1_resize_bilinear
 from pixeldit_cli.metrics.scores import frechet_distance, inception_score, looks_sorted, precision_recall, statistics
+from pixeldit_cli.npz import NpzImages, open_images, write_npz
 
 runner = CliRunner()
 
 
 # ---- the network against NVIDIA's real-weights TorchScript, on real photos -------------------------------
+
 
 @pytest.fixture(scope="module")
 def helper():
@@ -35,7 +36,13 @@ def helper():
 
 def photos():
     import skimage.data as d
-    imgs = [d.astronaut()[100:356, 100:356], d.chelsea()[:256, 100:356], d.coffee()[100:356, 200:456], d.rocket()[:256, 200:456]]
+
+    imgs = [
+        d.astronaut()[100:356, 100:356],
+        d.chelsea()[:256, 100:356],
+        d.coffee()[100:356, 200:456],
+        d.rocket()[:256, 200:456],
+    ]
     return torch.stack([torch.from_numpy(np.ascontiguousarray(i)).permute(2, 0, 1) for i in imgs])
 
 
@@ -83,6 +90,7 @@ def test_pt_inception_state_dict_loads_and_logits_have_no_bias(tmp_path):
 
 # ---- TF1 resize ------------------------------------------------------------------------------------------
 
+
 def test_tf1_resize_by_hand():
     x = torch.tensor([[10.0, 40.0]]).view(1, 1, 1, 2)
     out = tf1_resize_bilinear(x, 1, 3).flatten().tolist()
@@ -98,6 +106,7 @@ def test_tf1_resize_by_hand():
 
 
 # ---- scores by closed form -------------------------------------------------------------------------------
+
 
 def test_fid_of_identical_sets_is_zero_and_two_gaussians_closed_form():
     acts = np.random.default_rng(0).normal(size=(500, 8)).astype(np.float32)
@@ -119,10 +128,12 @@ def test_inception_score_uniform_one_hot_and_order():
     assert inception_score(np.zeros((100, 1008))) == pytest.approx(1.0, abs=1e-5)
     K = 10
     logits = np.full((200, 1008), -50.0, dtype=np.float32)
-    logits[np.arange(200), np.arange(200) % K] = 50.0       # confident, balanced over K classes
+    logits[np.arange(200), np.arange(200) % K] = 50.0  # confident, balanced over K classes
     assert inception_score(logits) == pytest.approx(K, rel=1e-4)
     sorted_logits = logits[np.argsort(np.arange(200) % K, kind="stable")]
-    assert inception_score(sorted_logits, split_size=20) == pytest.approx(1.0, rel=1e-4)  # ordered splits: one class each
+    assert inception_score(sorted_logits, split_size=20) == pytest.approx(
+        1.0, rel=1e-4
+    )  # ordered splits: one class each
     assert looks_sorted(np.repeat(np.arange(10), 50)) and not looks_sorted(np.arange(500) % 10)
 
 
@@ -130,7 +141,7 @@ def test_precision_recall_on_constructed_manifolds():
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(20, 16)).astype(np.float32)
     far = (rng.normal(size=(20, 16)) + 100).astype(np.float32)
-    samples = np.concatenate([ref, far])        # copies of every reference point + a far cluster
+    samples = np.concatenate([ref, far])  # copies of every reference point + a far cluster
     for mode in ("fp16", "fp32"):
         p, r = precision_recall(ref, samples, mode=mode)
         assert (p, r) == (0.5, 1.0)
@@ -141,6 +152,7 @@ def test_precision_recall_on_constructed_manifolds():
 
 
 # ---- npz I/O -----------------------------------------------------------------------------------------------
+
 
 def test_adm_npz_round_trip_streamed(tmp_path):
     imgs = np.random.default_rng(0).integers(0, 256, (7, 5, 6, 3), dtype=np.uint8)
@@ -153,11 +165,14 @@ def test_adm_npz_round_trip_streamed(tmp_path):
     assert np.array_equal(np.load(tmp_path / "a.npz")["arr_0"], imgs)
 
 
-@pytest.mark.parametrize("arrays,msg", [
-    (dict(images=np.zeros((2, 4, 4, 3), dtype=np.uint8)), "has no arr_0"),
-    (dict(arr_0=np.zeros((2, 4, 4, 3), dtype=np.float32)), "arr_0 is float32, expected uint8"),
-    (dict(arr_0=np.zeros((2, 4, 4, 4), dtype=np.uint8)), "expected (N, H, W, 3) RGB"),
-])
+@pytest.mark.parametrize(
+    "arrays,msg",
+    [
+        (dict(images=np.zeros((2, 4, 4, 3), dtype=np.uint8)), "has no arr_0"),
+        (dict(arr_0=np.zeros((2, 4, 4, 3), dtype=np.float32)), "arr_0 is float32, expected uint8"),
+        (dict(arr_0=np.zeros((2, 4, 4, 4), dtype=np.uint8)), "expected (N, H, W, 3) RGB"),
+    ],
+)
 def test_bad_npz(tmp_path, arrays, msg):
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(PixelDiTError, match=msg.replace("(", r"\(").replace(")", r"\)")):
@@ -165,6 +180,7 @@ def test_bad_npz(tmp_path, arrays, msg):
 
 
 # ---- the CLI, end to end with the real fallback weights ----------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory, helper):
@@ -190,13 +206,21 @@ def test_cli_identical_sets_make_ref_and_cache(sets, tmp_path):
     r = eval_json(sets / "a.npz", sets / "a.npz", "--cache-dir", cache)
     assert abs(r["fid"]) < 1e-3 and abs(r["sfid"]) < 1e-3 and r["precision"] == 1.0 and r["recall"] == 1.0
     assert r["is"] is None and "classifier" in r["skipped"]["is"] and r["n"] == 6 and r["resolution"] == [32, 32]
-    mk = runner.invoke(app, ["eval-fid", "--make-ref", str(sets / "a.npz"), str(tmp_path / "ref.npz"), "--ref-images", "4"])
+    mk = runner.invoke(
+        app, ["eval-fid", "--make-ref", str(sets / "a.npz"), str(tmp_path / "ref.npz"), "--ref-images", "4"]
+    )
     assert mk.exit_code == 0, mk.output
     z = np.load(tmp_path / "ref.npz")
     assert z["arr_0"].shape == (4, 32, 32, 3) and z["mu"].shape == (2048,) and z["sigma_s"].shape == (2023, 2023)
-    r2 = eval_json(sets / "b.npz", tmp_path / "ref.npz")  # stored statistics (all 6 images) + 4 reference images for P/R
+    r2 = eval_json(
+        sets / "b.npz", tmp_path / "ref.npz"
+    )  # stored statistics (all 6 images) + 4 reference images for P/R
     r3 = eval_json(sets / "b.npz", sets / "a.npz", "--cache-dir", cache)  # a's features come from the cache
-    assert r2["fid"] > 1.0 and r3["fid"] == pytest.approx(r2["fid"], rel=1e-6) and r3["sfid"] == pytest.approx(r2["sfid"], rel=1e-6)
+    assert (
+        r2["fid"] > 1.0
+        and r3["fid"] == pytest.approx(r2["fid"], rel=1e-6)
+        and r3["sfid"] == pytest.approx(r2["sfid"], rel=1e-6)
+    )
     assert len(list(cache.glob("ref-*.npz"))) == 1
     again = runner.invoke(app, ["eval-fid", "--make-ref", str(sets / "a.npz"), str(tmp_path / "ref.npz")])
     assert again.exit_code == 1 and "already exists" in again.output
@@ -209,7 +233,9 @@ def test_cli_stats_only_reference_skips_with_reasons(sets, tmp_path):
     assert r["fid"] is not None and r["sfid"] is None and r["precision"] is None
     assert "mu_s" in r["skipped"]["sfid"] and "no images" in r["skipped"]["precision/recall"]
     np.savez(tmp_path / "nan.npz", mu=mu * np.nan, sigma=sigma)
-    bad = runner.invoke(app, ["eval-fid", str(sets / "a.npz"), str(tmp_path / "nan.npz"), "--no-cache", "--sqrtm", "eigh"])
+    bad = runner.invoke(
+        app, ["eval-fid", str(sets / "a.npz"), str(tmp_path / "nan.npz"), "--no-cache", "--sqrtm", "eigh"]
+    )
     assert bad.exit_code == 1 and "NaN" in bad.output
 
 
@@ -230,7 +256,9 @@ def test_cli_bad_inputs(sets, tmp_path):
 def test_sample_output_folder_reads_like_its_npz(tmp_path):
     """Our `sample` folder (000000.png …, grid.png, results.json) gives the same images as its samples.npz."""
     from torchvision.io import write_png
-    from pixeldit_cli.metrics.npz import FolderImages
+
+    from pixeldit_cli.npz import FolderImages
+
     imgs = np.random.default_rng(3).integers(0, 256, (5, 8, 12, 3), dtype=np.uint8)
     for i, im in enumerate(imgs):
         write_png(torch.from_numpy(im).permute(2, 0, 1).contiguous(), str(tmp_path / f"{i:06d}.png"))
@@ -261,15 +289,31 @@ def test_eval_bad_inputs_are_one_line_and_resolutions_are_noted(sets, tmp_path):
 def test_cli_eval_defaults_come_from_the_config(sets):
     """The eval section sets --sqrtm / --batch-size defaults; the resolved config is in the result, and a
     bad value is one line."""
-    r = runner.invoke(app, ["eval-fid", str(sets / "a.npz"), str(sets / "b.npz"), "--json", "--no-cache",
-                            "--eval.sqrtm", "eigh", "--eval.batch_size", "4"])
+    r = runner.invoke(
+        app,
+        [
+            "eval-fid",
+            str(sets / "a.npz"),
+            str(sets / "b.npz"),
+            "--json",
+            "--no-cache",
+            "--eval.sqrtm",
+            "eigh",
+            "--eval.batch_size",
+            "4",
+        ],
+    )
     assert r.exit_code == 0, r.output
     res = json.loads(r.output.strip().splitlines()[-1])
     assert res["config"]["eval"] == {"batch_size": 4, "pr_distances": "fp16", "sqrtm": "eigh"}
-    shown = runner.invoke(app, ["eval-fid", "x.npz", "y.npz", "--eval.sqrtm", "eigh", "--batch-size", "7",
-                                "--print-config", "--json"])
+    shown = runner.invoke(
+        app, ["eval-fid", "x.npz", "y.npz", "--eval.sqrtm", "eigh", "--batch-size", "7", "--print-config", "--json"]
+    )
     assert shown.exit_code == 0 and json.loads(shown.output)["config"]["eval"] == {
-        "batch_size": 7, "pr_distances": "fp16", "sqrtm": "eigh"}  # the flag folded in over the override
+        "batch_size": 7,
+        "pr_distances": "fp16",
+        "sqrtm": "eigh",
+    }  # the flag folded in over the override
     assert res["fid"] == pytest.approx(eval_json(sets / "a.npz", sets / "b.npz")["fid"], rel=1e-9)
     bad = runner.invoke(app, ["eval-fid", str(sets / "a.npz"), str(sets / "b.npz"), "--eval.sqrtm", "cholesky"])
     assert bad.exit_code != 0 and "eval.sqrtm is 'cholesky'" in bad.output and "scipy, eigh" in bad.output

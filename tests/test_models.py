@@ -1,17 +1,17 @@
 """Networks: official fixtures, an independent float64 reference, the released key layout, parameter counts."""
 
 import pytest
+import reference_impl as ref
 import torch
+from conftest import randomize
 from safetensors.torch import load_file
 
-import reference_impl as ref
-from conftest import randomize
 from pixeldit_cli import build_model, load_model, model_config
 from pixeldit_cli.errors import PixelDiTError
 from pixeldit_cli.models import count_params
 
-
 # ---- the official classes' outputs on official-format checkpoints -----------------------------------
+
 
 def test_c2i_matches_official_fixture(fixtures):
     io = load_file(fixtures / "official_c2i_small_io.safetensors")
@@ -34,10 +34,22 @@ def test_t2i_matches_official_fixture(fixtures):
 
 # ---- an independent implementation (tests/reference_impl.py) -----------------------------------------
 
+
 @pytest.mark.parametrize("H,W", [(8, 8), (8, 12), (12, 4)])
 def test_c2i_matches_independent_reference(H, W):
-    m = randomize(build_model("PixelDiT-S/4", hidden_size=32, num_heads=2, patch_depth=2, pixel_depth=2,
-                              pixel_hidden=8, num_classes=7, patch_size=2), seed=H * W)
+    m = randomize(
+        build_model(
+            "PixelDiT-S/4",
+            hidden_size=32,
+            num_heads=2,
+            patch_depth=2,
+            pixel_depth=2,
+            pixel_hidden=8,
+            num_classes=7,
+            patch_size=2,
+        ),
+        seed=H * W,
+    )
     g = torch.Generator().manual_seed(1)
     x, t, y = torch.randn(2, 3, H, W, generator=g), torch.tensor([0.3, 0.85]), torch.tensor([4, 7])  # 7 = null
     with torch.no_grad():
@@ -48,8 +60,21 @@ def test_c2i_matches_independent_reference(H, W):
 
 @pytest.mark.parametrize("H,W,Lt", [(8, 8, 5), (4, 12, 9)])
 def test_t2i_matches_independent_reference(H, W, Lt):
-    m = randomize(build_model("PixelDiT-T2I-S/2", hidden_size=32, num_heads=2, patch_depth=2, pixel_depth=2,
-                              pixel_hidden=4, pixel_attn_hidden=24, pixel_heads=3, text_dim=12, text_len=6), seed=Lt)
+    m = randomize(
+        build_model(
+            "PixelDiT-T2I-S/2",
+            hidden_size=32,
+            num_heads=2,
+            patch_depth=2,
+            pixel_depth=2,
+            pixel_hidden=4,
+            pixel_attn_hidden=24,
+            pixel_heads=3,
+            text_dim=12,
+            text_len=6,
+        ),
+        seed=Lt,
+    )
     g = torch.Generator().manual_seed(2)
     x, t, y = torch.randn(2, 3, H, W, generator=g), torch.tensor([250.0, 990.0]), torch.randn(2, Lt, 12, generator=g)
     with torch.no_grad():
@@ -75,12 +100,13 @@ def test_fresh_init_outputs_zero_and_keeps_official_zeros():
 
 # ---- the released key layout and the paper's parameter counts ------------------------------------------
 
+
 def _keys(path, prefix):
     out = []
     for line in path.read_text().splitlines():
         name, shape = line.split(" ", 1)
         if name.startswith(prefix):
-            out.append((name[len(prefix):], tuple(int(s) for s in shape.strip("()").split(",") if s.strip())))
+            out.append((name[len(prefix) :], tuple(int(s) for s in shape.strip("()").split(",") if s.strip())))
     return out
 
 
@@ -98,10 +124,15 @@ def test_state_dict_equals_released_t2i_layout(fixtures):
     assert ours == sorted(_keys(fixtures / "keys_t2i_1024.txt", "core."))
 
 
-@pytest.mark.parametrize("name,params", [
-    ("PixelDiT-B/16", 184_749_155), ("PixelDiT-L/16", 569_648_963), ("PixelDiT-XL/16", 797_383_203),
-    ("PixelDiT-T2I", 1_302_470_787),
-])
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("PixelDiT-B/16", 184_749_155),
+        ("PixelDiT-L/16", 569_648_963),
+        ("PixelDiT-XL/16", 797_383_203),
+        ("PixelDiT-T2I", 1_302_470_787),
+    ],
+)
 def test_parameter_counts_match_paper(name, params):
     with torch.device("meta"):
         assert count_params(build_model(name, init=False)) == params

@@ -18,10 +18,13 @@ from pixeldit_cli.solvers import solve
 pytestmark = pytest.mark.skipif(not available(), reason="this torch build has no oneDNN")
 
 
-@pytest.mark.parametrize("name,io_name,keys", [
-    ("official_c2i_small.ckpt", "official_c2i_small_io.safetensors", ("x", "t", "y", "out_ema")),
-    ("official_t2i_small.pth", "official_t2i_small_io.safetensors", ("x", "t", "y", "out")),
-])
+@pytest.mark.parametrize(
+    "name,io_name,keys",
+    [
+        ("official_c2i_small.ckpt", "official_c2i_small_io.safetensors", ("x", "t", "y", "out_ema")),
+        ("official_t2i_small.pth", "official_t2i_small_io.safetensors", ("x", "t", "y", "out")),
+    ],
+)
 def test_packed_forward_meets_the_official_fixture_tolerance(fixtures, monkeypatch, name, io_name, keys):
     monkeypatch.setattr(packed, "MIN_MACS", 0)  # the fixtures' layers are small: pack them all the same
     io = load_file(fixtures / io_name)
@@ -33,7 +36,7 @@ def test_packed_forward_meets_the_official_fixture_tolerance(fixtures, monkeypat
             a, b = m(x, t, y), m(x, t, y)
         after = m(x, t, y)
     assert (a - want).abs().max() <= 1e-5 and 0 < (a - plain).abs().max() <= 1e-5  # really another kernel
-    assert torch.equal(a, b)          # deterministic
+    assert torch.equal(a, b)  # deterministic
     assert torch.equal(after, plain)  # the model is restored
     assert not any("forward" in mod.__dict__ for mod in m.modules())
 

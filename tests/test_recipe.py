@@ -19,8 +19,8 @@ from pixeldit_cli.train.objective import draw, t2i_draw
 PAPER = {
     "b256": (1e-4, 256, 1.0, 0.9999, 0.1, 1.0, 0.5, 8),
     "l256": (1e-4, 256, 1.0, 0.9999, 0.1, 1.0, 0.5, 8),
-    "xl256": (1e-4, 256, 1.0, 0.9999, 0.1, 1.0, 0.5, 8),     # LR 1e-5 and clip 0.5 after 160 epochs
-    "xl512": (1e-5, 64, 0.5, 0.9999, 0.1, 3.0, 0.5, 8),      # fine-tune from 256: LR 1e-5, clip 0.5, shift 3
+    "xl256": (1e-4, 256, 1.0, 0.9999, 0.1, 1.0, 0.5, 8),  # LR 1e-5 and clip 0.5 after 160 epochs
+    "xl512": (1e-5, 64, 0.5, 0.9999, 0.1, 3.0, 0.5, 8),  # fine-tune from 256: LR 1e-5, clip 0.5, shift 3
     "t2i512-stage1": (1e-4, 1024, 0.5, 0.0, 0.1, 3.0, 0.5, 6),
     "t2i1024": (2e-5, 768, 0.1, 0.0, 0.1, 4.0, 0.0, 6),
 }
@@ -37,7 +37,16 @@ SAMPLING = {
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_preset_recipe_equals_the_paper(name):
     tc = load_preset(name).train
-    got = (tc.lr, tc.global_batch, tc.grad_clip, tc.ema_decay, tc.cond_drop, tc.time_shift, tc.repa_weight, tc.repa_block)
+    got = (
+        tc.lr,
+        tc.global_batch,
+        tc.grad_clip,
+        tc.ema_decay,
+        tc.cond_drop,
+        tc.time_shift,
+        tc.repa_weight,
+        tc.repa_block,
+    )
     assert got == PAPER[name]
     assert tc.betas == (0.9, 0.999) and tc.weight_decay == 0.0
 
@@ -56,6 +65,7 @@ def test_preset_sampling_equals_the_release(name):
 
 
 # ---- the time distribution ------------------------------------------------------------------------------
+
 
 def test_c2i_times_are_logit_normal_0_1():
     _, t, drop = draw(0, 5, range(4000), (1, 1, 1), 0.1, 1.0)
@@ -81,12 +91,13 @@ def test_t2i_sigmas_are_the_release_grid_of_logit_normal_draws():
 
     grid = t2i_sigmas(1.0)
     idx = torch.round(sig.double() * 1000).long()
-    assert torch.equal(sig, grid[idx].float())                  # σ is a point of the release's grid
+    assert torch.equal(sig, grid[idx].float())  # σ is a point of the release's grid
     assert torch.equal(ts, torch.floor(1000 * grid[idx]).float())  # and the network sees floor(1000·σ)
     assert abs(drop.float().mean().item() - 0.1) < 0.02
 
 
 # ---- EMA, learning rate and clipping --------------------------------------------------------------------
+
 
 def test_ema_update_by_hand():
     ema, p = [torch.tensor([1.0, 2.0])], [torch.tensor([3.0, -2.0])]
@@ -123,22 +134,25 @@ class TC:
 
 
 def test_lr_warmup_and_drop_boundaries():
-    assert lr_at(TC, 0) == pytest.approx(1e-4)   # step 0 trains at 1/10 of the LR (warm-up over 10 steps)
-    assert lr_at(TC, 9) == pytest.approx(1e-3)   # the 10th step reaches it
+    assert lr_at(TC, 0) == pytest.approx(1e-4)  # step 0 trains at 1/10 of the LR (warm-up over 10 steps)
+    assert lr_at(TC, 9) == pytest.approx(1e-3)  # the 10th step reaches it
     assert lr_at(TC, 10) == 1e-3
-    assert lr_at(TC, 99) == 1e-3 and lr_at(TC, 100) == 1e-4   # dropped from step 100 on, not 101
+    assert lr_at(TC, 99) == 1e-3 and lr_at(TC, 100) == 1e-4  # dropped from step 100 on, not 101
     assert clip_at(TC, 99) == 1.0 and clip_at(TC, 100) == 0.5
 
 
 # ---- precision / recall: k changes the answer (brute force) ---------------------------------------------
 
+
 def brute_precision_recall(ref, samples, k):
     def radii(x):
         d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
         return np.sort(d, axis=1)[:, k]  # index 0 is the point itself
+
     def covered(a, b, rb):
         d = np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))
         return (d <= rb[None]).any(1).mean()
+
     return covered(samples, ref, radii(ref)), covered(ref, samples, radii(samples))
 
 
@@ -155,6 +169,7 @@ def test_precision_recall_depends_on_k_like_brute_force():
 
 
 # ---- RMSNorm where eps dominates ------------------------------------------------------------------------
+
 
 def test_rmsnorm_when_eps_dominates():
     n = RMSNorm(4, eps=1e-6)

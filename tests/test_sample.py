@@ -10,22 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import randomize
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from conftest import randomize
 from pixeldit_cli import build_model, load_model, sample
 from pixeldit_cli.cli import app
 from pixeldit_cli.errors import PixelDiTError
 from pixeldit_cli.labels import imagenet_names, labels_for, parse_class
-from pixeldit_cli.sample import SampleJob, run
-from pixeldit_cli.solvers import noise_for, to_uint8
-from pixeldit_cli.solvers import c2i_grid
+from pixeldit_cli.sampling import SampleJob, run
+from pixeldit_cli.solvers import c2i_grid, noise_for, to_uint8
 
 runner = CliRunner()
 
 
 # ---- parity with the release's sampler loops (docs/conventions.md#samplers), written out literally ------------
+
 
 def release_loop(net, noise, y, null, *, solver, steps, cfg, interval, shift):
     """The official c2i samplers as documented: always a doubled [uncond; cond] batch, u + w(c − u)."""
@@ -58,7 +58,9 @@ def release_loop(net, noise, y, null, *, solver, steps, cfg, interval, shift):
         d = d_hat
 
 
-@pytest.mark.parametrize("solver,shift,interval", [("flowdpm", 1.0, (0.1, 0.9)), ("flowdpm", 2.0, (0.1, 1.0)), ("heun", 1.0, (0.1, 1.0))])
+@pytest.mark.parametrize(
+    "solver,shift,interval", [("flowdpm", 1.0, (0.1, 0.9)), ("flowdpm", 2.0, (0.1, 1.0)), ("heun", 1.0, (0.1, 1.0))]
+)
 def test_matches_release_loop_on_official_fixture(fixtures, solver, shift, interval):
     net = load_model(fixtures / "official_c2i_small.ckpt")
     noise = noise_for(range(3), 7, (3, 8, 12))
@@ -71,6 +73,7 @@ def test_matches_release_loop_on_official_fixture(fixtures, solver, shift, inter
 
 
 # ---- contracts ---------------------------------------------------------------------------------------
+
 
 def test_noise_contract():
     got = noise_for([0, 5], 100, (3, 4, 6))
@@ -105,6 +108,7 @@ def test_class_names():
 
 # ---- jobs ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("ckpt")
@@ -115,14 +119,26 @@ def tiny(tmp_path_factory):
 
 
 def job(tiny, out, **kw):
-    base = dict(ckpt=str(tiny), n=8, out=str(out), solver="flowdpm", steps=6, cfg=2.0, interval=(0.1, 0.9),
-                height=16, width=24, seed=11, batch_size=3)
+    base = dict(
+        ckpt=str(tiny),
+        n=8,
+        out=str(out),
+        solver="flowdpm",
+        steps=6,
+        cfg=2.0,
+        interval=(0.1, 0.9),
+        height=16,
+        width=24,
+        seed=11,
+        batch_size=3,
+    )
     base.update(kw)
     return SampleJob(**base)
 
 
 def pngs(out, n):
     from torchvision.io import read_image
+
     return torch.stack([read_image(str(Path(out) / f"{i:06d}.png")) for i in range(n)])
 
 
@@ -213,9 +229,40 @@ def test_other_settings_in_the_same_folder_are_refused(tiny, tmp_path):
 
 def test_two_processes_under_torchrun_equal_one(tiny, tmp_path):
     run(job(tiny, tmp_path / "one", n=6), progress=False)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pixeldit_cli", "--",
-           "sample", "--ckpt", str(tiny), "--n", "6", "--out", str(tmp_path / "two"), "--solver", "flowdpm", "--steps", "6",
-           "--cfg", "2.0", "--cfg-interval", "0.1", "0.9", "--height", "16", "--width", "24", "--seed", "11", "--batch-size", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "pixeldit_cli",
+        "--",
+        "sample",
+        "--ckpt",
+        str(tiny),
+        "--n",
+        "6",
+        "--out",
+        str(tmp_path / "two"),
+        "--solver",
+        "flowdpm",
+        "--steps",
+        "6",
+        "--cfg",
+        "2.0",
+        "--cfg-interval",
+        "0.1",
+        "0.9",
+        "--height",
+        "16",
+        "--width",
+        "24",
+        "--seed",
+        "11",
+        "--batch-size",
+        "2",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-2000:]
     assert close_uint8(pngs(tmp_path / "one", 6), pngs(tmp_path / "two", 6))
@@ -223,8 +270,26 @@ def test_two_processes_under_torchrun_equal_one(tiny, tmp_path):
 
 
 def test_nproc_flag_starts_its_own_workers(tiny, tmp_path):
-    cmd = [sys.executable, "-m", "pixeldit_cli", "sample", "--ckpt", str(tiny), "--n", "3", "--out", str(tmp_path / "np"),
-           "--steps", "2", "--height", "16", "--width", "16", "--nproc", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pixeldit_cli",
+        "sample",
+        "--ckpt",
+        str(tiny),
+        "--n",
+        "3",
+        "--out",
+        str(tmp_path / "np"),
+        "--steps",
+        "2",
+        "--height",
+        "16",
+        "--width",
+        "16",
+        "--nproc",
+        "2",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads((tmp_path / "np" / "results.json").read_text())["world_size"] == 2
@@ -233,35 +298,63 @@ def test_nproc_flag_starts_its_own_workers(tiny, tmp_path):
 
 # ---- CLI and bad input ------------------------------------------------------------------------------
 
+
 def test_cli_card_example_with_names(tiny, tmp_path):
-    r = runner.invoke(app, ["sample", "--ckpt", str(tiny), "--class", "3", "--n", "2", "--steps", "2",
-                            "--height", "16", "--width", "16", "--out", str(tmp_path / "cli")])
+    r = runner.invoke(
+        app,
+        [
+            "sample",
+            "--ckpt",
+            str(tiny),
+            "--class",
+            "3",
+            "--n",
+            "2",
+            "--steps",
+            "2",
+            "--height",
+            "16",
+            "--width",
+            "16",
+            "--out",
+            str(tmp_path / "cli"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "NFE per sample" in r.output and (tmp_path / "cli" / "grid.png").exists()
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--class", "10"], "class id 10 is out of range"),
-    (["--class", "goldfish"], "has no class names"),
-    (["--n", "0"], "--n must be at least 1"),
-    (["--n", "-3"], "--n must be at least 1"),
-    (["--steps", "0"], "--steps must be at least 1"),
-    (["--cfg-interval", "0.9", "0.1"], "--cfg-interval 0.9 0.1 is invalid"),
-    (["--cfg-interval", "0.1", "1.5"], "--cfg-interval 0.1 1.5 is invalid"),
-    (["--height", "18"], "not a multiple of the patch size 4"),
-    (["--prompt", "a cat"], "--prompt was given but this is a class-conditional checkpoint"),
-    (["--solver", "ddim"], "'ddim' is not one of"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--class", "10"], "class id 10 is out of range"),
+        (["--class", "goldfish"], "has no class names"),
+        (["--n", "0"], "--n must be at least 1"),
+        (["--n", "-3"], "--n must be at least 1"),
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--cfg-interval", "0.9", "0.1"], "--cfg-interval 0.9 0.1 is invalid"),
+        (["--cfg-interval", "0.1", "1.5"], "--cfg-interval 0.1 1.5 is invalid"),
+        (["--height", "18"], "not a multiple of the patch size 4"),
+        (["--prompt", "a cat"], "--prompt was given but this is a class-conditional checkpoint"),
+        (["--solver", "ddim"], "'ddim' is not one of"),
+    ],
+)
 def test_cli_bad_input(tiny, tmp_path, args, msg):
     out = tmp_path / "bad"
-    r = runner.invoke(app, ["sample", "--ckpt", str(tiny), "--steps", "2", "--height", "16", "--width", "16", "--out", str(out), *args])
+    r = runner.invoke(
+        app,
+        ["sample", "--ckpt", str(tiny), "--steps", "2", "--height", "16", "--width", "16", "--out", str(out), *args],
+    )
     assert r.exit_code != 0 and msg in r.output, r.output
     assert "Traceback" not in r.output
     assert not out.exists() or not list(out.glob("*.png"))
 
 
 def test_cli_t2i_checkpoint_with_class_and_missing_checkpoint(fixtures, tmp_path):
-    r = runner.invoke(app, ["sample", "--ckpt", str(fixtures / "official_t2i_small.pth"), "--class", "1", "--out", str(tmp_path / "t")])
+    r = runner.invoke(
+        app,
+        ["sample", "--ckpt", str(fixtures / "official_t2i_small.pth"), "--class", "1", "--out", str(tmp_path / "t")],
+    )
     assert r.exit_code == 1 and "text-to-image checkpoint" in r.output
     r = runner.invoke(app, ["sample", "--ckpt", str(tmp_path / "nope.safetensors")])
     assert r.exit_code == 1 and "does not exist" in r.output
@@ -272,8 +365,28 @@ def test_cli_dotted_overrides_set_the_sample_section_and_results_hold_the_config
     (`--seed`) wins over `--sample.seed`; results.json records the resolved config with the flags folded
     in (what ran) and where it came from; --print-config prints that config without sampling; the images
     equal a library job with the same settings."""
-    args = ["sample", "--ckpt", str(tiny), "--n", "3", "--height", "16", "--width", "16", "--out", str(tmp_path / "o"),
-            "--sample.steps", "3", "--sample.cfg", "1.5", "--sample.seed", "9", "--seed", "4", "--json"]
+    args = [
+        "sample",
+        "--ckpt",
+        str(tiny),
+        "--n",
+        "3",
+        "--height",
+        "16",
+        "--width",
+        "16",
+        "--out",
+        str(tmp_path / "o"),
+        "--sample.steps",
+        "3",
+        "--sample.cfg",
+        "1.5",
+        "--sample.seed",
+        "9",
+        "--seed",
+        "4",
+        "--json",
+    ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
@@ -286,8 +399,10 @@ def test_cli_dotted_overrides_set_the_sample_section_and_results_hold_the_config
     assert json.loads(shown.output)["config"] == res["config"] and not (tmp_path / "p").exists()
     assert res["defaults_from"] == "preset xl256 (the release's settings) with overrides"
     assert json.loads((tmp_path / "o" / "results.json").read_text())["config"] == res["config"]
-    lib = run(job(tiny, tmp_path / "lib", n=3, steps=3, cfg=1.5, seed=4, height=16, width=16,
-                  interval=(0.1, 0.9), shift=1.0), progress=False)
+    lib = run(
+        job(tiny, tmp_path / "lib", n=3, steps=3, cfg=1.5, seed=4, height=16, width=16, interval=(0.1, 0.9), shift=1.0),
+        progress=False,
+    )
     assert lib and torch.equal(pngs(tmp_path / "o", 3), pngs(tmp_path / "lib", 3))
     bad = runner.invoke(app, ["sample", "--ckpt", str(tmp_path / "missing.safetensors"), "--sample.stepz", "3"])
     assert bad.exit_code != 0 and "unknown config key 'sample.stepz'" in bad.output and "sample.steps" in bad.output

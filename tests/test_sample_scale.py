@@ -10,13 +10,13 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import randomize
 from safetensors.torch import save_file
 
-from conftest import randomize
 from pixeldit_cli import build_model
 from pixeldit_cli.errors import PixelDiTError
 from pixeldit_cli.labels import labels_for
-from pixeldit_cli.sample import SampleJob, run
+from pixeldit_cli.sampling import SampleJob, run
 
 
 @pytest.fixture(scope="module")
@@ -29,21 +29,65 @@ def tiny(tmp_path_factory):
 
 
 def job(tiny, out, **kw):
-    base = dict(ckpt=str(tiny), n=8, out=str(out), solver="euler", steps=2, cfg=2.0, interval=(0.0, 1.0),
-                height=16, width=24, seed=3, batch_size=3)
+    base = dict(
+        ckpt=str(tiny),
+        n=8,
+        out=str(out),
+        solver="euler",
+        steps=2,
+        cfg=2.0,
+        interval=(0.0, 1.0),
+        height=16,
+        width=24,
+        seed=3,
+        batch_size=3,
+    )
     base.update(kw)
     return SampleJob(**base)
 
 
 def cli(tiny, out, *args, env=None, preexec=None, n=8, batch=3):
-    cmd = [sys.executable, "-m", "pixeldit_cli", "sample", "--ckpt", str(tiny), "--n", str(n), "--out", str(out),
-           "--solver", "euler", "--steps", "2", "--cfg", "2.0", "--cfg-interval", "0", "1", "--height", "16", "--width", "24",
-           "--seed", "3", "--batch-size", str(batch), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-                          preexec_fn=preexec)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pixeldit_cli",
+        "sample",
+        "--ckpt",
+        str(tiny),
+        "--n",
+        str(n),
+        "--out",
+        str(out),
+        "--solver",
+        "euler",
+        "--steps",
+        "2",
+        "--cfg",
+        "2.0",
+        "--cfg-interval",
+        "0",
+        "1",
+        "--height",
+        "16",
+        "--width",
+        "24",
+        "--seed",
+        "3",
+        "--batch-size",
+        str(batch),
+        *args,
+    ]
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        preexec_fn=preexec,
+    )
 
 
 # ---- --format ---------------------------------------------------------------------------------------
+
 
 def test_format_rule_is_visible_and_each_format_writes_what_it_says(tiny, tmp_path):
     assert SampleJob(ckpt="x", n=1000).resolved_format() == "both"
@@ -60,19 +104,23 @@ def test_format_rule_is_visible_and_each_format_writes_what_it_says(tiny, tmp_pa
     from torchvision.io import read_image
 
     arr = np.load(tmp_path / "npz" / "samples.npz")["arr_0"]
-    assert all(np.array_equal(arr[i], read_image(str(tmp_path / "png" / f"{i:06d}.png")).permute(1, 2, 0).numpy())
-               for i in range(8))
+    assert all(
+        np.array_equal(arr[i], read_image(str(tmp_path / "png" / f"{i:06d}.png")).permute(1, 2, 0).numpy())
+        for i in range(8)
+    )
 
 
 # ---- linear bookkeeping (counted, not timed) ---------------------------------------------------------
+
 
 class Counter:
     def __init__(self, monkeypatch):
         self.listings, self.decodes = 0, 0
         import pathlib
 
-        import pixeldit_cli.io as pio
         import torchvision.io as tvio
+
+        import pixeldit_cli.io as pio
 
         def wrap(owner, name, field):
             orig = getattr(owner, name)
@@ -80,6 +128,7 @@ class Counter:
             def f(*a, **k):
                 setattr(self, field, getattr(self, field) + 1)
                 return orig(*a, **k)
+
             monkeypatch.setattr(owner, name, f)
 
         for owner, name in ((os, "scandir"), (os, "listdir"), (pathlib.Path, "glob"), (pathlib.Path, "iterdir")):
@@ -96,11 +145,12 @@ def test_assembly_file_system_work_does_not_grow_with_n(tiny, tmp_path, monkeypa
         run(job(tiny, tmp_path / f"{fmt}{n}", n=n, batch_size=6, steps=1, format=fmt), progress=False)
         counts[n] = (c.listings, c.decodes)
         monkeypatch.undo()
-    assert counts[6] == counts[30], counts      # listings are per run, not per index
-    assert counts[30][1] == 0                    # the npz and grid come from the records, no PNG is decoded
+    assert counts[6] == counts[30], counts  # listings are per run, not per index
+    assert counts[30][1] == 0  # the npz and grid come from the records, no PNG is decoded
 
 
 # ---- resume after a kill: byte-identical npz -----------------------------------------------------------
+
 
 def test_npz_only_job_killed_mid_record_resumes_to_identical_npz(tiny, tmp_path):
     ref = cli(tiny, tmp_path / "ref", "--format", "npz")
@@ -121,10 +171,42 @@ def test_npz_only_job_killed_mid_record_resumes_to_identical_npz(tiny, tmp_path)
 def test_one_process_and_two_under_torchrun_give_the_same_npz(tiny, tmp_path):
     one = cli(tiny, tmp_path / "one", "--format", "npz", batch=1)
     assert one.returncode == 0, one.stderr[-2000:]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pixeldit_cli", "--",
-           "sample", "--ckpt", str(tiny), "--n", "8", "--out", str(tmp_path / "two"), "--solver", "euler", "--steps", "2",
-           "--cfg", "2.0", "--cfg-interval", "0", "1", "--height", "16", "--width", "24", "--seed", "3", "--batch-size", "1",
-           "--format", "npz"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "pixeldit_cli",
+        "--",
+        "sample",
+        "--ckpt",
+        str(tiny),
+        "--n",
+        "8",
+        "--out",
+        str(tmp_path / "two"),
+        "--solver",
+        "euler",
+        "--steps",
+        "2",
+        "--cfg",
+        "2.0",
+        "--cfg-interval",
+        "0",
+        "1",
+        "--height",
+        "16",
+        "--width",
+        "24",
+        "--seed",
+        "3",
+        "--batch-size",
+        "1",
+        "--format",
+        "npz",
+    ]
     two = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert two.returncode == 0, two.stderr[-2000:]
     a, b = np.load(tmp_path / "one" / "samples.npz"), np.load(tmp_path / "two" / "samples.npz")
@@ -135,10 +217,12 @@ def test_one_process_and_two_under_torchrun_give_the_same_npz(tiny, tmp_path):
 
 # ---- full disk: one line, nothing half-written counted as done ------------------------------------------
 
+
 def _limit(nbytes):
     def f():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, like ENOSPC
         resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
     return f
 
 
@@ -174,12 +258,13 @@ def test_a_truncated_png_is_not_trusted_on_resume(tiny, tmp_path):
     run(job(tiny, out, format="png"), progress=False)
     good = (out / "000004.png").read_bytes()
     (out / "000004.png").write_bytes(good[: len(good) // 2])  # torn
-    (out / "000005.png").write_bytes(b"")                     # zero bytes
+    (out / "000005.png").write_bytes(b"")  # zero bytes
     r = run(job(tiny, out, format="png"), progress=False)
     assert r["generated_this_run"] == 2 and (out / "000004.png").read_bytes() == good
 
 
 # ---- bad input -----------------------------------------------------------------------------------------
+
 
 def test_another_count_in_the_same_folder_is_refused_and_nothing_is_overwritten(tiny, tmp_path):
     out = tmp_path / "c"

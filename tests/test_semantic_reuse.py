@@ -61,8 +61,18 @@ def test_counts_through_the_guidance_interval_by_hand(c2i):
     # the "ends" schedule: m = round(0.1·10) = 1 evaluation at each end always recomputed, K = 3 between
     # e0 due (1), e1 forced (2), e2..e8: due where (e - 1) % 3 == 0 -> e4, e7 (2 each), e9 last (2) -> 1+2+4+2 = 9
     with torch.no_grad():
-        _, st = solve(c2i, x, y, None, solver="euler", steps=10, cfg=2.0, interval=(0.05, 1.0), semantic_reuse=3,
-                      reuse_schedule="ends")
+        _, st = solve(
+            c2i,
+            x,
+            y,
+            None,
+            solver="euler",
+            steps=10,
+            cfg=2.0,
+            interval=(0.05, 1.0),
+            semantic_reuse=3,
+            reuse_schedule="ends",
+        )
     assert (st.patch_evals, st.evals) == (9, 19)
 
 
@@ -80,18 +90,37 @@ def test_text_to_image_reuses_its_patch_path_too(t2i):
 
 def test_results_json_records_both_pathways_and_flops(c2i, tmp_path):
     from pixeldit_cli.flops import pathway_flops
-    from pixeldit_cli.sample import SampleJob, run
+    from pixeldit_cli.sampling import SampleJob, run
 
     path = tmp_path / "m.safetensors"
     save_file(c2i.state_dict(), str(path), metadata={"pixeldit_config": json.dumps(c2i.config.to_dict())})
-    r = run(SampleJob(ckpt=str(path), n=2, out=str(tmp_path / "o"), solver="euler", steps=10, cfg=1.0, height=16,
-                      width=16, semantic_reuse=2, format="npz"), progress=False)
+    r = run(
+        SampleJob(
+            ckpt=str(path),
+            n=2,
+            out=str(tmp_path / "o"),
+            solver="euler",
+            steps=10,
+            cfg=1.0,
+            height=16,
+            width=16,
+            semantic_reuse=2,
+            format="npz",
+        ),
+        progress=False,
+    )
     assert (r["patch_path_evals_per_sample"], r["pixel_path_evals_per_sample"]) == (5, 10)
     f = pathway_flops(c2i.config, 16, 16)
     assert r["gflops_per_image"] == pytest.approx((5 * f["patch"] + 10 * f["pixel"]) / 1e9, abs=1e-4)
-    assert f["patch"] + f["pixel"] == __import__("pixeldit_cli.flops", fromlist=["x"]).analytic_flops(c2i.config, 16, 16)["total"]
+    assert (
+        f["patch"] + f["pixel"]
+        == __import__("pixeldit_cli.flops", fromlist=["x"]).analytic_flops(c2i.config, 16, 16)["total"]
+    )
     with pytest.raises(Exception, match="--semantic-reuse must be at least 1"):
-        run(SampleJob(ckpt=str(path), n=1, out=str(tmp_path / "z"), semantic_reuse=0, height=16, width=16), progress=False)
+        run(
+            SampleJob(ckpt=str(path), n=1, out=str(tmp_path / "z"), semantic_reuse=0, height=16, width=16),
+            progress=False,
+        )
 
 
 def test_xl16_patch_pathway_is_71_percent_of_the_flops():

@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
-
 from analytic import ConstantX0T2I, GaussianFlow, GaussianFlowT2I
+
 from pixeldit_cli.solvers import c2i_grid, flow_sigma_grid, solve
 
-
 # ---- grids ------------------------------------------------------------------------------------------
+
 
 def test_c2i_grid_shift_1_and_2():
     g = c2i_grid(100)
@@ -30,9 +30,15 @@ def test_flow_sigma_grid_50_steps_shift_4():
 
 # ---- guidance windows (docs/conventions.md#samplers) -------------------------------------------------
 
-@pytest.mark.parametrize("shift,interval,first,last", [
-    (1.0, (0.1, 1.0), 11, 99), (1.0, (0.1, 0.9), 11, 89), (2.0, (0.1, 1.0), 19, 99),
-])
+
+@pytest.mark.parametrize(
+    "shift,interval,first,last",
+    [
+        (1.0, (0.1, 1.0), 11, 99),
+        (1.0, (0.1, 0.9), 11, 89),
+        (2.0, (0.1, 1.0), 19, 99),
+    ],
+)
 def test_guided_steps_match_release(shift, interval, first, last):
     m = GaussianFlow([0.5, -0.5])
     x = torch.randn(2, 1, 2, 2)
@@ -54,6 +60,7 @@ def test_cfg_one_and_empty_interval_halve_the_work():
 
 # ---- hand-derived steps -----------------------------------------------------------------------------
 
+
 class Linear(torch.nn.Module):
     """v = a·x + b·t (c2i convention), with a null class giving b_null."""
 
@@ -61,6 +68,7 @@ class Linear(torch.nn.Module):
         super().__init__()
         self.a, self.b, self.bn = a, b, b_null
         from types import SimpleNamespace
+
         self.config = SimpleNamespace(kind="c2i", num_classes=1)
 
     def forward(self, x, t, y):
@@ -72,19 +80,25 @@ def test_flowdpm_euler_heun_two_steps_by_hand():
     a, b, bn, w = 0.5, 2.0, -1.0, 3.0
     m = Linear(a, b, bn)
     x0 = torch.full((1, 1, 1, 1), 1.0)
+
     # grid for N = 2, shift 1: 0, 0.5, 1.0; cfg 3 everywhere inside (0, 1) strictly
     def v(x, t):  # guided velocity: u + w(c − u) = a x + (bn + w(b − bn)) t
         return a * x + (bn + w * (b - bn)) * t if 0 < t < 1 else a * x + b * t
+
     # flowdpm: Euler then AB2
-    v0 = v(1.0, 0.0); x1 = 1.0 + 0.5 * v0
-    v1 = v(x1, 0.5); x2 = x1 + 0.5 * (1.5 * v1 - 0.5 * v0)
+    v0 = v(1.0, 0.0)
+    x1 = 1.0 + 0.5 * v0
+    v1 = v(x1, 0.5)
+    x2 = x1 + 0.5 * (1.5 * v1 - 0.5 * v0)
     got, st = solve(m, x0, torch.tensor([0]), solver="flowdpm", steps=2, cfg=w, interval=(0.0, 1.0))
     assert got.item() == pytest.approx(x2, rel=1e-6) and st.calls == 2
     # euler
     got, _ = solve(m, x0, torch.tensor([0]), solver="euler", steps=2, cfg=w, interval=(0.0, 1.0))
     assert got.item() == pytest.approx(x1 + 0.5 * v(x1, 0.5), rel=1e-6)
     # heun (release form): predictor v0, corrector at (x̂, 0.5), last step Euler with the reused slope
-    xh = 1.0 + 0.5 * v0; vh = v(xh, 0.5); x1h = 1.0 + 0.25 * (v0 + vh)
+    xh = 1.0 + 0.5 * v0
+    vh = v(xh, 0.5)
+    x1h = 1.0 + 0.25 * (v0 + vh)
     got, st = solve(m, x0, torch.tensor([0]), solver="heun", steps=2, cfg=w, interval=(0.0, 1.0))
     assert got.item() == pytest.approx(x1h + 0.5 * vh, rel=1e-6) and st.calls == 2
 
@@ -118,6 +132,7 @@ def test_t2i_network_sees_1000_sigma():
 
 # ---- exact solutions and convergence order ----------------------------------------------------------
 
+
 def _error(solver, steps, model, kind="c2i"):
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(4, 1, 3, 3, generator=g, dtype=torch.float64)  # float64: the order, not fp32 rounding
@@ -135,16 +150,24 @@ def _error(solver, steps, model, kind="c2i"):
 # Observed orders (float64, error vs the exact map): Euler 1.99x per halving, Heun/FlowDPM 4.05x.
 # DPM-Solver++ 2M approaches 4x slowly (3.4x at 128 -> 256): the release's grid is uniform in σ, so
 # the first step from σ0 = 0.999 is a huge step in λ = log((1 − σ)/σ) and leaves the asymptotic regime late.
-@pytest.mark.parametrize("solver,n,lo,hi", [
-    ("euler", 64, 0.9, 1.1), ("heun", 64, 1.9, 2.1), ("flowdpm", 64, 1.9, 2.1), ("dpm++2m", 128, 1.65, 2.1),
-])
+@pytest.mark.parametrize(
+    "solver,n,lo,hi",
+    [
+        ("euler", 64, 0.9, 1.1),
+        ("heun", 64, 1.9, 2.1),
+        ("flowdpm", 64, 1.9, 2.1),
+        ("dpm++2m", 128, 1.65, 2.1),
+    ],
+)
 def test_convergence_order_c2i_model(solver, n, lo, hi):
     m = GaussianFlow([0.5, -0.5, 1.0, 0.0], s=0.5)
     e1, e2 = _error(solver, n, m), _error(solver, 2 * n, m)
     assert lo <= math.log2(e1 / e2) <= hi
 
 
-@pytest.mark.parametrize("solver,n,lo,hi", [("euler", 64, 0.9, 1.1), ("flowdpm", 64, 1.9, 2.1), ("dpm++2m", 128, 1.65, 2.1)])
+@pytest.mark.parametrize(
+    "solver,n,lo,hi", [("euler", 64, 0.9, 1.1), ("flowdpm", 64, 1.9, 2.1), ("dpm++2m", 128, 1.65, 2.1)]
+)
 def test_convergence_order_t2i_adapter(solver, n, lo, hi):
     m = GaussianFlowT2I(s=0.5)
     e1, e2 = _error(solver, n, m, "t2i"), _error(solver, 2 * n, m, "t2i")

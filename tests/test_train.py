@@ -15,12 +15,13 @@ import torch
 
 from pixeldit_cli.config import apply_overrides, load_preset
 from pixeldit_cli.errors import PixelDiTError
+from pixeldit_cli.solvers import time_shift as shift_t
 from pixeldit_cli.train import train
 from pixeldit_cli.train.data import EDM2Dataset, FashionMNIST, ImageFolder, StepSampler, adm_center_crop, open_dataset
-from pixeldit_cli.train.objective import Projector, align_tokens, draw, flow_loss, repa_loss, shift_t
-
+from pixeldit_cli.train.objective import Projector, align_tokens, draw, flow_loss, repa_loss
 
 # ---- the objective by hand ----------------------------------------------------------------------------
+
 
 class Stub(torch.nn.Module):
     """Returns a constant output and records what it was called with; optional patch tokens for REPA."""
@@ -48,7 +49,7 @@ def test_flow_loss_by_hand():
     # x_t = t·x + (1 − t)·ε = [0.25·0.5 + 0.75·(−1), 0.8·(−0.2) + 0.2·0.4] = [−0.625, −0.08]
     assert torch.allclose(net.seen["x"].flatten(), torch.tensor([-0.625, -0.08]))
     assert net.seen["y"].tolist() == [3, 10]  # the dropped label becomes the null class
-    assert torch.equal(net.seen["t"], t)      # the c2i network sees t itself, not 1000·t
+    assert torch.equal(net.seen["t"], t)  # the c2i network sees t itself, not 1000·t
 
 
 def _identity_projector(dim):
@@ -61,12 +62,23 @@ def _identity_projector(dim):
 
 
 def test_repa_loss_by_hand_equal_token_counts():
-    tokens = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])            # (B=1, L=2, 2), both positive
+    tokens = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])  # (B=1, L=2, 2), both positive
     target = torch.tensor([[[0.0, 1.0], [1.0, 1.0]]])
     x = torch.zeros(1, 1, 1, 2)
     net = Stub(out=0.0, tokens=tokens)
-    total, flow, repa = flow_loss(net, x, torch.tensor([0]), torch.tensor([0.5]), torch.zeros_like(x), torch.tensor([False]), 10,
-                                  projector=_identity_projector(2), repa_target=target, repa_block=8, repa_weight=0.5)
+    total, flow, repa = flow_loss(
+        net,
+        x,
+        torch.tensor([0]),
+        torch.tensor([0.5]),
+        torch.zeros_like(x),
+        torch.tensor([False]),
+        10,
+        projector=_identity_projector(2),
+        repa_target=target,
+        repa_block=8,
+        repa_weight=0.5,
+    )
     # token 1: [a, 0] vs [0, 1] -> cos 0; token 2: parallel -> cos 1; loss = mean(1 − cos) = 0.5
     assert repa.item() == pytest.approx(0.5, abs=1e-3)
     assert total.item() == pytest.approx(flow.item() + 0.25, abs=1e-3) and net.seen["block"] == 8
@@ -87,6 +99,7 @@ def test_repa_token_count_branches_by_hand():
 
 def test_flip_coins_are_per_slot_and_fair():
     from pixeldit_cli.train.objective import flip_mask
+
     a, b = flip_mask(0, 3, range(2000)), flip_mask(0, 3, range(1000, 2000))
     assert torch.equal(a[1000:], b) and abs(a.float().mean().item() - 0.5) < 0.05
 
@@ -98,7 +111,7 @@ def test_draws_depend_on_seed_step_and_slot_only():
     n3, _, _ = draw(0, 6, [2, 3], (3, 4, 4), 0.1, 1.0)
     assert not torch.equal(n2, n3)
     _, ts, _ = draw(0, 5, [0, 1, 2, 3], (1,), 0.1, 3.0)
-    assert torch.allclose(ts, shift_t(t1, 3.0))                   # logit-normal, then the time shift
+    assert torch.allclose(ts, shift_t(t1, 3.0))  # logit-normal, then the time shift
     assert shift_t(torch.tensor(0.5), 3.0).item() == pytest.approx(0.25)
     _, _, many = draw(1, 0, range(4000), (1,), 0.1, 1.0)
     assert abs(many.float().mean().item() - 0.1) < 0.02
@@ -106,8 +119,10 @@ def test_draws_depend_on_seed_step_and_slot_only():
 
 # ---- data ---------------------------------------------------------------------------------------------
 
+
 def make_folder(root: Path, classes=4, per=8, size=16):
     from torchvision.io import write_png
+
     g = torch.Generator().manual_seed(0)
     for c in range(classes):
         d = root / f"class_{c}"
@@ -137,6 +152,7 @@ def test_adm_center_crop(tmp_path):
 
 def test_edm2_zip_and_folder(tmp_path):
     from torchvision.io import encode_png
+
     labels = []
     with zipfile.ZipFile(tmp_path / "ds.zip", "w") as z:
         for i in range(6):
@@ -176,11 +192,14 @@ def test_step_sampler_shards_a_global_batch():
     assert list(late) == [one.slots(2)[1][:4], one.slots(2)[1][4:], one.slots(3)[1][:4], one.slots(3)[1][4:]]
 
 
-@pytest.mark.parametrize("make,msg", [
-    (lambda p: p / "missing", "does not exist"),
-    (lambda p: (p / "empty").mkdir() or p / "empty", "no class subfolders"),
-    (lambda p: (p / "noimg" / "a").mkdir(parents=True) or p / "noimg", "holds no images"),
-])
+@pytest.mark.parametrize(
+    "make,msg",
+    [
+        (lambda p: p / "missing", "does not exist"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", "no class subfolders"),
+        (lambda p: (p / "noimg" / "a").mkdir(parents=True) or p / "noimg", "holds no images"),
+    ],
+)
 def test_bad_datasets(tmp_path, make, msg):
     with pytest.raises(PixelDiTError, match=msg):
         open_dataset(str(make(tmp_path)), 16, None)
@@ -195,12 +214,26 @@ def test_class_count_and_small_images(tmp_path):
 
 # ---- runs ---------------------------------------------------------------------------------------------
 
+
 def overrides_for(data, **kw):
     """The small-run settings, as dotted overrides (shared by in-process and torchrun runs)."""
-    base = {"model.name": "PixelDiT-XS/4", "model.num_classes": 4, "data.path": str(data), "data.resolution": 16,
-            "data.num_workers": 0, "train.global_batch": 8, "train.micro_batch": 4, "train.steps": 4,
-            "train.log_every": 1, "train.sample_every": 0, "train.ckpt_every": 2, "train.lr": 1e-3,
-            "train.keep_every": 0, "train.warmup_steps": 0, "sample.steps": 4}
+    base = {
+        "model.name": "PixelDiT-XS/4",
+        "model.num_classes": 4,
+        "data.path": str(data),
+        "data.resolution": 16,
+        "data.num_workers": 0,
+        "train.global_batch": 8,
+        "train.micro_batch": 4,
+        "train.steps": 4,
+        "train.log_every": 1,
+        "train.sample_every": 0,
+        "train.ckpt_every": 2,
+        "train.lr": 1e-3,
+        "train.keep_every": 0,
+        "train.warmup_steps": 0,
+        "sample.steps": 4,
+    }
     base.update(kw)
     return base
 
@@ -212,8 +245,22 @@ def cfg_for(data, **kw):
 def torchrun_train(out, overrides, nproc=2):
     """`pixeldit train --preset smoke` under torchrun with exactly these overrides (as --key value flags)."""
     flags = [str(a) for k, v in overrides.items() for a in (f"--{k}", "true" if v is True else v)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "pixeldit_cli",
-           "--", "train", "--preset", "smoke", "--out", str(out), *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "pixeldit_cli",
+        "--",
+        "train",
+        "--preset",
+        "smoke",
+        "--out",
+        str(out),
+        *flags,
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-2000:]
 
@@ -244,11 +291,17 @@ def test_resume_is_bit_identical(data, tmp_path):
 
 def test_sigkill_during_checkpoint_write_keeps_the_previous_one(data, tmp_path):
     train(cfg_for(data), tmp_path / "ref", progress=False)
-    script = (f"from pixeldit_cli.config import apply_overrides, load_preset\nfrom pixeldit_cli.train import train\n"
-              f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\nfrom test_train import cfg_for\n"
-              f"train(cfg_for({str(data)!r}), {str(tmp_path / 'killed')!r}, progress=False)\n")
-    p = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PIXELDIT_TEST_KILL_IN_SAVE": "0000004.pt"},
-                       capture_output=True, text=True)
+    script = (
+        f"from pixeldit_cli.config import apply_overrides, load_preset\nfrom pixeldit_cli.train import train\n"
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\nfrom test_train import cfg_for\n"
+        f"train(cfg_for({str(data)!r}), {str(tmp_path / 'killed')!r}, progress=False)\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PIXELDIT_TEST_KILL_IN_SAVE": "0000004.pt"},
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == -9, p.stderr[-1500:]  # SIGKILL
     ck = tmp_path / "killed" / "checkpoints"
     assert torch.load(ck / "last.pt", weights_only=True)["step"] == 2 and not (ck / "0000004.pt").exists()
@@ -261,10 +314,19 @@ def test_sigkill_during_checkpoint_write_keeps_the_previous_one(data, tmp_path):
 @pytest.fixture(scope="module")
 def dino(tmp_path_factory):
     from transformers import Dinov2Config, Dinov2Model
+
     d = tmp_path_factory.mktemp("dino")
     torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                             patch_size=7, image_size=14)).save_pretrained(d)
+    Dinov2Model(
+        Dinov2Config(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            patch_size=7,
+            image_size=14,
+        )
+    ).save_pretrained(d)
     return d
 
 
@@ -279,14 +341,28 @@ def test_two_processes_equal_one(data, dino, tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     pa, pb = one["projector"], two["projector"]
     assert max((pa[k] - pb[k]).abs().max().item() for k in pa) < 1e-5
-    assert any((a[k] - torch.load(tmp_path / "one" / "checkpoints" / "0000002.pt", weights_only=True)["model"][k]).abs().max() > 0 for k in a)
+    assert any(
+        (a[k] - torch.load(tmp_path / "one" / "checkpoints" / "0000002.pt", weights_only=True)["model"][k]).abs().max()
+        > 0
+        for k in a
+    )
 
 
 def test_loss_decreases_and_grid_and_convert(data, tmp_path):
     from pixeldit_cli import load_model
     from pixeldit_cli.convert import convert
-    cfg = cfg_for(data, **{"train.steps": 40, "train.log_every": 5, "train.ckpt_every": 40, "train.sample_every": 40,
-                           "train.lr": 2e-3, "train.ema_decay": 0.9})
+
+    cfg = cfg_for(
+        data,
+        **{
+            "train.steps": 40,
+            "train.log_every": 5,
+            "train.ckpt_every": 40,
+            "train.sample_every": 40,
+            "train.lr": 2e-3,
+            "train.ema_decay": 0.9,
+        },
+    )
     summary = train(cfg, tmp_path / "run", progress=False)
     losses = [json.loads(l)["loss"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert summary["step"] == 40 and losses[-1] < 0.7 * losses[0]
@@ -299,17 +375,36 @@ def test_loss_decreases_and_grid_and_convert(data, tmp_path):
 
 def test_nonfinite_losses_stop_with_the_step(data, tmp_path):
     with pytest.raises(PixelDiTError, match=r"stopping at step \d+: 2 non-finite"):
-        train(cfg_for(data, **{"train.lr": 1e30, "train.steps": 20, "train.max_nonfinite": 2, "train.grad_clip": 0.0}),
-              tmp_path / "nan", progress=False)
+        train(
+            cfg_for(data, **{"train.lr": 1e30, "train.steps": 20, "train.max_nonfinite": 2, "train.grad_clip": 0.0}),
+            tmp_path / "nan",
+            progress=False,
+        )
 
 
 def test_repa_with_a_tiny_dinov2(data, tmp_path):
     from transformers import Dinov2Config, Dinov2Model
+
     torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                             patch_size=7, image_size=14)).save_pretrained(tmp_path / "dino")
-    cfg = cfg_for(data, **{"train.repa_weight": 0.5, "train.repa_block": 1, "train.repa_encoder": str(tmp_path / "dino"),
-                           "train.steps": 2})
+    Dinov2Model(
+        Dinov2Config(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            patch_size=7,
+            image_size=14,
+        )
+    ).save_pretrained(tmp_path / "dino")
+    cfg = cfg_for(
+        data,
+        **{
+            "train.repa_weight": 0.5,
+            "train.repa_block": 1,
+            "train.repa_encoder": str(tmp_path / "dino"),
+            "train.steps": 2,
+        },
+    )
     summary = train(cfg, tmp_path / "repa", progress=False)
     assert summary["last"]["loss_repa"] > 0
     ck = torch.load(tmp_path / "repa" / "checkpoints" / "last.pt", weights_only=True)
@@ -318,11 +413,16 @@ def test_repa_with_a_tiny_dinov2(data, tmp_path):
 
 # ---- bad input ----------------------------------------------------------------------------------------
 
+
 def test_bad_runs(data, tmp_path):
     with pytest.raises(PixelDiTError, match="not divisible by world size 1 × micro-batch 3"):
         train(cfg_for(data, **{"train.micro_batch": 3}), tmp_path / "a", progress=False)
     with pytest.raises(PixelDiTError, match="neither a local folder nor in the Hugging Face cache"):
-        train(cfg_for(data, **{"train.repa_weight": 0.5, "train.repa_encoder": str(tmp_path / "nodino")}), tmp_path / "b", progress=False)
+        train(
+            cfg_for(data, **{"train.repa_weight": 0.5, "train.repa_encoder": str(tmp_path / "nodino")}),
+            tmp_path / "b",
+            progress=False,
+        )
     with pytest.raises(PixelDiTError, match="no DINOv2 encoder was given"):
         train(cfg_for(data, **{"train.repa_weight": 0.5}), tmp_path / "c", progress=False)
 
@@ -345,8 +445,12 @@ def test_fsdp_two_processes_with_resume_equal_one(data, dino, tmp_path):
     repa = {"train.repa_weight": 0.5, "train.repa_block": 1, "train.repa_encoder": str(dino)}
     train(cfg_for(data, **{"train.steps": 3}, **repa), tmp_path / "one", progress=False)
     for steps in (2, 3):  # stopped after 2 steps, resumed to 3
-        torchrun_train(tmp_path / "fsdp", overrides_for(data, **{"train.steps": steps, "train.fsdp": True,
-                                                                 "train.sample_every": 2, "sample.steps": 2}, **repa))
+        torchrun_train(
+            tmp_path / "fsdp",
+            overrides_for(
+                data, **{"train.steps": steps, "train.fsdp": True, "train.sample_every": 2, "sample.steps": 2}, **repa
+            ),
+        )
     one = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)
     two = torch.load(tmp_path / "fsdp" / "checkpoints" / "last.pt", weights_only=True)
     assert two["step"] == 3 and (tmp_path / "fsdp" / "samples" / "0000002.png").exists()

@@ -1,24 +1,25 @@
 """Text-to-image training: the release's discrete timesteps, the loss by hand, buckets, and a real step."""
 
-
 import pytest
 import torch
+from test_text import gemma  # noqa: F401  (the tiny Gemma-2 fixture)
 from torchvision.io import write_png
 
 from pixeldit_cli.config import apply_overrides, load_preset
 from pixeldit_cli.train import train
 from pixeldit_cli.train.data import BucketStepSampler, CaptionDataset, aspect_buckets
 from pixeldit_cli.train.objective import t2i_draw, t2i_flow_loss, t2i_repa_loss, t2i_sigmas
-from test_text import gemma  # noqa: F401  (the tiny Gemma-2 fixture)
 
 
 def test_release_timesteps():
     s = t2i_sigmas(4.0)
-    assert int(1000 * s[100]) == 307      # docs/conventions.md#training: i = 100, s = 4 -> 307
+    assert int(1000 * s[100]) == 307  # docs/conventions.md#training: i = 100, s = 4 -> 307
     assert s[0] == 0 and int(1000 * t2i_sigmas(1.0)[999]) == 999
     noise, sig, ts, drop = t2i_draw(0, 3, range(50), (1, 2, 2), 0.1, 3.0)
-    assert (ts == ts.round()).all()                                  # integers, as the release casts
-    assert ((1000 * sig.double() - ts.double()) > -1e-3).all() and ((1000 * sig.double() - ts.double()) < 1 + 1e-3).all()
+    assert (ts == ts.round()).all()  # integers, as the release casts
+    assert ((1000 * sig.double() - ts.double()) > -1e-3).all() and (
+        (1000 * sig.double() - ts.double()) < 1 + 1e-3
+    ).all()
     assert ((sig >= 0) & (sig < 1)).all()
 
 
@@ -27,10 +28,13 @@ def test_t2i_loss_by_hand():
         def forward(self, x, t, y, return_patch_tokens_at=0):
             self.seen = (x, t, y)
             return torch.full_like(x, 0.2)
+
     net = Stub()
     x, noise = torch.tensor([0.5]).view(1, 1, 1, 1), torch.tensor([-1.0]).view(1, 1, 1, 1)
     text, null = torch.ones(1, 2, 3), torch.zeros(1, 2, 3)
-    total, flow, _ = t2i_flow_loss(net, x, text, null, torch.tensor([0.25]), torch.tensor([250.0]), noise, torch.tensor([True]))
+    total, flow, _ = t2i_flow_loss(
+        net, x, text, null, torch.tensor([0.25]), torch.tensor([250.0]), noise, torch.tensor([True])
+    )
     # x_σ = 0.75·0.5 + 0.25·(−1) = 0.125; target ε − x = −1.5; loss = (0.2 + 1.5)² = 2.89
     assert flow.item() == pytest.approx(2.89) and net.seen[0].item() == pytest.approx(0.125)
     assert net.seen[1].item() == 250.0 and torch.equal(net.seen[2], null)  # dropped caption -> "" embedding
@@ -48,7 +52,9 @@ def captions(root, sizes):
 
 
 def test_buckets_assign_every_image(tmp_path):
-    ds = CaptionDataset(captions(tmp_path / "c", [(32, 32), (16, 48), (48, 16), (32, 32)] * 2), 32, multi_aspect=True, patch=8)
+    ds = CaptionDataset(
+        captions(tmp_path / "c", [(32, 32), (16, 48), (48, 16), (32, 32)] * 2), 32, multi_aspect=True, patch=8
+    )
     assert len(ds.bucket_of) == 8
     for i, b in enumerate(ds.bucket_of):
         h, w = ds.buckets[b]
@@ -65,18 +71,43 @@ def test_buckets_assign_every_image(tmp_path):
 
 def test_t2i_training_steps(gemma, tmp_path):  # noqa: F811
     data = captions(tmp_path / "caps", [(16, 16)] * 8)
-    cfg = apply_overrides(load_preset("t2i512-stage1"), {
-        "model.name": "PixelDiT-T2I-S/4", "data.path": str(data), "data.resolution": 16, "data.num_workers": 0,
-        "train.global_batch": 4, "train.micro_batch": 2, "train.steps": 2, "train.repa_weight": 0.0,
-        "train.log_every": 1, "train.ckpt_every": 2, "train.sample_every": 2, "train.keep_every": 0,
-        "text.encoder": str(gemma), "sample.steps": 2})
+    cfg = apply_overrides(
+        load_preset("t2i512-stage1"),
+        {
+            "model.name": "PixelDiT-T2I-S/4",
+            "data.path": str(data),
+            "data.resolution": 16,
+            "data.num_workers": 0,
+            "train.global_batch": 4,
+            "train.micro_batch": 2,
+            "train.steps": 2,
+            "train.repa_weight": 0.0,
+            "train.log_every": 1,
+            "train.ckpt_every": 2,
+            "train.sample_every": 2,
+            "train.keep_every": 0,
+            "text.encoder": str(gemma),
+            "sample.steps": 2,
+        },
+    )
     # the registry's tiny T2I has 64-wide text; this Gemma gives 12: the width check must name both
     from pixeldit_cli.errors import PixelDiTError
+
     with pytest.raises(PixelDiTError, match="12-wide states but the checkpoint expects 64"):
         train(cfg, tmp_path / "run", progress=False)
     from pixeldit_cli.models import registry
-    registry.SIZES["T2I-TEST"] = dict(kind="t2i", patch_depth=1, pixel_depth=1, hidden_size=32, num_heads=2,
-                                      pixel_attn_hidden=24, pixel_heads=3, text_dim=12, text_len=6)
+
+    registry.SIZES["T2I-TEST"] = dict(
+        kind="t2i",
+        patch_depth=1,
+        pixel_depth=1,
+        hidden_size=32,
+        num_heads=2,
+        pixel_attn_hidden=24,
+        pixel_heads=3,
+        text_dim=12,
+        text_len=6,
+    )
     try:
         cfg = apply_overrides(cfg, {"model.name": "PixelDiT-T2I-TEST/4"})
         summary = train(cfg, tmp_path / "run", progress=False)

@@ -20,7 +20,7 @@ FAMILIES: dict[str, Family] = {f.kind: f for f in (ClassConditional(), TextToIma
 
 def family_of(config) -> Family:
     """The family of a ModelConfig (anything with `.kind`), a network (its `.config`), or a kind string."""
-    kind = config if isinstance(config, str) else getattr(getattr(config, "config", config), "kind")
+    kind = config if isinstance(config, str) else getattr(config, "config", config).kind
     try:
         return FAMILIES[kind]
     except KeyError:

@@ -1,28 +1,33 @@
 """The interface every model family implements (docs/conventions.md#families).
 
-Four groups of questions, one method each:
+Two groups of questions, each answered from explicit arguments (never a job object):
 
-* the network   — which class builds it, how many text tokens its attention sees;
-* the convention — the time the network is fed and how its output becomes the velocity x − ε of the
-  c2i convention (t = 1 data), in which the solvers integrate;
-* the commands  — a sampling job's or an edit's conditions as tensors, and what results.json says;
-* training      — the dataset, the per-sample draws and loss, the REPA target, the sample grid.
+* the convention — which network class it is, the time the network is fed and how its output becomes the
+  velocity x − ε of the c2i convention (t = 1 data), in which the solvers integrate; the null condition;
+* the commands  — the conditions of a sampling job or an edit as tensors, and what results.json says.
+
+The training side (dataset, loss, sample grid) is `train/recipes.py`. This layer imports no other part of
+the package but `errors` (and, inside the command hooks, `labels` and `text`), so the models can ask it.
 """
 
 import torch
 
+# The network class of each family, by name: registered by models/registry.py (the model layer owns the
+# classes; this layer must not import it, since ModelConfig checks its kind against FAMILIES).
+NETWORK_CLASSES: dict[str, type] = {}
+
 
 class Family:
-    kind: str = ""                 # ModelConfig.kind, stored in every checkpoint
-    title: str = ""                # for messages: "class-conditional"
-    release_preset: str = ""       # sampling defaults when neither --preset nor a stored training config
-    condition_flag: str = ""       # the command-line flag that conditions this family
-    streams: int = 1               # Linear stacks per patch block (MM-DiT: image and text)
-    architecture: str = ""         # the network's class name (HF-style folders' config.json)
+    kind: str = ""  # ModelConfig.kind, stored in every checkpoint
+    title: str = ""  # for messages: "class-conditional"
+    release_preset: str = ""  # sampling defaults when neither --preset nor a stored training config
+    condition_flag: str = ""  # the command-line flag that conditions this family
+    streams: int = 1  # Linear stacks per patch block (MM-DiT: image and text)
+    architecture: str = ""  # the network's class name (HF-style folders' config.json)
 
     # ---- the network ----------------------------------------------------------------------------------
     def network(self, config) -> torch.nn.Module:
-        raise NotImplementedError
+        return NETWORK_CLASSES[self.architecture](config)
 
     def text_tokens(self, config, text_len: int | None = None) -> int:
         """Condition tokens that join the patch-level attention (0 for a class embedding)."""
@@ -57,53 +62,36 @@ class Family:
     def check_request(self, classes, prompts) -> None:
         """One line for a condition of the other family (--prompt for a class model and vice versa)."""
 
-    def sample_conditions(self, model, job, device):
-        """The Conditions of a sampling job: labels by index, tensors by batch, grid labels, report."""
+    def class_ids(self, classes, model) -> tuple:
+        """--class values (ids or names) as ids; a family without a class table keeps them for check_request."""
+        return tuple(classes)
+
+    def sample_conditions(
+        self,
+        model,
+        device,
+        *,
+        classes=(),
+        mode="uniform",
+        n=0,
+        seed=0,
+        prompts=(),
+        negative_prompt="",
+        text_encoder_path="",
+    ):
+        """The Conditions of a sampling job: labels by global index, tensors by batch, grid labels, report.
+        (Checked already: `check_request` ran when the job was checked against the model.)"""
         raise NotImplementedError
 
     def edit_conditions(self, model, src: str, tgt: str, text_encoder: str, negative_prompt: str, device):
         """(cond_src, cond_tgt, uncond, source record, target record) for FlowEdit."""
         raise NotImplementedError
 
-    # ---- training ---------------------------------------------------------------------------------------
-    def training_data(self, cfg, mcfg):
-        """The training dataset of `data.path`."""
-        raise NotImplementedError
-
-    def step_sampler(self, ds, tc, rank: int, world: int, start_step: int):
-        raise NotImplementedError
-
-    def collate(self, batch):
-        raise NotImplementedError
-
-    def condition_encoder(self, cfg, mcfg, device):
-        """What turns raw conditions into network inputs during training (None: they already are)."""
-        return None
-
-    def repa_encoder(self, path: str) -> torch.nn.Module:
-        raise NotImplementedError
-
-    def loss(self, net, x, y, draw_at, encoder, tc, mcfg, device, repa):
-        """(total, flow, repa) for one micro-batch; draw_at = (seed, step, global slots)."""
-        raise NotImplementedError
-
-    def grid_conditions(self, ds, mcfg) -> list:
-        """The fixed conditions of the training sample grid."""
-        raise NotImplementedError
-
-    def grid_tensors(self, fixed: list, encoder, cfg, device):
-        """(cond, uncond) for the grid's conditions."""
-        raise NotImplementedError
-
-    def grid_layout(self, mcfg, class_names) -> tuple[int, list | None]:
-        """(images per row, column labels or None) of the training grid."""
-        raise NotImplementedError
-
 
 class Conditions:
     """The conditions of one sampling job, by global sample index (like the noise)."""
 
-    columns: int = 0               # distinct conditions cycled over indices (a labelled grid when ≤ 16)
+    columns: int = 0  # distinct conditions cycled over indices (a labelled grid when ≤ 16)
     column_labels: list = []
 
     def label(self, i: int) -> int:

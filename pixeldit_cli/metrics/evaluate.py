@@ -9,7 +9,6 @@ features are cached by (file hash, weights hash, feature version).
 import hashlib
 import sys
 import time
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -18,10 +17,10 @@ import torch
 
 from ..dist import device_report, dist_env, gather, init_distributed
 from ..errors import PixelDiTError
-from ..io import NpzWriter, ensure_writable_file, file_sha256
+from ..io import ensure_writable_file, file_sha256
+from ..npz import NpzImages, NpzWriter, open_images
 from ..progress import progress as progress_bar
 from .inception import load_inception
-from .npz import NpzImages, open_images
 from .scores import frechet_distance, inception_score, looks_sorted, precision_recall, statistics
 
 FEATURE_VERSION = "tf1-bilinear/x-128d128/pool3+mixed6d.1x1[:7]nhwc/v1"
@@ -60,7 +59,10 @@ def extract(source, net, batch_size: int = 64, device="cpu", progress=None, labe
     part["logits"] = np.concatenate(logits) if logits else None
     if world > 1:
         parts = gather(part, world)
-        part = {k: (np.concatenate([p[k] for p in parts if p[k] is not None]) if parts[0][k] is not None else None) for k in part}
+        part = {
+            k: (np.concatenate([p[k] for p in parts if p[k] is not None]) if parts[0][k] is not None else None)
+            for k in part
+        }
     return part
 
 
@@ -98,8 +100,10 @@ def reference_stats(path: Path, net, weights_hash: str, batch_size, device, cach
         for k, v in stored.items():
             if v is not None:
                 if v.shape != dims[k]:
-                    raise PixelDiTError(f"reference {path}: '{k}' has shape {v.shape}, expected {dims[k]}",
-                                        "ADM reference batches hold pool3 (2048) and sFID (2023) statistics")
+                    raise PixelDiTError(
+                        f"reference {path}: '{k}' has shape {v.shape}, expected {dims[k]}",
+                        "ADM reference batches hold pool3 (2048) and sFID (2023) statistics",
+                    )
                 if not np.isfinite(v).all():
                     raise PixelDiTError(f"reference {path}: '{k}' contains NaN or infinity")
                 out[k] = v.astype(np.float64)
@@ -107,7 +111,7 @@ def reference_stats(path: Path, net, weights_hash: str, batch_size, device, cach
             _check_images(src, f"reference {path}")
             feats = extract(src, net, batch_size, device, progress, "reference")
             out["pool3"] = feats["pool3"]  # precision/recall always use the reference images
-            if "mu" not in out:              # ADM: stored statistics win; otherwise measure the images
+            if "mu" not in out:  # ADM: stored statistics win; otherwise measure the images
                 out["mu"], out["sigma"] = statistics(feats["pool3"])
                 out["mu_s"], out["sigma_s"] = statistics(feats["spatial"])
         if cache is not None:
@@ -121,8 +125,18 @@ def reference_stats(path: Path, net, weights_hash: str, batch_size, device, cach
     return out, ref_hash
 
 
-def evaluate(samples, ref, inception=None, inception_sha256=None, batch_size: int = 64, pr_mode: str = "fp16",
-             fid_method: str = "scipy", cache_dir=None, device=None, progress=True) -> dict:
+def evaluate(
+    samples,
+    ref,
+    inception=None,
+    inception_sha256=None,
+    batch_size: int = 64,
+    pr_mode: str = "fp16",
+    fid_method: str = "scipy",
+    cache_dir=None,
+    device=None,
+    progress=True,
+) -> dict:
     """FID / sFID / IS / precision / recall of `samples` (npz or folder) against an ADM reference batch,
     with the reference's features cached by content hash. Rank 0 returns the result; other ranks {}."""
     rank, world, device = _device_setup(device)
@@ -147,18 +161,27 @@ def evaluate(samples, ref, inception=None, inception_sha256=None, batch_size: in
     res = {"n": int(len(src)), "resolution": list(src.shape[1:3])}
     ref_src = open_images(ref, require_images=False)
     if len(ref_src) and tuple(ref_src.shape[1:3]) != tuple(src.shape[1:3]):
-        notes.append(f"samples are {src.shape[2]}x{src.shape[1]} but the reference images are "
-                     f"{ref_src.shape[2]}x{ref_src.shape[1]}: both are resized to 299 for Inception, but FID across "
-                     "resolutions is not the paper's protocol")
+        notes.append(
+            f"samples are {src.shape[2]}x{src.shape[1]} but the reference images are "
+            f"{ref_src.shape[2]}x{ref_src.shape[1]}: both are resized to 299 for Inception, but FID across "
+            "resolutions is not the paper's protocol"
+        )
     t_scores = time.perf_counter()
     res.update(_scores(src, feats, r, stored_mu, fid_method, pr_mode, skipped, notes))
     notes.extend(_caveats(len(src), fid_method, time.perf_counter() - t_scores))
-    res.update({
-        "samples": str(samples), "reference": str(ref), "reference_sha256": ref_hash,
-        "inception": winfo, "protocol": _protocol(fid_method, pr_mode),
-        "skipped": skipped, "notes": notes, "seconds": round(time.perf_counter() - t0, 2),
-        **device_report(device, "fp32"),
-    })
+    res.update(
+        {
+            "samples": str(samples),
+            "reference": str(ref),
+            "reference_sha256": ref_hash,
+            "inception": winfo,
+            "protocol": _protocol(fid_method, pr_mode),
+            "skipped": skipped,
+            "notes": notes,
+            "seconds": round(time.perf_counter() - t0, 2),
+            **device_report(device, "fp32"),
+        }
+    )
     return res
 
 
@@ -166,13 +189,17 @@ def _caveats(n: int, fid_method: str, seconds: float) -> list[str]:
     """What a reader of the numbers must know: too few samples for FID, and the sqrtm's cost."""
     out = []
     if n < 2048:
-        out.append(f"N = {n} is below the 2048 dimensions of the pool3 features: the covariance is rank-deficient and "
-                   "FID is strongly biased upwards; it is comparable only to runs at the same N (papers use 50,000)")
+        out.append(
+            f"N = {n} is below the 2048 dimensions of the pool3 features: the covariance is rank-deficient and "
+            "FID is strongly biased upwards; it is comparable only to runs at the same N (papers use 50,000)"
+        )
     elif n < 10000:
         out.append(f"N = {n}: FID is biased upwards at small N (papers use 50,000); compare only runs at the same N")
     if fid_method == "scipy" and seconds > 10:
-        out.append(f"the scores took {seconds:.0f} s, mostly scipy's sqrtm (ADM's path, kept as the default for parity "
-                   "with ADM's evaluator); --sqrtm eigh gives the same FID to ~1e-6 relative in seconds")
+        out.append(
+            f"the scores took {seconds:.0f} s, mostly scipy's sqrtm (ADM's path, kept as the default for parity "
+            "with ADM's evaluator); --sqrtm eigh gives the same FID to ~1e-6 relative in seconds"
+        )
     return out
 
 
@@ -194,8 +221,11 @@ def _scores(src, feats, r, stored_mu, fid_method, pr_mode, skipped: dict, notes:
     if "mu_s" in r and ms1 is not None:
         res["sfid"] = frechet_distance(ms1, ss1, r["mu_s"], r["sigma_s"], method=fid_method)
     else:
-        skipped["sfid"] = "the reference lacks mu_s/sigma_s (and holds stored mu, so its images are not re-measured)" \
-            if "mu" in r else "no spatial statistics"
+        skipped["sfid"] = (
+            "the reference lacks mu_s/sigma_s (and holds stored mu, so its images are not re-measured)"
+            if "mu" in r
+            else "no spatial statistics"
+        )
     if feats["logits"] is not None:
         res["is"] = inception_score(feats["logits"])
         labels = src.array("arr_1") if isinstance(src, NpzImages) else None
@@ -206,16 +236,25 @@ def _scores(src, feats, r, stored_mu, fid_method, pr_mode, skipped: dict, notes:
     if "pool3" in r and len(r["pool3"]) > 3 and len(feats["pool3"]) > 3:
         res["precision"], res["recall"] = precision_recall(r["pool3"], feats["pool3"], mode=pr_mode)
     else:
-        skipped["precision/recall"] = "the reference holds no images (ADM uses its 10K arr_0)" if "pool3" not in r else "need more than 3 images on each side"
+        skipped["precision/recall"] = (
+            "the reference holds no images (ADM uses its 10K arr_0)"
+            if "pool3" not in r
+            else "need more than 3 images on each side"
+        )
     return res
 
 
 def _protocol(fid_method: str, pr_mode: str) -> dict:
     """What was computed, in words (results.json): enough to tell two evaluations apart."""
-    return {"resize": "TF1 bilinear to 299 (no half-pixel, no antialias)", "normalise": "(x - 128) / 128",
-            "fid": f"pool3, {fid_method} sqrtm", "sfid": "Mixed_6d.branch1x1[:7], NHWC",
-            "is": "1008 bias-free logits, 5000-image splits in order",
-            "precision_recall": f"k=3, tiles 10000, {pr_mode} distances", "feature_version": FEATURE_VERSION}
+    return {
+        "resize": "TF1 bilinear to 299 (no half-pixel, no antialias)",
+        "normalise": "(x - 128) / 128",
+        "fid": f"pool3, {fid_method} sqrtm",
+        "sfid": "Mixed_6d.branch1x1[:7], NHWC",
+        "is": "1008 bias-free logits, 5000-image splits in order",
+        "precision_recall": f"k=3, tiles 10000, {pr_mode} distances",
+        "feature_version": FEATURE_VERSION,
+    }
 
 
 def _is_reference_batch(path: Path) -> bool:
@@ -226,8 +265,17 @@ def _is_reference_batch(path: Path) -> bool:
         return False
 
 
-def make_reference(source, out, inception=None, inception_sha256=None, ref_images: int = 10000, batch_size: int = 64,
-                   force: bool = False, progress=True, device=None) -> dict:
+def make_reference(
+    source,
+    out,
+    inception=None,
+    inception_sha256=None,
+    ref_images: int = 10000,
+    batch_size: int = 64,
+    force: bool = False,
+    progress=True,
+    device=None,
+) -> dict:
     """An ADM reference batch: arr_0 = the first `ref_images` images, mu/sigma/mu_s/sigma_s over all of them.
 
     Under torchrun every rank runs Inception on its share; rank 0 writes the file, streaming arr_0."""
@@ -239,8 +287,10 @@ def make_reference(source, out, inception=None, inception_sha256=None, ref_image
     if out.resolve() == Path(source).resolve():  # --force must never turn the input into the output
         raise PixelDiTError(f"REF {out} is the source itself", "write the reference batch to another file")
     if force and out.exists() and not _is_reference_batch(out):
-        raise PixelDiTError(f"{out} exists and is not an ADM reference batch (mu, sigma)",
-                            "--force only replaces a reference batch: choose another REF; nothing was changed")
+        raise PixelDiTError(
+            f"{out} exists and is not an ADM reference batch (mu, sigma)",
+            "--force only replaces a reference batch: choose another REF; nothing was changed",
+        )
     rank, world, device = _device_setup(device)
     if rank == 0:
         ensure_writable_file(out, force, what="REF")  # before the feature pass, not after it
@@ -260,5 +310,10 @@ def make_reference(source, out, inception=None, inception_sha256=None, ref_image
             rows.write(batch)
         for name, v in (("mu", mu), ("sigma", sigma), ("mu_s", mu_s), ("sigma_s", sigma_s)):
             w.add(name, v)
-    return {"out": str(out), "images_in_arr_0": k, "statistics_over": len(src), "inception": winfo,
-            **device_report(device, "fp32")}
+    return {
+        "out": str(out),
+        "images_in_arr_0": k,
+        "statistics_over": len(src),
+        "inception": winfo,
+        **device_report(device, "fp32"),
+    }

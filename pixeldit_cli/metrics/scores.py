@@ -6,7 +6,6 @@ import numpy as np
 import scipy.linalg
 import torch
 
-
 #################################################################################
 #                          Statistics and Fréchet distance                      #
 #################################################################################
@@ -35,7 +34,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, method: str = 
     else:
         covmean = _sqrtm(s1 @ s2)
         if not np.isfinite(covmean).all():
-            warnings.warn(f"fid calculation produces singular product; adding {eps} to diagonal of cov estimates")
+            warnings.warn(
+                f"fid calculation produces singular product; adding {eps} to diagonal of cov estimates", stacklevel=2
+            )
             offset = np.eye(s1.shape[0]) * eps
             covmean = _sqrtm((s1 + offset) @ (s2 + offset))
         if np.iscomplexobj(covmean):
@@ -64,7 +65,7 @@ def inception_score(logits: np.ndarray, split_size: int = 5000) -> float:
     probs = torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), dim=1).numpy()
     scores = []
     for i in range(0, len(probs), split_size):
-        part = probs[i: i + split_size]
+        part = probs[i : i + split_size]
         kl = part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0)))
         scores.append(np.exp(np.mean(np.sum(kl, 1))))
     return float(np.mean(scores))
@@ -103,7 +104,9 @@ def knn_radii(feats: torch.Tensor, k: int = 3, tile: int = 10000, mode: str = "f
     """Squared distance to the k-th nearest neighbour (self included at distance 0), tile by tile."""
     out = []
     for i in range(0, len(feats), tile):
-        row = torch.cat([_sq_dists(feats[i: i + tile], feats[j: j + tile], mode) for j in range(0, len(feats), tile)], 1)
+        row = torch.cat(
+            [_sq_dists(feats[i : i + tile], feats[j : j + tile], mode) for j in range(0, len(feats), tile)], 1
+        )
         out.append(torch.kthvalue(row, k + 1, dim=1).values)
     return torch.cat(out)
 
@@ -113,8 +116,8 @@ def covered(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, ti
     hit = torch.zeros(len(points), dtype=torch.bool)
     for i in range(0, len(centres), tile):
         for j in range(0, len(points), tile):
-            d = _sq_dists(centres[i: i + tile], points[j: j + tile], mode)     # (centres, points)
-            hit[j: j + tile] |= (d <= radii[i: i + tile, None]).any(0)
+            d = _sq_dists(centres[i : i + tile], points[j : j + tile], mode)  # (centres, points)
+            hit[j : j + tile] |= (d <= radii[i : i + tile, None]).any(0)
     return hit
 
 

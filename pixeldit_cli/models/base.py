@@ -20,8 +20,8 @@ from .layers import pixel_sincos, pixel_tokens, rope_2d, unpatchify_pixels
 
 
 class Semantics(NamedTuple):
-    s: torch.Tensor                      # (B, L, D) patch tokens after the last patch block
-    t_emb: torch.Tensor                  # (B, 1, D) time embedding of this forward
+    s: torch.Tensor  # (B, L, D) patch tokens after the last patch block
+    t_emb: torch.Tensor  # (B, 1, D) time embedding of this forward
     aligned: torch.Tensor | None = None  # patch tokens after block `return_patch_tokens_at` (REPA)
 
 
@@ -58,12 +58,12 @@ class PixelDiTBase(nn.Module):
         B, C, H, W = x.shape
         p, L = self.config.patch_size, s.shape[1]
         rope_x, pos = self.pixel_tables(H, W, x.dtype, x.device)
-        s_cond = F.silu(t_emb + s).reshape(B * L, -1)                 # (B·L, D); no class / text term here
-        X = self.pixel_embedder(x.permute(0, 2, 3, 1)) + pos          # (B, H, W, d)
-        X = pixel_tokens(X, p)                                        # (B·L, p², d)
+        s_cond = F.silu(t_emb + s).reshape(B * L, -1)  # (B·L, D); no class / text term here
+        X = self.pixel_embedder(x.permute(0, 2, 3, 1)) + pos  # (B, H, W, d)
+        X = pixel_tokens(X, p)  # (B·L, p², d)
         for block in self.pixel_blocks:
             X = self._run(block, X, s_cond, B, rope_x)
-        return unpatchify_pixels(self.final_layer(X), B, H, W, p)     # (B, C, H, W)
+        return unpatchify_pixels(self.final_layer(X), B, H, W, p)  # (B, C, H, W)
 
     def forward(self, x, t, y, return_patch_tokens_at: int = 0):
         """The official forward. Optionally also the patch tokens after block `return_patch_tokens_at` (1-based; REPA)."""

@@ -2,28 +2,28 @@
 
 from dataclasses import asdict, dataclass, replace
 
+from ..families import FAMILIES
 from .layers import swiglu_hidden
-
 
 _ZERO_MEANS_DEFAULT = ("pixel_attn_hidden", "pixel_heads", "mlp_hidden")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    kind: str = "c2i"                 # the family (families/): "c2i" class-conditional, "t2i" text-to-image (MM-DiT)
+    kind: str = "c2i"  # the family (families/): "c2i" class-conditional, "t2i" text-to-image (MM-DiT)
     in_channels: int = 3
-    patch_size: int = 16              # p
-    hidden_size: int = 1152           # D, patch-level width
-    num_heads: int = 16               # patch-level heads
-    patch_depth: int = 26             # N
-    pixel_depth: int = 4              # M
-    pixel_hidden: int = 16            # d, per-pixel width
-    pixel_attn_hidden: int = 0        # A, width of the compacted pixel attention (0: = D, as c2i)
-    pixel_heads: int = 0              # heads of the pixel attention (0: = num_heads)
-    mlp_hidden: int = 0               # SwiGLU hidden (0: int(8D/3), as released)
-    num_classes: int = 1000           # c2i: the null class id is num_classes
-    text_dim: int = 2304              # t2i: Gemma-2 feature width
-    text_len: int = 300               # t2i: text window (learned positions)
+    patch_size: int = 16  # p
+    hidden_size: int = 1152  # D, patch-level width
+    num_heads: int = 16  # patch-level heads
+    patch_depth: int = 26  # N
+    pixel_depth: int = 4  # M
+    pixel_hidden: int = 16  # d, per-pixel width
+    pixel_attn_hidden: int = 0  # A, width of the compacted pixel attention (0: = D, as c2i)
+    pixel_heads: int = 0  # heads of the pixel attention (0: = num_heads)
+    mlp_hidden: int = 0  # SwiGLU hidden (0: int(8D/3), as released)
+    num_classes: int = 1000  # c2i: the null class id is num_classes
+    text_dim: int = 2304  # t2i: Gemma-2 feature width
+    text_len: int = 300  # t2i: text window (learned positions)
 
     def __post_init__(self):
         # Types and signs first: a config read from a file (safetensors metadata, config.json) can hold anything.
@@ -34,7 +34,9 @@ class ModelConfig:
             if f.type in (str, "str") and not isinstance(value, str):
                 raise ValueError(f"{name} must be a string, got {value!r}")
             if f.type in (int, "int") and value < (0 if name in _ZERO_MEANS_DEFAULT else 1):
-                raise ValueError(f"{name} must be {'0 or more' if name in _ZERO_MEANS_DEFAULT else 'positive'}, got {value}")
+                raise ValueError(
+                    f"{name} must be {'0 or more' if name in _ZERO_MEANS_DEFAULT else 'positive'}, got {value}"
+                )
         # Resolve the "same as" defaults once, so a stored config is explicit.
         if self.pixel_attn_hidden == 0:
             object.__setattr__(self, "pixel_attn_hidden", self.hidden_size)
@@ -43,8 +45,6 @@ class ModelConfig:
         if self.mlp_hidden == 0:
             object.__setattr__(self, "mlp_hidden", swiglu_hidden(self.hidden_size))
         problems = []
-        from ..families import FAMILIES
-
         if self.kind not in FAMILIES:
             problems.append(f"kind must be one of {', '.join(map(repr, FAMILIES))}, got {self.kind!r}")
         if self.hidden_size % self.num_heads:

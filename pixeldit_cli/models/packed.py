@@ -19,7 +19,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
 # Below ~50M multiply-adds per call the packed kernel's fixed cost wins over its faster inner loop (the
 # tiny CPU models' layers measured 0.6–0.95×): those calls keep F.linear.
 MIN_MACS = 50_000_000
@@ -40,8 +39,13 @@ class _PackedForward:
     def __call__(self, x):
         lin = self.linear
         small = (x.numel() // max(1, x.shape[-1])) * lin.in_features * lin.out_features < MIN_MACS
-        if small or x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or \
-                (torch.is_grad_enabled() and (x.requires_grad or lin.weight.requires_grad)):
+        if (
+            small
+            or x.dtype != torch.float32
+            or x.device.type != "cpu"
+            or torch.is_autocast_enabled("cpu")
+            or (torch.is_grad_enabled() and (x.requires_grad or lin.weight.requires_grad))
+        ):
             return F.linear(x, lin.weight, lin.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 

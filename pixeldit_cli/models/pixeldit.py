@@ -12,9 +12,9 @@ null class used for classifier-free guidance.
 """
 
 import torch
-import torch.utils.checkpoint
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from .base import PixelDiTBase, Semantics
 from .config import ModelConfig
@@ -30,7 +30,6 @@ from .layers import (
     patchify,
     rope_2d,
 )
-
 
 #################################################################################
 #                                Embedders                                      #
@@ -100,9 +99,7 @@ class PixelDiT(PixelDiTBase):
         self.t_embedder = TimestepEmbedder(D)
         self.y_embedder = LabelEmbedder(cfg.num_classes, D)
         self.final_layer = FinalLayer(d, C)
-        self.patch_blocks = nn.ModuleList(
-            [DiTBlock(D, cfg.num_heads, cfg.mlp_hidden) for _ in range(cfg.patch_depth)]
-        )
+        self.patch_blocks = nn.ModuleList([DiTBlock(D, cfg.num_heads, cfg.mlp_hidden) for _ in range(cfg.patch_depth)])
         self.pixel_blocks = nn.ModuleList(
             [PiTBlock(D, d, p * p, cfg.pixel_attn_hidden, cfg.pixel_heads) for _ in range(cfg.pixel_depth)]
         )
@@ -127,7 +124,9 @@ class PixelDiT(PixelDiTBase):
         key = ("patch", H, W, dtype, device)
         if key not in self._tables:
             with torch.inference_mode(False), torch.no_grad():  # usable by later training forwards
-                self._tables[key] = rope_2d(self.config.head_dim, H // self.config.patch_size, W // self.config.patch_size, device)
+                self._tables[key] = rope_2d(
+                    self.config.head_dim, H // self.config.patch_size, W // self.config.patch_size, device
+                )
         return self._tables[key]
 
     def semantics(self, x, t, y, return_patch_tokens_at: int = 0) -> Semantics:
@@ -135,9 +134,9 @@ class PixelDiT(PixelDiTBase):
         self._check_size(x)
         B, C, H, W = x.shape
         rope_s = self.patch_tables(H, W, x.dtype, x.device)
-        t_emb = self.time_embedding(t)                                # (B, 1, D)
-        c = F.silu(t_emb + self.y_embedder(y).unsqueeze(1))           # (B, 1, D) global condition
-        s = self.s_embedder(patchify(x, self.config.patch_size))      # (B, L, D)
+        t_emb = self.time_embedding(t)  # (B, 1, D)
+        c = F.silu(t_emb + self.y_embedder(y).unsqueeze(1))  # (B, 1, D) global condition
+        s = self.s_embedder(patchify(x, self.config.patch_size))  # (B, L, D)
         aligned = None
         for i, block in enumerate(self.patch_blocks, start=1):
             s = self._run(block, s, c, rope_s)

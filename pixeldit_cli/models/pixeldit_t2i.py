@@ -7,9 +7,9 @@ text positions are attended to (they carry real Gemma states).
 """
 
 import torch
-import torch.utils.checkpoint
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from .base import PixelDiTBase, Semantics
 from .config import ModelConfig
@@ -27,7 +27,6 @@ from .layers import (
     rope_2d,
 )
 from .pixeldit import PatchEmbedder
-
 
 #################################################################################
 #                                Text embedder                                  #
@@ -154,13 +153,13 @@ class PixelDiTT2I(PixelDiTBase):
         """The patch pathway: joint image/text attention (MM-DiT); the text never reaches the pixel pathway."""
         self._check_size(x)
         B, C, H, W = x.shape
-        y = y[:, : self.config.text_len]                              # the window: first text_len tokens
+        y = y[:, : self.config.text_len]  # the window: first text_len tokens
         Lt = y.shape[1]
         rope_s, rope_t = self.patch_tables(H, W, Lt, x.dtype, x.device)
-        t_emb = self.time_embedding(t)                                # (B, 1, D)
-        c = F.silu(t_emb)                                             # no pooled text
-        s = self.s_embedder(patchify(x, self.config.patch_size))      # (B, L, D)
-        u = self.y_embedder(y) + self.y_pos_embedding[:, :Lt]         # (B, Lt, D)
+        t_emb = self.time_embedding(t)  # (B, 1, D)
+        c = F.silu(t_emb)  # no pooled text
+        s = self.s_embedder(patchify(x, self.config.patch_size))  # (B, L, D)
+        u = self.y_embedder(y) + self.y_pos_embedding[:, :Lt]  # (B, Lt, D)
         aligned = None
         for i, block in enumerate(self.patch_blocks, start=1):
             s, u = self._run(block, s, u, c, rope_s, rope_t)

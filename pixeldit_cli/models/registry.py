@@ -3,25 +3,49 @@
 Any size takes any patch size after the slash (`PixelDiT-XL/8`, `PixelDiT-B/32`); without one, p = 16.
 """
 
+import contextlib
 import re
 
+import torch
 import torch.nn as nn
 
 from ..errors import PixelDiTError
+from ..families import family_of
+from ..families.base import NETWORK_CLASSES
 from .config import ModelConfig
+from .pixeldit import PixelDiT
+from .pixeldit_t2i import PixelDiTT2I
+
+NETWORK_CLASSES.update({cls.__name__: cls for cls in (PixelDiT, PixelDiTT2I)})  # a family names its class
 
 # patch depth N, pixel depth M, D, heads; d = 16 everywhere.
 SIZES = {
     "B": dict(patch_depth=12, pixel_depth=2, hidden_size=768, num_heads=12),
     "L": dict(patch_depth=22, pixel_depth=4, hidden_size=1024, num_heads=16),
     "XL": dict(patch_depth=26, pixel_depth=4, hidden_size=1152, num_heads=16),
-    "T2I": dict(kind="t2i", patch_depth=14, pixel_depth=2, hidden_size=1536, num_heads=24,
-                pixel_attn_hidden=1152, pixel_heads=16),
+    "T2I": dict(
+        kind="t2i",
+        patch_depth=14,
+        pixel_depth=2,
+        hidden_size=1536,
+        num_heads=24,
+        pixel_attn_hidden=1152,
+        pixel_heads=16,
+    ),
     # CPU sizes (not in the paper): the `smoke` preset and tests.
     "S": dict(patch_depth=4, pixel_depth=1, hidden_size=128, num_heads=4, num_classes=10),
     "XS": dict(patch_depth=2, pixel_depth=1, hidden_size=32, num_heads=2, num_classes=10),
-    "T2I-S": dict(kind="t2i", patch_depth=2, pixel_depth=1, hidden_size=64, num_heads=4,
-                  pixel_attn_hidden=48, pixel_heads=3, text_dim=64, text_len=32),
+    "T2I-S": dict(
+        kind="t2i",
+        patch_depth=2,
+        pixel_depth=1,
+        hidden_size=64,
+        num_heads=4,
+        pixel_attn_hidden=48,
+        pixel_heads=3,
+        text_dim=64,
+        text_len=32,
+    ),
 }
 
 _NAME = re.compile(r"^PixelDiT-([A-Za-z0-9-]+?)(?:/(\d+))?$")
@@ -49,8 +73,6 @@ def model_config(name: str, **overrides) -> ModelConfig:
 def build_model(config: ModelConfig | str, init: bool = True, **overrides) -> nn.Module:
     """A fresh network for a config or a registry name, with the official init unless init=False."""
     cfg = model_config(config, **overrides) if isinstance(config, str) else config
-    from ..families import family_of
-
     model = family_of(cfg).network(cfg)
     if init:
         model.initialize_weights()
@@ -68,12 +90,19 @@ def empty_model(config: ModelConfig) -> nn.Module:
     `nn.init.normal_` runs through torch's reference decompositions, whose first use imports all of
     torch._dynamo — two seconds of start-up for every command that loads a checkpoint.
     """
-    import contextlib
-
-    import torch
-
-    names = ("uniform_", "normal_", "trunc_normal_", "constant_", "xavier_uniform_", "xavier_normal_",
-             "kaiming_uniform_", "kaiming_normal_", "zeros_", "ones_", "orthogonal_")
+    names = (
+        "uniform_",
+        "normal_",
+        "trunc_normal_",
+        "constant_",
+        "xavier_uniform_",
+        "xavier_normal_",
+        "kaiming_uniform_",
+        "kaiming_normal_",
+        "zeros_",
+        "ones_",
+        "orthogonal_",
+    )
     saved = {n: getattr(nn.init, n) for n in names}
     with contextlib.ExitStack() as stack:
         stack.callback(lambda: [setattr(nn.init, n, f) for n, f in saved.items()])

@@ -7,15 +7,18 @@ process killed mid-write (even by SIGKILL) leaves the previous checkpoint intact
 """
 
 import os
+import pickle
 import re
+import signal
 from pathlib import Path
 
 import torch
 
-from ..convert import TRAIN_FORMAT
 from ..errors import PixelDiTError
 from ..folders import remove_stale_temporaries
 from ..io import atomic_file
+
+FORMAT = "pixeldit-train"  # the "format" entry of every training checkpoint (models/loading.py reads it)
 
 
 def _atomic_save(obj, path: Path):
@@ -28,8 +31,6 @@ def _atomic_save(obj, path: Path):
 def _test_kill_hook(f, name: str):
     """Tests only: PIXELDIT_TEST_KILL_IN_SAVE=0000004.pt SIGKILLs the process halfway through writing that file."""
     if os.environ.get("PIXELDIT_TEST_KILL_IN_SAVE") == name:
-        import signal
-
         f.truncate(max(1, f.tell() // 2))
         f.flush()
         os.kill(os.getpid(), signal.SIGKILL)
@@ -74,35 +75,47 @@ def find_resume(resume: str, out: Path):
 
 def load(path: Path) -> dict:
     """A training checkpoint, or one line saying exactly why this file is not one."""
-    import pickle
-
     path = Path(path)
     if path.is_dir():
         raise PixelDiTError(f"--resume {path} is a folder", "pass a checkpoint file such as OUT/checkpoints/last.pt")
     with open(path, "rb") as f:
         head = f.read(16)
     if len(head) >= 9 and head[8:9] == b"{":
-        raise PixelDiTError(f"{path} is a weights-only safetensors file, not a training checkpoint",
-                            "training resumes from OUT/checkpoints/*.pt (weights, optimizer, step, data position)")
+        raise PixelDiTError(
+            f"{path} is a weights-only safetensors file, not a training checkpoint",
+            "training resumes from OUT/checkpoints/*.pt (weights, optimizer, step, data position)",
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise PixelDiTError(f"{path} contains pickled code, which is refused",
-                                "pixeldit training checkpoints hold tensors and plain values only; is this file from elsewhere?") from None
-        raise PixelDiTError(f"checkpoint {path} is corrupt or truncated (unpickling failed)", _others_hint(path)) from None
+            raise PixelDiTError(
+                f"{path} contains pickled code, which is refused",
+                "pixeldit training checkpoints hold tensors and plain values only; is this file from elsewhere?",
+            ) from None
+        raise PixelDiTError(
+            f"checkpoint {path} is corrupt or truncated (unpickling failed)", _others_hint(path)
+        ) from None
     except Exception as e:  # truncated zip, garbage
-        raise PixelDiTError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__})", _others_hint(path)) from None
-    if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
-        raise PixelDiTError(f"{path} is not a pixeldit training checkpoint",
-                            "training resumes from OUT/checkpoints/*.pt; released weights cannot be resumed from")
+        raise PixelDiTError(
+            f"checkpoint {path} is corrupt or truncated ({type(e).__name__})", _others_hint(path)
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise PixelDiTError(
+            f"{path} is not a pixeldit training checkpoint",
+            "training resumes from OUT/checkpoints/*.pt; released weights cannot be resumed from",
+        )
     return state
 
 
 def _others_hint(path: Path) -> str:
     """Name the step checkpoints that are separate files (last.pt is a hard link to one of them)."""
     others = sorted(p.name for p in path.parent.glob("[0-9]*.pt") if not _same_file(p, path))
-    return f"other checkpoints: {', '.join(others[-3:])}; pass one with --resume PATH" if others else "start without --resume"
+    return (
+        f"other checkpoints: {', '.join(others[-3:])}; pass one with --resume PATH"
+        if others
+        else "start without --resume"
+    )
 
 
 def _same_file(a: Path, b: Path) -> bool:

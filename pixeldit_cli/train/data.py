@@ -18,12 +18,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..errors import PixelDiTError
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 #################################################################################
@@ -33,7 +45,7 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 
 def decode(data: bytes) -> torch.Tensor:
     """Encoded image bytes -> uint8 (3, H, W) RGB (gray and RGBA converted)."""
-    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.io import ImageReadMode, decode_image  # noqa: PLC0415 (heavy: only when used)
 
     return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
 
@@ -42,7 +54,6 @@ def adm_center_crop(img: torch.Tensor, res: int) -> torch.Tensor:
     """guided-diffusion's center_crop_arr on a uint8 (3, H, W) tensor; identity at the right size."""
     if img.shape[1] == res and img.shape[2] == res:
         return img
-    from PIL import Image
 
     pil = Image.fromarray(img.permute(1, 2, 0).numpy())
     while min(*pil.size) >= 2 * res:
@@ -51,7 +62,7 @@ def adm_center_crop(img: torch.Tensor, res: int) -> torch.Tensor:
     pil = pil.resize(tuple(round(x * scale) for x in pil.size), resample=Image.BICUBIC)
     arr = np.asarray(pil)
     top, left = (arr.shape[0] - res) // 2, (arr.shape[1] - res) // 2
-    return torch.from_numpy(arr[top: top + res, left: left + res].copy()).permute(2, 0, 1)
+    return torch.from_numpy(arr[top : top + res, left : left + res].copy()).permute(2, 0, 1)
 
 
 #################################################################################
@@ -63,7 +74,7 @@ def _read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         raw = f.read()
     ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -74,12 +85,16 @@ class FashionMNIST(torch.utils.data.Dataset):
         prefix = "train" if split == "train" else "t10k"
         img, lab = root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
         if not img.exists():
-            raise PixelDiTError(f"Fashion-MNIST is not installed ({img} is missing)",
-                                "apt-get install dataset-fashion-mnist (make demo does this)")
+            raise PixelDiTError(
+                f"Fashion-MNIST is not installed ({img} is missing)",
+                "apt-get install dataset-fashion-mnist (make demo does this)",
+            )
         self.images = torch.from_numpy(_read_idx(img).copy())  # (N, 28, 28) uint8
         self.labels = torch.from_numpy(_read_idx(lab).astype(np.int64))
         if resolution < 28:
-            raise PixelDiTError(f"Fashion-MNIST images are 28×28; resolution {resolution} is smaller", "use --data.resolution 32")
+            raise PixelDiTError(
+                f"Fashion-MNIST images are 28×28; resolution {resolution} is smaller", "use --data.resolution 32"
+            )
         self.pad = resolution - 28
         self.classes = FASHION_CLASSES
 
@@ -103,18 +118,28 @@ class ImageFolder(torch.utils.data.Dataset):
             raise PixelDiTError(f"dataset directory {root} does not exist", "check --data.path")
         self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
         if not self.classes:
-            raise PixelDiTError(f"dataset directory {root} has no class subfolders", "lay it out as ROOT/<class>/<image>.png")
+            raise PixelDiTError(
+                f"dataset directory {root} has no class subfolders", "lay it out as ROOT/<class>/<image>.png"
+            )
         if num_classes is not None and len(self.classes) != num_classes:
-            raise PixelDiTError(f"{root} has {len(self.classes)} class folders but the model has {num_classes} classes",
-                                f"set --model.num_classes {len(self.classes)} or fix the folder")
-        self.items = [(p, k) for k, c in enumerate(self.classes) for p in sorted((root / c).rglob("*"))
-                      if p.suffix.lower() in IMAGE_EXT]
+            raise PixelDiTError(
+                f"{root} has {len(self.classes)} class folders but the model has {num_classes} classes",
+                f"set --model.num_classes {len(self.classes)} or fix the folder",
+            )
+        self.items = [
+            (p, k)
+            for k, c in enumerate(self.classes)
+            for p in sorted((root / c).rglob("*"))
+            if p.suffix.lower() in IMAGE_EXT
+        ]
         if not self.items:
             raise PixelDiTError(f"dataset directory {root} holds no images ({', '.join(sorted(IMAGE_EXT))})")
         self.resolution = resolution
         empty = [p for p, _ in self.items if p.stat().st_size == 0]  # one stat each: cheap even for ImageNet
         if empty:
-            raise PixelDiTError(f"{len(empty)} empty image file(s) in {root}, e.g. {empty[0]}", "remove them, or re-copy the data set")
+            raise PixelDiTError(
+                f"{len(empty)} empty image file(s) in {root}, e.g. {empty[0]}", "remove them, or re-copy the data set"
+            )
         _check_sizes([p for p, _ in self.items[:: max(1, len(self.items) // 64)]], resolution)
 
     @property
@@ -129,7 +154,9 @@ class ImageFolder(torch.utils.data.Dataset):
         try:
             img = decode(path.read_bytes())
         except (RuntimeError, OSError) as e:
-            raise PixelDiTError(f"image {path} cannot be decoded ({str(e).splitlines()[0][:80]})", "remove or replace it") from None
+            raise PixelDiTError(
+                f"image {path} cannot be decoded ({str(e).splitlines()[0][:80]})", "remove or replace it"
+            ) from None
         return adm_center_crop(_checked(img, path, self.resolution), self.resolution), label
 
 
@@ -146,11 +173,15 @@ class EDM2Dataset(torch.utils.data.Dataset):
             raise PixelDiTError(f"{self.path} holds no images")
         missing = [n for n in self.items if n not in labels]
         if missing:
-            raise PixelDiTError(f"{self.path}: {len(missing)} images have no label in dataset.json (first: {missing[0]})")
+            raise PixelDiTError(
+                f"{self.path}: {len(missing)} images have no label in dataset.json (first: {missing[0]})"
+            )
         self.labels = [int(labels[n]) for n in self.items]
         n_cls = max(self.labels) + 1
         if num_classes is not None and max(self.labels) >= num_classes:
-            raise PixelDiTError(f"{self.path} has labels up to {max(self.labels)} but the model has {num_classes} classes")
+            raise PixelDiTError(
+                f"{self.path} has labels up to {max(self.labels)} but the model has {num_classes} classes"
+            )
         self.classes = [str(i) for i in range(num_classes or n_cls)]
         for n in self.items[:: max(1, len(self.items) // 64)]:
             _checked(decode(self._read(n)), f"{self.path}:{n}", resolution)
@@ -183,30 +214,36 @@ class EDM2Dataset(torch.utils.data.Dataset):
 
 def _checked(img, where, res):
     if min(img.shape[1:]) < res:
-        raise PixelDiTError(f"image {where} is {img.shape[2]}×{img.shape[1]}, smaller than the resolution {res}",
-                            "remove it or train at a lower --data.resolution")
+        raise PixelDiTError(
+            f"image {where} is {img.shape[2]}×{img.shape[1]}, smaller than the resolution {res}",
+            "remove it or train at a lower --data.resolution",
+        )
     return img
 
 
 def _check_sizes(paths, res):
-    from PIL import Image
-
     for p in paths:
         try:
             with Image.open(p) as im:
                 size = im.size
         except (OSError, SyntaxError, ValueError) as e:
-            raise PixelDiTError(f"image {p} is not readable ({str(e).splitlines()[0][:80]})", "remove or replace it") from None
+            raise PixelDiTError(
+                f"image {p} is not readable ({str(e).splitlines()[0][:80]})", "remove or replace it"
+            ) from None
         if min(size) < res:
-            raise PixelDiTError(f"image {p} is {size[0]}×{size[1]}, smaller than the resolution {res}",
-                                "remove it or train at a lower --data.resolution")
+            raise PixelDiTError(
+                f"image {p} is {size[0]}×{size[1]}, smaller than the resolution {res}",
+                "remove it or train at a lower --data.resolution",
+            )
 
 
 def open_dataset(path: str, resolution: int, num_classes: int | None = None, split: str = "train"):
     if path == "fashion-mnist":
         return FashionMNIST(split, resolution)
     if not path:
-        raise PixelDiTError("no dataset given", "pass --data.path DIR (ImageFolder or EDM2 zip/folder), or fashion-mnist")
+        raise PixelDiTError(
+            "no dataset given", "pass --data.path DIR (ImageFolder or EDM2 zip/folder), or fashion-mnist"
+        )
     p = Path(path)
     if not p.exists():
         raise PixelDiTError(f"dataset {p} does not exist", "check --data.path")
@@ -228,13 +265,25 @@ class StepSampler(torch.utils.data.Sampler):
     r·G/W … (r + 1)·G/W − 1 of each step, cut into micro-batches. The data position is the step alone.
     """
 
-    def __init__(self, n: int, global_batch: int, micro_batch: int, rank: int, world: int, seed: int, start_step: int, total_steps: int):
+    def __init__(
+        self,
+        n: int,
+        global_batch: int,
+        micro_batch: int,
+        rank: int,
+        world: int,
+        seed: int,
+        start_step: int,
+        total_steps: int,
+    ):
         self.n, self.G, self.mb, self.rank, self.world = n, global_batch, micro_batch, rank, world
         self.seed, self.start, self.total = seed, start_step, total_steps
         self.per_epoch = n // global_batch
         if self.per_epoch == 0:
-            raise PixelDiTError(f"the dataset has {n} images, fewer than one global batch of {global_batch}",
-                                "lower --train.global_batch")
+            raise PixelDiTError(
+                f"the dataset has {n} images, fewer than one global batch of {global_batch}",
+                "lower --train.global_batch",
+            )
         self._perm_epoch, self._perm = None, None
 
     def perm(self, epoch: int):
@@ -249,13 +298,13 @@ class StepSampler(torch.utils.data.Sampler):
         epoch, pos = divmod(step, self.per_epoch)
         base = pos * self.G + self.rank * per_rank
         perm = self.perm(epoch)
-        return list(range(self.rank * per_rank, (self.rank + 1) * per_rank)), perm[base: base + per_rank]
+        return list(range(self.rank * per_rank, (self.rank + 1) * per_rank)), perm[base : base + per_rank]
 
     def __iter__(self):
         for step in range(self.start, self.total):
             _, idx = self.slots(step)
             for k in range(0, len(idx), self.mb):
-                yield idx[k: k + self.mb]
+                yield idx[k : k + self.mb]
 
     def __len__(self):
         return (self.total - self.start) * math.ceil(self.G // self.world / self.mb)
@@ -283,7 +332,7 @@ def aspect_buckets(res: int, p: int = 16, ratios=(0.5, 0.5625, 0.6667, 0.75, 0.8
 
 def resize_center_crop(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """The T2I pipeline: bilinear resize so the image covers (h, w), then a centre crop."""
-    from torchvision.transforms.v2.functional import center_crop, resize
+    from torchvision.transforms.v2.functional import center_crop, resize  # noqa: PLC0415 (heavy: only when used)
 
     H, W = img.shape[1:]
     scale = max(h / H, w / W)
@@ -303,7 +352,9 @@ class CaptionDataset(torch.utils.data.Dataset):
             self.items = [(path.parent / r["image"], str(r["caption"])) for r in rows]
         elif path.is_dir():
             imgs = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXT)
-            self.items = [(p, p.with_suffix(".txt").read_text().strip()) for p in imgs if p.with_suffix(".txt").exists()]
+            self.items = [
+                (p, p.with_suffix(".txt").read_text().strip()) for p in imgs if p.with_suffix(".txt").exists()
+            ]
         else:
             raise PixelDiTError(f"{path} is neither a folder of images with .txt captions nor a .jsonl manifest")
         if not self.items:
@@ -311,12 +362,16 @@ class CaptionDataset(torch.utils.data.Dataset):
         self.resolution = resolution
         self.buckets = aspect_buckets(resolution, patch) if multi_aspect else [(resolution, resolution)]
         self.bucket_of = []
-        from PIL import Image
 
         for p, _ in self.items:  # assign every image to the bucket nearest its aspect ratio (log scale)
             with Image.open(p) as im:
                 w, h = im.size
-            self.bucket_of.append(min(range(len(self.buckets)), key=lambda b: abs(math.log(h / w) - math.log(self.buckets[b][0] / self.buckets[b][1]))))
+            self.bucket_of.append(
+                min(
+                    range(len(self.buckets)),
+                    key=lambda b: abs(math.log(h / w) - math.log(self.buckets[b][0] / self.buckets[b][1])),
+                )
+            )
 
     def __len__(self):
         return len(self.items)
@@ -338,8 +393,10 @@ class BucketStepSampler(StepSampler):
         super().__init__(len(self.bucket_of), global_batch, micro_batch, rank, world, seed, start_step, total_steps)
         self.per_epoch = int(sum(int(c) // global_batch for c in np.bincount(self.bucket_of)))
         if self.per_epoch == 0:
-            raise PixelDiTError(f"no aspect-ratio bucket holds a full global batch of {global_batch} images",
-                                "lower --train.global_batch or add images")
+            raise PixelDiTError(
+                f"no aspect-ratio bucket holds a full global batch of {global_batch} images",
+                "lower --train.global_batch or add images",
+            )
         self._batches_epoch, self._batches = None, None
 
     def batches(self, epoch: int):
@@ -348,7 +405,7 @@ class BucketStepSampler(StepSampler):
             out = []
             for b in sorted(set(self.bucket_of)):
                 members = [i for i in perm if self.bucket_of[i] == b]
-                out += [members[k: k + self.G] for k in range(0, len(members) - self.G + 1, self.G)]
+                out += [members[k : k + self.G] for k in range(0, len(members) - self.G + 1, self.G)]
             order = torch.randperm(len(out), generator=torch.Generator().manual_seed(self.seed + epoch + 7919)).tolist()
             self._batches, self._batches_epoch = [out[k] for k in order], epoch
         return self._batches
@@ -357,7 +414,9 @@ class BucketStepSampler(StepSampler):
         per_rank = self.G // self.world
         epoch, pos = divmod(step, self.per_epoch)
         batch = self.batches(epoch)[pos]
-        return list(range(self.rank * per_rank, (self.rank + 1) * per_rank)), batch[self.rank * per_rank: (self.rank + 1) * per_rank]
+        return list(range(self.rank * per_rank, (self.rank + 1) * per_rank)), batch[
+            self.rank * per_rank : (self.rank + 1) * per_rank
+        ]
 
 
 def collate_captions(batch):

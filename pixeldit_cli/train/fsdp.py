@@ -11,7 +11,7 @@ import torch.nn as nn
 
 
 def shard(model: nn.Module, ema: nn.Module, projector: nn.Module | None):
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard  # noqa: PLC0415 (heavy: only when used)
 
     for net in (model, ema):
         for block in [*net.patch_blocks, *net.pixel_blocks]:
@@ -26,23 +26,30 @@ def _names(mods: nn.ModuleDict) -> list[str]:
 
 
 def index_to_names(osd: dict, names: list[str]) -> dict:
-    return {"state": {names[int(i)]: v for i, v in osd["state"].items()},
-            "param_groups": [dict(g, params=[names[int(i)] for i in g["params"]]) for g in osd["param_groups"]]}
+    return {
+        "state": {names[int(i)]: v for i, v in osd["state"].items()},
+        "param_groups": [dict(g, params=[names[int(i)] for i in g["params"]]) for g in osd["param_groups"]],
+    }
 
 
 def names_to_index(osd: dict, names: list[str]) -> dict:
     pos = {n: i for i, n in enumerate(names)}
-    return {"state": {pos[n]: v for n, v in osd["state"].items()},
-            "param_groups": [dict(g, params=[pos[n] for n in g["params"]]) for g in osd["param_groups"]]}
+    return {
+        "state": {pos[n]: v for n, v in osd["state"].items()},
+        "param_groups": [dict(g, params=[pos[n] for n in g["params"]]) for g in osd["param_groups"]],
+    }
 
 
 def full_state(model, ema, projector, opt, mods: nn.ModuleDict) -> dict:
     """Full model / EMA / projector / optimizer state on rank 0 (others get empty dicts). Collective."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict  # noqa: PLC0415 (heavy: only when used)
 
     o = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    out = {"model": get_model_state_dict(model, options=o), "ema": get_model_state_dict(ema, options=o),
-           "projector": get_model_state_dict(projector, options=o) if projector is not None else {}}
+    out = {
+        "model": get_model_state_dict(model, options=o),
+        "ema": get_model_state_dict(ema, options=o),
+        "projector": get_model_state_dict(projector, options=o) if projector is not None else {},
+    }
     osd = get_optimizer_state_dict(mods, opt, options=o)
     out["optimizer"] = names_to_index(osd, _names(mods)) if osd else {}
     return out
@@ -50,10 +57,11 @@ def full_state(model, ema, projector, opt, mods: nn.ModuleDict) -> dict:
 
 def load_optimizer(opt, mods: nn.ModuleDict, osd: dict):
     """An index-keyed full optimizer state into a sharded optimizer."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict  # noqa: PLC0415 (heavy: only when used)
 
-    set_optimizer_state_dict(mods, opt, optim_state_dict=index_to_names(osd, _names(mods)),
-                             options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(
+        mods, opt, optim_state_dict=index_to_names(osd, _names(mods)), options=StateDictOptions(full_state_dict=True)
+    )
 
 
 def as_full(t: torch.Tensor) -> torch.Tensor:

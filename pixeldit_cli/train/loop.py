@@ -8,11 +8,12 @@ of step s is a function of (seed, s) (StepSampler), and every random draw of a s
 
 The file reads as the run's stages: setup (networks, optimizer, data, bookkeeping; resuming is part of
 each), step, log, save, sample; `train` at the bottom strings them together. What differs between the
-families (data, draws and loss, the grid) is asked of the family object (pixeldit_cli/families).
+families (data, draws and loss, the grid) is asked of the family's recipe (train/recipes.py).
 """
 
 import contextlib
 import copy
+import importlib.util
 import json
 import time
 from dataclasses import dataclass, field
@@ -20,17 +21,24 @@ from pathlib import Path
 
 import torch
 
+from .. import __version__
 from ..config import Config, to_yaml
+from ..dist import barrier, init_distributed
 from ..errors import PixelDiTError
 from ..families import family_of
-from .. import __version__
+from ..flops import analytic_flops, matmul_rate
 from ..folders import MARKER, claim, lock, marker_format, read_marker
 from ..io import append_line, ensure_writable_dir, write_grid, write_json, write_text
+from ..memory import check_train_fits
 from ..models.registry import build_model, count_params, model_config
-from ..dist import barrier, init_distributed
-from ..solvers import noise_for, solve, to_uint8
-from . import checkpoint
+from ..plot import plot_metrics
+from ..progress import progress as bar_of
+from ..solvers import SOLVERS, noise_for, solve, to_uint8
+from ..text import resolve_pretrained
+from ..validate import finite, positive
+from . import checkpoint, fsdp
 from .objective import Projector, flip_mask
+from .recipes import recipe_for
 
 
 def lr_at(tc, step: int) -> float:
@@ -59,10 +67,12 @@ def make_optimizer(params, tc, device, fused: bool = True):
     stays exact."""
     if tc.optimizer == "came":
         try:
-            from came_pytorch import CAME
+            from came_pytorch import CAME  # noqa: PLC0415 (optional)
         except ImportError:
-            raise PixelDiTError("train.optimizer came needs the came-pytorch package",
-                                "pip install came-pytorch, or --train.optimizer adamw") from None
+            raise PixelDiTError(
+                "train.optimizer came needs the came-pytorch package",
+                "pip install came-pytorch, or --train.optimizer adamw",
+            ) from None
         return CAME(params, lr=tc.lr, betas=(0.9, 0.999, 0.9999), eps=(1e-30, 1e-16), weight_decay=tc.weight_decay)
     kw = dict(lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, eps=1e-8)
     try:
@@ -80,11 +90,8 @@ def ema_update(ema_params, params, decay: float):
 
 def _plot(out: Path) -> None:
     """loss.png beside metrics.jsonl at every checkpoint, when matplotlib is installed (never fatal)."""
-    import importlib.util
-
     if importlib.util.find_spec("matplotlib") is None:
         return
-    from ..plot import plot_metrics
 
     try:
         plot_metrics(out)
@@ -97,9 +104,11 @@ def _tensorboard(cfg: Config, out: Path, rank: int):
     if not cfg.train.tensorboard or rank != 0:
         return None
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 (heavy: only when used)
     except ImportError:
-        raise PixelDiTError("train.tensorboard needs the tensorboard package", "pip install 'pixeldit[tensorboard]'") from None
+        raise PixelDiTError(
+            "train.tensorboard needs the tensorboard package", "pip install 'pixeldit[tensorboard]'"
+        ) from None
     return SummaryWriter(str(out / "tensorboard"))
 
 
@@ -121,13 +130,20 @@ def trim_metrics(path: Path, step: int) -> None:
 
 def validate(cfg: Config, world: int):
     """Every value of the resolved config that could fail later, checked before any work."""
-    from ..validate import finite, positive
-
     tc, sc = cfg.train, cfg.sample
     for name in ("log_every", "ckpt_every", "max_nonfinite"):
         if getattr(tc, name) < 1:
             raise PixelDiTError(f"train.{name} must be at least 1, got {getattr(tc, name)}")
-    for name in ("sample_every", "keep_last", "keep_every", "warmup_steps", "lr_drop_step", "grad_clip_drop_step", "seed", "repa_width"):
+    for name in (
+        "sample_every",
+        "keep_last",
+        "keep_every",
+        "warmup_steps",
+        "lr_drop_step",
+        "grad_clip_drop_step",
+        "seed",
+        "repa_width",
+    ):
         if getattr(tc, name) < 0:
             raise PixelDiTError(f"train.{name} must be 0 or more, got {getattr(tc, name)}")
     positive("train.lr", tc.lr)
@@ -144,7 +160,6 @@ def validate(cfg: Config, world: int):
         raise PixelDiTError(f"train.precision must be fp32 or bf16, got {tc.precision!r}")
     if cfg.data.resolution < 1 or cfg.data.num_workers < 0:
         raise PixelDiTError("data.resolution must be positive and data.num_workers 0 or more")
-    from ..solvers import SOLVERS
 
     if sc.solver not in SOLVERS:
         raise PixelDiTError(f"sample.solver {sc.solver!r} is unknown", f"use one of {', '.join(SOLVERS)}")
@@ -162,7 +177,8 @@ def validate(cfg: Config, world: int):
     if tc.global_batch % (world * tc.micro_batch):
         raise PixelDiTError(
             f"global batch {tc.global_batch} is not divisible by world size {world} × micro-batch {tc.micro_batch}",
-            "choose --train.global_batch / --train.micro_batch so that global = world × micro × accumulation")
+            "choose --train.global_batch / --train.micro_batch so that global = world × micro × accumulation",
+        )
     if tc.optimizer not in ("adamw", "came"):
         raise PixelDiTError(f"optimizer {tc.optimizer!r} is not available", "use adamw or came")
     if not 0 <= tc.cond_drop < 1:
@@ -183,47 +199,46 @@ class TrainRun:
     rank: int
     world: int
     device: torch.device
-    mcfg: object                       # ModelConfig
-    family: object                     # families.Family
-    autocast: object = None            # torch.bfloat16 on CUDA with train.precision bf16, else None (fp32)
+    mcfg: object  # ModelConfig
+    recipe: object  # train.recipes.Recipe: the family's data, loss and grid
+    autocast: object = None  # torch.bfloat16 on CUDA with train.precision bf16, else None (fp32)
     step: int = 0
-    skipped: int = 0                   # non-finite steps skipped so far
+    skipped: int = 0  # non-finite steps skipped so far
     in_a_row: int = 0
     use_fsdp: bool = False
     # built by setup
-    tb: object = None                  # TensorBoard writer (train.tensorboard, rank 0)
-    cond_encoder: object = None        # what turns training conditions into network inputs (T2I: Gemma-2)
+    tb: object = None  # TensorBoard writer (train.tensorboard, rank 0)
+    cond_encoder: object = None  # what turns training conditions into network inputs (T2I: Gemma-2)
     ds: object = None
     model: torch.nn.Module = None
     ema: torch.nn.Module = None
-    net: torch.nn.Module = None        # model, wrapped (DDP) and compiled as asked: what the loss calls
-    repa: torch.nn.Module = None       # frozen DINOv2 (REPA on)
+    net: torch.nn.Module = None  # model, wrapped (DDP) and compiled as asked: what the loss calls
+    repa: torch.nn.Module = None  # frozen DINOv2 (REPA on)
     projector: torch.nn.Module = None
-    mods: torch.nn.Module = None       # what the optimizer trains: network + projector
+    mods: torch.nn.Module = None  # what the optimizer trains: network + projector
     params: list = None
     opt: object = None
     sampler: object = None
     loader: object = None
-    per_rank: int = 0                  # images per process per step
-    accum: int = 0                     # micro-batches per process per step
+    per_rank: int = 0  # images per process per step
+    accum: int = 0  # micro-batches per process per step
     flops_per_image: float = 0.0
-    peak_rate: float = 1.0             # FLOP/s of this device's own matmul
+    peak_rate: float = 1.0  # FLOP/s of this device's own matmul
     class_names: list = field(default_factory=list)
-    fixed: list = None                 # the sample grid's conditions
+    fixed: list = None  # the sample grid's conditions
     fixed_noise: torch.Tensor = None
 
 
 def _check_before_building(cfg: Config, mcfg, world: int, device) -> None:
     """What used to fail only after the network was built (17-38 s for XL/16): the encoders the run needs
     exist, and the training state fits in memory (memory.check_train_fits)."""
-    from ..memory import check_train_fits
-    from ..text import resolve_pretrained
-
     tc = cfg.train
     if tc.repa_weight > 0:
         if not tc.repa_encoder:
-            raise PixelDiTError("REPA is on but no DINOv2 encoder was given",
-                                "pass --repa-encoder DIR (a local facebook/dinov2-base), or --train.repa_weight 0")
+            raise PixelDiTError(
+                "REPA is on but no DINOv2 encoder was given",
+                "pass --repa-encoder DIR (a local facebook/dinov2-base), or --train.repa_weight 0",
+            )
         resolve_pretrained("REPA encoder", tc.repa_encoder, "pass the folder of a saved Dinov2Model")
     if family_of(mcfg).condition_flag == "--prompt" and cfg.text.encoder:
         resolve_pretrained("text encoder", cfg.text.encoder, "pass the folder of Gemma-2-2b-it")
@@ -234,8 +249,12 @@ def _check_before_building(cfg: Config, mcfg, world: int, device) -> None:
 def _legacy_run(folder: Path, marker) -> bool:
     """A run folder made before run.json existed: config.yaml beside checkpoints/ with pixeldit's names."""
     ck = folder / "checkpoints"
-    return marker is None and (folder / "config.yaml").is_file() and ck.is_dir() and \
-        any(checkpoint.STEP_NAME.match(p.name) or p.name == "last.pt" for p in ck.iterdir())
+    return (
+        marker is None
+        and (folder / "config.yaml").is_file()
+        and ck.is_dir()
+        and any(checkpoint.STEP_NAME.match(p.name) or p.name == "last.pt" for p in ck.iterdir())
+    )
 
 
 def _same_run(state: dict, cfg: Config, path) -> None:
@@ -244,8 +263,10 @@ def _same_run(state: dict, cfg: Config, path) -> None:
     for key in ("seed", "global_batch"):
         was, now = before.get(key), getattr(cfg.train, key)
         if was is not None and was != now:
-            raise PixelDiTError(f"{path} was trained with train.{key} {was}; this command asks for {now}",
-                                f"resume with --train.{key} {was}, or start a new run in another --out")
+            raise PixelDiTError(
+                f"{path} was trained with train.{key} {was}; this command asks for {now}",
+                f"resume with --train.{key} {was}, or start a new run in another --out",
+            )
 
 
 def setup(cfg: Config, out: Path, resume: str, stack=None) -> tuple[TrainRun, object]:
@@ -256,14 +277,26 @@ def setup(cfg: Config, out: Path, resume: str, stack=None) -> tuple[TrainRun, ob
     validate(cfg, world)
     mcfg = model_config(cfg.model.name, num_classes=cfg.model.num_classes)
     if cfg.data.resolution % mcfg.patch_size:
-        raise PixelDiTError(f"data.resolution {cfg.data.resolution} is not a multiple of the patch size {mcfg.patch_size}")
+        raise PixelDiTError(
+            f"data.resolution {cfg.data.resolution} is not a multiple of the patch size {mcfg.patch_size}"
+        )
     if tc.repa_weight > 0 and not 1 <= tc.repa_block <= mcfg.patch_depth:
         raise PixelDiTError(f"train.repa_block {tc.repa_block} is outside 1..{mcfg.patch_depth}")
     _check_before_building(cfg, mcfg, world, device)
-    run = TrainRun(cfg, out, rank, world, device, mcfg, family_of(mcfg),
-                   autocast=torch.bfloat16 if (device.type == "cuda" and tc.precision == "bf16") else None)
+    run = TrainRun(
+        cfg,
+        out,
+        rank,
+        world,
+        device,
+        mcfg,
+        recipe_for(mcfg),
+        autocast=torch.bfloat16 if (device.type == "cuda" and tc.precision == "bf16") else None,
+    )
     if resume in ("", "none") and (out / "checkpoints" / "last.pt").exists():
-        raise PixelDiTError(f"{out} already holds a training run", "continue it with --resume auto, or choose another --out")
+        raise PixelDiTError(
+            f"{out} already holds a training run", "continue it with --resume auto, or choose another --out"
+        )
     if rank == 0:  # before the dataset and the encoders load
         claim(out, "train", legacy=_legacy_run)  # never into a folder of someone else's files
         ensure_writable_dir(out)
@@ -276,11 +309,13 @@ def setup(cfg: Config, out: Path, resume: str, stack=None) -> tuple[TrainRun, ob
     if note and rank == 0:
         print(f"note: {note}", flush=True)
     if state is not None and state["model_config"] != mcfg.to_dict():
-        raise PixelDiTError(f"{resume_path} was trained with another architecture", "use the run's own preset, or another --out")
+        raise PixelDiTError(
+            f"{resume_path} was trained with another architecture", "use the run's own preset, or another --out"
+        )
     if state is not None:
         _same_run(state, cfg, resume_path)
-    run.cond_encoder = run.family.condition_encoder(cfg, mcfg, device)
-    run.ds = run.family.training_data(cfg, mcfg)
+    run.cond_encoder = run.recipe.condition_encoder(cfg, mcfg, device)
+    run.ds = run.recipe.training_data(cfg, mcfg)
     build_networks(run, state)
     build_optimizer(run, state)
     build_loader(run)
@@ -298,7 +333,7 @@ def build_networks(run: TrainRun, state) -> None:
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     repa = projector = None
     if tc.repa_weight > 0:
-        repa = run.family.repa_encoder(tc.repa_encoder).to(run.device)
+        repa = run.recipe.repa_encoder(tc.repa_encoder).to(run.device)
         projector = Projector(run.mcfg.hidden_size, tc.repa_width or run.mcfg.hidden_size, repa.dim).to(run.device)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -307,8 +342,6 @@ def build_networks(run: TrainRun, state) -> None:
             projector.load_state_dict(state["projector"])
     run.use_fsdp = tc.fsdp and run.world > 1
     if run.use_fsdp:
-        from . import fsdp
-
         fsdp.shard(model, ema, projector)
     run.model, run.ema, run.repa, run.projector = model, ema, repa, projector
 
@@ -321,8 +354,6 @@ def build_optimizer(run: TrainRun, state) -> None:
     opt = make_optimizer(params, tc, run.device, fused=not run.use_fsdp)
     if state is not None:
         if run.use_fsdp:
-            from . import fsdp
-
             fsdp.load_optimizer(opt, mods, state["optimizer"])
         else:
             opt.load_state_dict(state["optimizer"])
@@ -337,9 +368,14 @@ def build_optimizer(run: TrainRun, state) -> None:
 def build_loader(run: TrainRun) -> None:
     """The step sampler (data of step s = f(seed, s)) and its loader, starting at the run's step."""
     tc = run.cfg.train
-    sampler = run.family.step_sampler(run.ds, tc, run.rank, run.world, run.step)
-    loader = torch.utils.data.DataLoader(run.ds, batch_sampler=sampler, num_workers=run.cfg.data.num_workers,
-                                         collate_fn=run.family.collate, pin_memory=run.device.type == "cuda")
+    sampler = run.recipe.step_sampler(run.ds, tc, run.rank, run.world, run.step)
+    loader = torch.utils.data.DataLoader(
+        run.ds,
+        batch_sampler=sampler,
+        num_workers=run.cfg.data.num_workers,
+        collate_fn=run.recipe.collate,
+        pin_memory=run.device.type == "cuda",
+    )
     run.sampler, run.loader = sampler, loader
     run.per_rank = tc.global_batch // run.world
     run.accum = run.per_rank // tc.micro_batch
@@ -351,8 +387,6 @@ def start_bookkeeping(run: TrainRun, resumed_from) -> None:
     MFU: the analytic FLOPs of a training image (forward + backward = 3 forwards, the paper's count) per
     second, against this device's own matmul rate in the training dtype, measured once here (best of 10:
     with 3 a slow start-up moment once read as a low peak and an MFU of 94%)."""
-    from ..flops import analytic_flops, matmul_rate
-
     cfg, tc, mcfg = run.cfg, run.cfg.train, run.mcfg
     res = cfg.data.resolution
     run.flops_per_image = 3 * analytic_flops(mcfg, res, res)["total"]
@@ -363,11 +397,14 @@ def start_bookkeeping(run: TrainRun, resumed_from) -> None:
         write_text(run.out / "config.yaml", to_yaml(cfg))
         trim_metrics(run.out / "metrics.jsonl", run.step)
         print("resolved config:\n" + "\n".join("  " + l for l in to_yaml(cfg).splitlines()), flush=True)
-        print(f"PixelDiT {cfg.model.name}: {count_params(run.model):,} params | global batch {tc.global_batch} = "
-              f"{run.world} proc × {tc.micro_batch} × {run.accum} accum | lr {tc.lr:g} | steps {run.step} -> {tc.steps} | "
-              f"{'resumed from ' + str(resumed_from) if resumed_from else 'fresh'} | {run.device} "
-              f"{'bf16' if run.autocast else 'fp32'}", flush=True)
-    run.fixed = run.family.grid_conditions(run.ds, mcfg)
+        print(
+            f"PixelDiT {cfg.model.name}: {count_params(run.model):,} params | global batch {tc.global_batch} = "
+            f"{run.world} proc × {tc.micro_batch} × {run.accum} accum | lr {tc.lr:g} | steps {run.step} -> {tc.steps} | "
+            f"{'resumed from ' + str(resumed_from) if resumed_from else 'fresh'} | {run.device} "
+            f"{'bf16' if run.autocast else 'fp32'}",
+            flush=True,
+        )
+    run.fixed = run.recipe.grid_conditions(run.ds, mcfg)
     run.fixed_noise = noise_for(range(len(run.fixed)), 10_000 + tc.seed, (mcfg.in_channels, res, res))
 
 
@@ -390,7 +427,7 @@ def train_step(run: TrainRun, batches) -> dict:
         t0 = time.perf_counter()
         u8, y = next(batches)
         wait += time.perf_counter() - t0
-        sums += micro_step(run, u8, y, slots[k * tc.micro_batch: (k + 1) * tc.micro_batch], last=k == run.accum - 1)
+        sums += micro_step(run, u8, y, slots[k * tc.micro_batch : (k + 1) * tc.micro_batch], last=k == run.accum - 1)
     gnorm = reduce_and_clip(run, sums, clip)
     finite = bool(torch.isfinite(sums[0]) and torch.isfinite(gnorm))
     if finite:
@@ -402,8 +439,10 @@ def train_step(run: TrainRun, batches) -> dict:
         run.skipped += 1
         run.in_a_row += 1
         if run.in_a_row >= tc.max_nonfinite:
-            raise PixelDiTError(f"stopping at step {run.step}: {run.in_a_row} non-finite losses or gradients in a row",
-                                "lower the learning rate, or resume from an earlier checkpoint")
+            raise PixelDiTError(
+                f"stopping at step {run.step}: {run.in_a_row} non-finite losses or gradients in a row",
+                "lower the learning rate, or resume from an earlier checkpoint",
+            )
     run.step += 1
     return {"sums": sums, "gnorm": gnorm, "lr": lr, "clip": clip, "wait": wait}
 
@@ -417,12 +456,27 @@ def micro_step(run: TrainRun, u8, y, mine, last: bool) -> torch.Tensor:
         u8 = torch.where(f, u8.flip(-1), u8)
     x = (u8.float() / 255 - 0.5) / 0.5
     target = run.repa(u8.float() / 255) if run.repa is not None else None
-    repa = dict(projector=run.projector, repa_target=target, repa_block=tc.repa_block, repa_weight=tc.repa_weight,
-                autocast=run.autocast)
+    repa = dict(
+        projector=run.projector,
+        repa_target=target,
+        repa_block=tc.repa_block,
+        repa_weight=tc.repa_weight,
+        autocast=run.autocast,
+    )
     weight = tc.micro_batch / run.per_rank
     sync = contextlib.nullcontext() if (run.world == 1 or run.use_fsdp or last) else run.net.no_sync()
     with sync:
-        loss, lf, lr_ = run.family.loss(run.net, x, y, (tc.seed, run.step, mine), run.cond_encoder, tc, run.mcfg, device, repa)
+        loss, lf, lr_ = run.recipe.loss(
+            run.net,
+            x,
+            y,
+            draw_at=(tc.seed, run.step, mine),
+            encoder=run.cond_encoder,
+            train=tc,
+            mcfg=run.mcfg,
+            device=device,
+            repa=repa,
+        )
         (loss * weight).backward()
     return torch.stack([loss.detach(), lf, lr_]) * weight
 
@@ -436,8 +490,6 @@ def reduce_and_clip(run: TrainRun, sums, clip: float):
                 prm.grad /= run.world
     gnorm = torch.nn.utils.clip_grad_norm_(run.params, clip if clip > 0 else float("inf"))
     if run.use_fsdp:
-        from . import fsdp
-
         gnorm = fsdp.as_full(gnorm)
     if run.world > 1:
         torch.distributed.all_reduce(sums)
@@ -455,9 +507,18 @@ def log(run: TrainRun, r: dict, meter: dict) -> dict:
     device, as nanoGPT reports it). `meter` holds the time, images and data wait since the last line."""
     now = time.perf_counter()
     s, span = r["sums"], now - meter["t"]
-    rec = {"step": run.step, "loss": s[0].item(), "loss_flow": s[1].item(), "loss_repa": s[2].item(),
-           "grad_norm": r["gnorm"].item(), "lr": r["lr"], "grad_clip": r["clip"], "img_per_s": meter["imgs"] / span,
-           "data_wait": meter["wait"] / span, "nonfinite_skipped": run.skipped}
+    rec = {
+        "step": run.step,
+        "loss": s[0].item(),
+        "loss_flow": s[1].item(),
+        "loss_repa": s[2].item(),
+        "grad_norm": r["gnorm"].item(),
+        "lr": r["lr"],
+        "grad_clip": r["clip"],
+        "img_per_s": meter["imgs"] / span,
+        "data_wait": meter["wait"] / span,
+        "nonfinite_skipped": run.skipped,
+    }
     rec["mfu"] = rec["img_per_s"] * run.flops_per_image / run.world / run.peak_rate
     append_line(run.out / "metrics.jsonl", json.dumps(rec))
     if run.tb is not None:
@@ -469,8 +530,10 @@ def log(run: TrainRun, r: dict, meter: dict) -> dict:
 
 
 def log_line(rec: dict) -> str:
-    return (f"loss {rec['loss']:.4f} repa {rec['loss_repa']:.3f} |g| {rec['grad_norm']:.2f} lr {rec['lr']:.1e} "
-            f"{rec['img_per_s']:.1f} img/s MFU {100 * rec['mfu']:.0f}% wait {100 * rec['data_wait']:.0f}%")
+    return (
+        f"loss {rec['loss']:.4f} repa {rec['loss_repa']:.3f} |g| {rec['grad_norm']:.2f} lr {rec['lr']:.1e} "
+        f"{rec['img_per_s']:.1f} img/s MFU {100 * rec['mfu']:.0f}% wait {100 * rec['data_wait']:.0f}%"
+    )
 
 
 def save(run: TrainRun) -> None:
@@ -481,18 +544,27 @@ def save(run: TrainRun) -> None:
         rng = [None] * run.world
         torch.distributed.all_gather_object(rng, torch.get_rng_state())
     if run.use_fsdp:  # gathered on every rank (collective), materialised on rank 0
-        from . import fsdp
-
         full = fsdp.full_state(run.model, run.ema, run.projector, run.opt, run.mods)
     else:
-        full = {"model": run.model.state_dict(), "ema": run.ema.state_dict(),
-                "projector": run.projector.state_dict() if run.projector else {}, "optimizer": run.opt.state_dict()}
+        full = {
+            "model": run.model.state_dict(),
+            "ema": run.ema.state_dict(),
+            "projector": run.projector.state_dict() if run.projector else {},
+            "optimizer": run.opt.state_dict(),
+        }
     if run.rank == 0:
         tc, step, per_epoch = run.cfg.train, run.step, run.sampler.per_epoch
-        st = {"format": checkpoint.TRAIN_FORMAT, "step": step, **full,
-              "model_config": run.mcfg.to_dict(), "config": json.loads(json.dumps(run.cfg.to_dict())), "rng": rng,
-              "class_names": run.class_names, "nonfinite_skipped": run.skipped,
-              "data_position": {"step": step, "epoch": step // per_epoch, "batch_in_epoch": step % per_epoch}}
+        st = {
+            "format": checkpoint.FORMAT,
+            "step": step,
+            **full,
+            "model_config": run.mcfg.to_dict(),
+            "config": json.loads(json.dumps(run.cfg.to_dict())),
+            "rng": rng,
+            "class_names": run.class_names,
+            "nonfinite_skipped": run.skipped,
+            "data_position": {"step": step, "epoch": step // per_epoch, "batch_in_epoch": step % per_epoch},
+        }
         checkpoint.save(st, run.out / "checkpoints", step, tc.keep_last, tc.keep_every)
         _plot(run.out)
     barrier(run.world)
@@ -503,13 +575,24 @@ def sample_grid(run: TrainRun) -> None:
     if run.rank != 0 and not run.use_fsdp:
         return
     sc = run.cfg.sample
-    cond, uncond = run.family.grid_tensors(run.fixed, run.cond_encoder, run.cfg, run.device)
-    imgs, _ = solve(run.ema, run.fixed_noise.to(run.device), cond, uncond, solver=sc.solver,
-                    steps=min(sc.steps, 50), cfg=sc.cfg, interval=sc.interval, shift=sc.shift)
-    per_row, labels = run.family.grid_layout(run.mcfg, run.class_names)
+    cond, uncond = run.recipe.grid_tensors(run.fixed, run.cond_encoder, run.cfg, run.device)
+    imgs, _ = solve(
+        run.ema,
+        run.fixed_noise.to(run.device),
+        cond,
+        uncond,
+        solver=sc.solver,
+        steps=min(sc.steps, 50),
+        cfg=sc.cfg,
+        interval=sc.interval,
+        shift=sc.shift,
+    )
+    per_row, labels = run.recipe.grid_layout(run.mcfg, run.class_names)
     (run.out / "samples").mkdir(exist_ok=True)
     if run.rank == 0:
-        write_grid(to_uint8(imgs).cpu(), run.out / "samples" / f"{run.step:07d}.png", nrow=per_row, column_labels=labels)
+        write_grid(
+            to_uint8(imgs).cpu(), run.out / "samples" / f"{run.step:07d}.png", nrow=per_row, column_labels=labels
+        )
 
 
 #################################################################################
@@ -519,8 +602,6 @@ def sample_grid(run: TrainRun) -> None:
 
 def train(cfg: Config, out, resume: str = "auto", progress: bool = True) -> dict:
     """Run (or continue) training; returns a summary. Rank 0 writes everything under `out`."""
-    from ..progress import progress as bar_of
-
     with contextlib.ExitStack() as stack:
         return _train(cfg, Path(out), resume, progress, stack, bar_of)
 
@@ -529,8 +610,11 @@ def _train(cfg, out, resume, progress, stack, bar_of) -> dict:
     run, _ = setup(cfg, out, resume, stack)
     tc = cfg.train
     if run.step >= tc.steps and run.rank == 0:
-        print(f"note: {out} is already at step {run.step}, train.steps is {tc.steps}: nothing to train "
-              f"(pass --steps N with N > {run.step} to continue)", flush=True)
+        print(
+            f"note: {out} is already at step {run.step}, train.steps is {tc.steps}: nothing to train "
+            f"(pass --steps N with N > {run.step} to continue)",
+            flush=True,
+        )
     batches = iter(run.loader)
     run.model.train()
     last, start_step, t_start = None, run.step, time.perf_counter()
@@ -552,5 +636,11 @@ def _train(cfg, out, resume, progress, stack, bar_of) -> dict:
                 run.model.train()
             if run.step % tc.ckpt_every == 0 or run.step == tc.steps:
                 save(run)
-    return {"step": run.step, "trained_steps": run.step - start_step, "seconds": time.perf_counter() - t_start,
-            "last": last, "nonfinite_skipped": run.skipped, "out": str(run.out)}
+    return {
+        "step": run.step,
+        "trained_steps": run.step - start_step,
+        "seconds": time.perf_counter() - t_start,
+        "last": last,
+        "nonfinite_skipped": run.skipped,
+        "out": str(run.out),
+    }

@@ -16,6 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import solvers
+from ..errors import PixelDiTError
+from ..text import load_pretrained
 
 #################################################################################
 #                               Per-sample draws                                #
@@ -37,16 +40,12 @@ def draw(seed: int, step: int, slots, shape, drop_prob: float, time_shift: float
         drop.append(torch.rand(1, generator=g) < drop_prob)
         noise.append(torch.randn(*shape, generator=g))
     t = torch.sigmoid(torch.cat(base))
-    return torch.stack(noise), shift_t(t, time_shift), torch.cat(drop)
+    return torch.stack(noise), solvers.time_shift(t, time_shift), torch.cat(drop)
 
 
 def flip_mask(seed: int, step: int, slots) -> torch.Tensor:
     """Horizontal-flip coins per sample slot (data.flip; off in the release), from their own stream."""
     return torch.tensor([bool(np.random.SeedSequence([seed, step, j, 0xF11B]).generate_state(1)[0] & 1) for j in slots])
-
-
-def shift_t(t, s: float):
-    return t / (t + (1 - t) * s)
 
 
 #################################################################################
@@ -59,8 +58,11 @@ class Projector(nn.Module):
 
     def __init__(self, dim: int, hidden: int, out: int):
         super().__init__()
-        self.proj = nn.Sequential(nn.Sequential(
-            nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out)))
+        self.proj = nn.Sequential(
+            nn.Sequential(
+                nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out)
+            )
+        )
 
     def forward(self, h):
         return self.proj(h)
@@ -99,19 +101,25 @@ class DinoEncoder(nn.Module):
 
     def __init__(self, path: str):
         super().__init__()
-        from ..errors import PixelDiTError
 
         try:
-            from transformers import Dinov2Model
+            from transformers import Dinov2Model  # noqa: PLC0415 (optional, heavy)
         except ImportError:
-            raise PixelDiTError("REPA needs transformers", "pip install 'pixeldit[repa]', or set --train.repa_weight 0") from None
+            raise PixelDiTError(
+                "REPA needs transformers", "pip install 'pixeldit[repa]', or set --train.repa_weight 0"
+            ) from None
         if not path:
-            raise PixelDiTError("REPA is on but no DINOv2 encoder was given",
-                                "pass --repa-encoder DIR (a local facebook/dinov2-base), or --train.repa_weight 0")
-        from ..text import load_pretrained
+            raise PixelDiTError(
+                "REPA is on but no DINOv2 encoder was given",
+                "pass --repa-encoder DIR (a local facebook/dinov2-base), or --train.repa_weight 0",
+            )
 
-        self.net = load_pretrained("REPA encoder", path, "pass the folder of a saved Dinov2Model",
-                                   lambda p, local: Dinov2Model.from_pretrained(p, local_files_only=local))
+        self.net = load_pretrained(
+            "REPA encoder",
+            path,
+            "pass the folder of a saved Dinov2Model",
+            lambda p, local: Dinov2Model.from_pretrained(p, local_files_only=local),
+        )
         self.net = self.net.eval().requires_grad_(False)
         self.dim = self.net.config.hidden_size
         self.register_buffer("mean", torch.tensor(self.MEAN).view(1, 3, 1, 1), persistent=False)
@@ -130,14 +138,28 @@ class DinoEncoder(nn.Module):
 #################################################################################
 
 
-def flow_loss(net, x, y, t, noise, drop, null_class: int, projector=None, repa_target=None,
-              repa_block: int = 0, repa_weight: float = 0.0, autocast=None):
+def flow_loss(
+    net,
+    x,
+    y,
+    t,
+    noise,
+    drop,
+    null_class: int,
+    projector=None,
+    repa_target=None,
+    repa_block: int = 0,
+    repa_weight: float = 0.0,
+    autocast=None,
+):
     """Loss of one (micro-)batch given all its random draws. Returns (total, flow, repa) as fp32 scalars."""
     y = torch.where(drop, torch.full_like(y, null_class), y)
     tb = t.view(-1, *([1] * (x.dim() - 1)))
     x_t = tb * x + (1 - tb) * noise
     v = x - noise
-    out, proj = _forward(net, x_t, t, y, projector if repa_target is not None and repa_weight > 0 else None, repa_block, autocast)
+    out, proj = _forward(
+        net, x_t, t, y, projector if repa_target is not None and repa_weight > 0 else None, repa_block, autocast
+    )
     loss_flow = ((out.float() - v) ** 2).mean()
     loss_repa = repa_loss(proj.float(), repa_target.float()) if proj is not None else torch.zeros((), device=x.device)
     return loss_flow + repa_weight * loss_repa, loss_flow.detach(), loss_repa.detach()
@@ -204,15 +226,31 @@ def t2i_repa_loss(projected, target):
     return -(p * F.normalize(target, dim=-1)).sum(-1).mean()
 
 
-def t2i_flow_loss(net, x, text, null_text, sigma, timestep, noise, drop, projector=None, repa_target=None,
-                  repa_block: int = 0, repa_weight: float = 0.0, autocast=None):
+def t2i_flow_loss(
+    net,
+    x,
+    text,
+    null_text,
+    sigma,
+    timestep,
+    noise,
+    drop,
+    projector=None,
+    repa_target=None,
+    repa_block: int = 0,
+    repa_weight: float = 0.0,
+    autocast=None,
+):
     """x_σ = (1 − σ)·x + σ·ε, target ε − x, per-sample MSE mean; dropped captions use the "" embedding."""
     y = torch.where(drop.view(-1, 1, 1), null_text.expand_as(text), text)
     sb = sigma.view(-1, 1, 1, 1)
     x_t = (1 - sb) * x + sb * noise
     target = noise - x
-    out, proj = _forward(net, x_t, timestep, y, projector if repa_target is not None and repa_weight > 0 else None,
-                         repa_block, autocast)
+    out, proj = _forward(
+        net, x_t, timestep, y, projector if repa_target is not None and repa_weight > 0 else None, repa_block, autocast
+    )
     loss_flow = ((out.float() - target) ** 2).mean()
-    loss_repa = t2i_repa_loss(proj.float(), repa_target.float()) if proj is not None else torch.zeros((), device=x.device)
+    loss_repa = (
+        t2i_repa_loss(proj.float(), repa_target.float()) if proj is not None else torch.zeros((), device=x.device)
+    )
     return loss_flow + repa_weight * loss_repa, loss_flow.detach(), loss_repa.detach()

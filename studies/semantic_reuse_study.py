@@ -1,13 +1,13 @@
 """Semantic reuse on the demo model: speed against quality, measured (the README's table and plot).
 
-    .venv/bin/python benchmarks/semantic_reuse_study.py --ckpt runs/demo/train/checkpoints/last.pt
+    .venv/bin/python -m studies.semantic_reuse_study --ckpt runs/demo/train/checkpoints/last.pt
 
 For each variant — K = 1 (the release's sampler), 2, 3, 4, and K = 3 with the "ends" schedule — it
 samples the same N images (same seeds, classes balanced) with the model's own sampling settings,
 measures img/s in this process, FID / precision / recall against held-out Fashion-MNIST test images
 (the ADM protocol; the fallback Inception weights unless --inception is given), and the pixel-space
 distance of every image to its K = 1 twin (mean |Δ| in 0..255 and PSNR). With --classifier (the demo's
-independent Fashion-MNIST classifier, scripts/fashion_classifier.py) also the share of samples assigned to
+independent Fashion-MNIST classifier, studies/fashion_classifier.py) also the share of samples assigned to
 the class they were drawn for, a second quality read whose binomial standard error is known.
 Writes OUT/study.json, OUT/table.md and OUT/reuse_tradeoff.png.
 """
@@ -20,13 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANTS = [("K=1", 1, "uniform"), ("K=2", 2, "uniform"), ("K=3", 3, "uniform"), ("K=4", 4, "uniform"),
-            ("K=3 ends", 3, "ends")]
+VARIANTS = [
+    ("K=1", 1, "uniform"),
+    ("K=2", 2, "uniform"),
+    ("K=3", 3, "uniform"),
+    ("K=4", 4, "uniform"),
+    ("K=3 ends", 3, "ends"),
+]
 
 
 def reference(out: Path, n: int) -> Path:
     """The first n Fashion-MNIST test images as an ADM npz (the data the model never saw)."""
-    from pixeldit_cli.metrics.npz import write_npz
+    from pixeldit_cli.npz import write_npz
     from pixeldit_cli.train.data import FashionMNIST
 
     path = out / f"fashion_test_{n}.npz"
@@ -43,16 +48,37 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run_variant(S, model, args, label, k, schedule, out: Path) -> dict:
-    job = S.SampleJob(ckpt=args.ckpt, n=args.n, out=str(out / label.replace(" ", "-").replace("=", "")),
-                      mode="balanced", solver=args.solver, steps=args.steps, cfg=args.cfg, interval=tuple(args.interval),
-                      shift=1.0, height=32, width=32, seed=0, batch_size=args.batch_size, format="npz",
-                      semantic_reuse=k, reuse_schedule=schedule)
+    job = S.SampleJob(
+        ckpt=args.ckpt,
+        n=args.n,
+        out=str(out / label.replace(" ", "-").replace("=", "")),
+        mode="balanced",
+        solver=args.solver,
+        steps=args.steps,
+        cfg=args.cfg,
+        interval=tuple(args.interval),
+        shift=1.0,
+        height=32,
+        width=32,
+        seed=0,
+        batch_size=args.batch_size,
+        format="npz",
+        semantic_reuse=k,
+        reuse_schedule=schedule,
+    )
     t0 = time.perf_counter()
     r = S.run(job, model=model, progress=False)
     wall = time.perf_counter() - t0
-    return {"variant": label, "K": k, "schedule": schedule, "img_per_s": r["images_per_second"] or args.n / wall,
-            "patch_evals": r["patch_path_evals_per_sample"], "pixel_evals": r["pixel_path_evals_per_sample"],
-            "gflops_per_image": r["gflops_per_image"], "npz": str(Path(job.out) / "samples.npz")}
+    return {
+        "variant": label,
+        "K": k,
+        "schedule": schedule,
+        "img_per_s": r["images_per_second"] or args.n / wall,
+        "patch_evals": r["patch_path_evals_per_sample"],
+        "pixel_evals": r["pixel_path_evals_per_sample"],
+        "gflops_per_image": r["gflops_per_image"],
+        "npz": str(Path(job.out) / "samples.npz"),
+    }
 
 
 def main():
@@ -67,9 +93,13 @@ def main():
     ap.add_argument("--interval", type=float, nargs=2, default=[0.1, 1.0])
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--inception", default=None, help="pt_inception-2015-12-05 weights (default: the fallback)")
-    ap.add_argument("--classifier", default=None, help="classifier.pt from scripts/fashion_classifier.py (adds class agreement)")
+    ap.add_argument(
+        "--classifier", default=None, help="classifier.pt from studies/fashion_classifier.py (adds class agreement)"
+    )
     ap.add_argument("--report-only", action="store_true", help="redraw table and plot from OUT/study.json")
-    ap.add_argument("--timing", action="store_true", help="only time the variants (interleaved, quiet machine) into study.json")
+    ap.add_argument(
+        "--timing", action="store_true", help="only time the variants (interleaved, quiet machine) into study.json"
+    )
     ap.add_argument("--timing-n", type=int, default=100)
     ap.add_argument("--timing-rounds", type=int, default=2)
     args = ap.parse_args()
@@ -85,14 +115,20 @@ def main():
     if args.timing:  # its own file: a study still running keeps writing study.json
         (out / "timing.json").write_text(json.dumps(timing(rows, args), indent=2) + "\n")
     elif not args.report_only:
-        S = importlib.import_module("pixeldit_cli.sample")  # the package exports a function of the same name
+        S = importlib.import_module("pixeldit_cli.sampling")
         model = load_model(args.ckpt)
         import torch
 
         from pixeldit_cli.solvers import noise_for, solve
 
-        solve(model, noise_for(range(args.batch_size), 0, (3, 32, 32)), torch.zeros(args.batch_size, dtype=torch.long),
-              None, steps=2, cfg=args.cfg)  # warm-up: allocator and tables, so K=1 is not timed cold
+        solve(
+            model,
+            noise_for(range(args.batch_size), 0, (3, 32, 32)),
+            torch.zeros(args.batch_size, dtype=torch.long),
+            None,
+            steps=2,
+            cfg=args.cfg,
+        )  # warm-up: allocator and tables, so K=1 is not timed cold
         done = {r["variant"] for r in rows}
         for label, k, schedule in VARIANTS:  # sampling first: every variant, then the slow Inception passes
             if label not in done:
@@ -143,7 +179,7 @@ def report(rows, out: Path, args):
     base = np.load(rows[0]["npz"])["arr_0"]
     clf = None
     if args.classifier:
-        from pixeldit_cli.metrics.classifier import load_classifier, predict
+        from studies.classifier import load_classifier, predict
 
         clf, _ = load_classifier(args.classifier)
         base_pred = predict(clf, base)
@@ -159,20 +195,34 @@ def report(rows, out: Path, args):
         if clf is not None:
             pred = predict(clf, imgs)
             p = float((pred == asked).mean())
-            row.update(class_agreement=p, class_agreement_se=float(np.sqrt(p * (1 - p) / len(pred))),
-                       verdict_changed_vs_K1=float((pred != base_pred).mean()))
+            row.update(
+                class_agreement=p,
+                class_agreement_se=float(np.sqrt(p * (1 - p) / len(pred))),
+                verdict_changed_vs_K1=float((pred != base_pred).mean()),
+            )
     (out / "report.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n")
-    table = ["| variant | patch / pixel evals per image | GFLOPs per image | img/s | speed-up | FID | precision | recall | mean abs Δ to K=1 | PSNR to K=1 |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    table = [
+        "| variant | patch / pixel evals per image | GFLOPs per image | img/s | speed-up | FID | precision | recall | mean abs Δ to K=1 | PSNR to K=1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        table.append(f"| {r['variant']} | {r['patch_evals']} / {r['pixel_evals']} | {r['gflops_per_image']:.2f} | "
-                     f"{r['img_per_s']:.1f} | {r['speedup']:.2f}× | {r['fid']:.2f} | {r['precision']:.3f} | "
-                     f"{r['recall']:.3f} | {r['mean_abs_diff_to_K1']:.2f} | "
-                     f"{'∞' if r['psnr_to_K1'] == float('inf') else format(r['psnr_to_K1'], '.1f')} dB |")
+        table.append(
+            f"| {r['variant']} | {r['patch_evals']} / {r['pixel_evals']} | {r['gflops_per_image']:.2f} | "
+            f"{r['img_per_s']:.1f} | {r['speedup']:.2f}× | {r['fid']:.2f} | {r['precision']:.3f} | "
+            f"{r['recall']:.3f} | {r['mean_abs_diff_to_K1']:.2f} | "
+            f"{'∞' if r['psnr_to_K1'] == float('inf') else format(r['psnr_to_K1'], '.1f')} dB |"
+        )
     if clf is not None:
-        table += ["", "| variant | samples assigned to their class (± s.e.) | class verdict changed vs K=1 |", "|---|---|---|"]
-        table += [f"| {r['variant']} | {r['class_agreement']:.1%} ± {r['class_agreement_se']:.1%} | "
-                  f"{r['verdict_changed_vs_K1']:.1%} |" for r in rows]
+        table += [
+            "",
+            "| variant | samples assigned to their class (± s.e.) | class verdict changed vs K=1 |",
+            "|---|---|---|",
+        ]
+        table += [
+            f"| {r['variant']} | {r['class_agreement']:.1%} ± {r['class_agreement_se']:.1%} | "
+            f"{r['verdict_changed_vs_K1']:.1%} |"
+            for r in rows
+        ]
     (out / "table.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
     plot(rows, out / "reuse_tradeoff.png", args)

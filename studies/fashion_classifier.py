@@ -1,6 +1,6 @@
-"""Train the demo's independent Fashion-MNIST classifier (pixeldit_cli/metrics/classifier.py) and print its accuracy.
+"""Train the demo's independent Fashion-MNIST classifier (studies/classifier.py) and print its accuracy.
 
-    python scripts/fashion_classifier.py OUT.pt [--epochs 3] [--judge samples.npz]
+    python -m studies.fashion_classifier OUT.pt [--epochs 3] [--judge samples.npz]
 
 Trains on the 60k real training images (28×28; the 32×32 images the diffusion model makes are centre-
 cropped back to them), measures accuracy on the 10k test images, stores both with the weights. Re-running with OUT.pt present only re-reads and prints it.
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pixeldit_cli.metrics.classifier import accuracy, load_classifier, save_classifier, train_classifier
 from pixeldit_cli.train.data import FashionMNIST
+from studies.classifier import accuracy, load_classifier, save_classifier, train_classifier
 
 
 def gray(ds) -> torch.Tensor:
@@ -40,8 +40,10 @@ def main():
         with np.load(a.judge) as f:
             imgs, asked = f["arr_0"], f["arr_1"]
         acc = accuracy(model, imgs, asked)
-        print(f"samples: {acc:.1%} of {len(asked)} assigned to the class they were drawn for "
-              f"(the classifier gets {meta['test_accuracy']:.1%} of real test images right)")
+        print(
+            f"samples: {acc:.1%} of {len(asked)} assigned to the class they were drawn for "
+            f"(the classifier gets {meta['test_accuracy']:.1%} of real test images right)"
+        )
 
 
 def fit(out: Path, epochs: int):

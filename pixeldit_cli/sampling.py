@@ -13,29 +13,42 @@ directory listing per run. Re-running the same job finishes where it stopped; th
 """
 
 import contextlib
+import json
 import os
 import platform
+import re
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
+from . import __version__
 from .choices import SampleFormat, values
+from .config import command_config, with_values
 from .dist import autocast_dtype, barrier, broadcast, device_report, gather, init_distributed, resolve_precision
 from .errors import PixelDiTError
-from .folders import MARKER, claim, differences, lock, marker_format, read_marker, remove_own, remove_stale_temporaries
-from .io import NpzWriter, ensure_writable_dir, write_json, write_png
-from .convert import checkpoint_sha256, load_model
 from .families import family_of
-from .labels import CLASS_MODES, class_names_of
+from .flops import pathway_flops
+from .folders import MARKER, claim, differences, lock, marker_format, read_marker, remove_own, remove_stale_temporaries
+from .io import ensure_writable_dir, write_grid, write_json, write_png
+from .labels import CLASS_MODES, aspect_bucket
+from .memory import check_fits
+from .models.loading import checkpoint_sha256, load_model
+from .models.packed import packed_linears
+from .npz import NpzWriter
+from .progress import progress as progress_bar
 from .records import PNG_NAME, PartWriter, RecordReader, remove_parts, scan
-from .solvers import SOLVERS, noise_for, solve, to_uint8
-from .validate import MAX_CFG, MAX_IMAGES, MAX_STEPS, count, finite, shift as shift_ok
+from .settings import SolveSettings, solve_values
+from .solvers import noise_for, solve, to_uint8
+from .validate import MAX_IMAGES, count
 from .validate import seed as seed_ok
 
 FORMATS = values(SampleFormat)  # ("auto", "png", "npz", "both")
+SOLVE_FIELDS = tuple(f.name for f in fields(SolveSettings))
 AUTO_PNG_LIMIT = 1000  # --format auto: PNGs and npz up to this many images, the npz alone above it
 
 
@@ -44,12 +57,33 @@ AUTO_PNG_LIMIT = 1000  # --format auto: PNGs and npz up to this many images, the
 #################################################################################
 
 
-def sample(model, noise, cond, uncond=None, *, solver="flowdpm", steps=100, cfg=1.0, interval=(0.0, 1.0),
-           shift=1.0, autocast=None, semantic_reuse=1, reuse_schedule="uniform"):
+def sample(
+    model,
+    noise,
+    cond,
+    uncond=None,
+    *,
+    solver="flowdpm",
+    steps=100,
+    cfg=1.0,
+    interval=(0.0, 1.0),
+    shift=1.0,
+    autocast=None,
+    semantic_reuse=1,
+    reuse_schedule="uniform",
+):
     """Images in [-1, 1] (unclipped) from `noise` for either model. interval/shift in the c2i convention.
     semantic_reuse K recomputes the patch pathway every K-th evaluation (docs/semantic-reuse.md)."""
-    return solve(model, noise, cond, uncond, solver=solver, steps=steps, cfg=cfg, interval=interval,
-                 shift=shift, autocast=autocast, semantic_reuse=semantic_reuse, reuse_schedule=reuse_schedule)[0]
+    settings = SolveSettings(
+        solver=solver,
+        steps=steps,
+        cfg=cfg,
+        interval=tuple(interval),
+        shift=shift,
+        semantic_reuse=semantic_reuse,
+        reuse_schedule=reuse_schedule,
+    )
+    return solve(model, noise, cond, uncond, autocast=autocast, **settings.kwargs())[0]
 
 
 #################################################################################
@@ -62,8 +96,8 @@ class SampleJob:
     ckpt: str
     n: int
     out: str = ""
-    classes: tuple = ()          # explicit class ids (cycled over indices); empty -> `mode`
-    mode: str = "uniform"        # uniform | balanced
+    classes: tuple = ()  # explicit class ids (cycled over indices); empty -> `mode`
+    mode: str = "uniform"  # uniform | balanced
     solver: str = "flowdpm"
     steps: int = 100
     cfg: float = 1.0
@@ -73,35 +107,73 @@ class SampleJob:
     width: int = 256
     seed: int = 0
     batch_size: int = 32
-    precision: str = "auto"      # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    npz: bool = False            # make sure samples.npz is written (whatever --format says)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    npz: bool = False  # make sure samples.npz is written (whatever --format says)
     compile: bool = False
     weights: str = "ema"
-    prompts: tuple = ()          # text-to-image: cycled over indices like classes
+    prompts: tuple = ()  # text-to-image: cycled over indices like classes
     negative_prompt: str = ""
-    text_encoder: str = ""       # local Gemma-2-2b-it directory
-    format: str = "auto"         # png | npz | both | auto (both up to AUTO_PNG_LIMIT images, npz above)
-    device: str = "auto"         # auto | cpu | cuda | cuda:N
-    semantic_reuse: int = 1      # run the patch pathway every K-th evaluation (1: always, the release's sampler)
+    text_encoder: str = ""  # local Gemma-2-2b-it directory
+    format: str = "auto"  # png | npz | both | auto (both up to AUTO_PNG_LIMIT images, npz above)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    semantic_reuse: int = 1  # run the patch pathway every K-th evaluation (1: always, the release's sampler)
     reuse_schedule: str = "uniform"  # uniform | ends (also every evaluation of the first and last 10%)
-    packed: bool = True          # CPU fp32: oneDNN-packed Linear weights (models/packed.py); last bits only
+    packed: bool = True  # CPU fp32: oneDNN-packed Linear weights (models/packed.py); last bits only
 
-    overwrite: bool = False      # replace the outputs of another job in --out (pixeldit's own files only)
+    overwrite: bool = False  # replace the outputs of another job in --out (pixeldit's own files only)
+    solving: SolveSettings = field(init=False, compare=False, repr=False)  # solver ... reuse_schedule, checked
+
+    def __post_init__(self):
+        """Validated once, here: every later layer trusts the job."""
+        count("--n", self.n, 1, MAX_IMAGES)
+        object.__setattr__(self, "solving", SolveSettings(**{k: getattr(self, k) for k in SOLVE_FIELDS}))
+        object.__setattr__(self, "interval", self.solving.interval)
+        count("--batch-size", self.batch_size, 1, MAX_IMAGES)
+        seed_ok("--seed", self.seed, self.n)
+        if self.format not in FORMATS:
+            raise PixelDiTError(f"unknown --format {self.format!r}", f"use one of {', '.join(FORMATS)}")
+        if not self.classes and self.mode not in CLASS_MODES:
+            raise PixelDiTError(f"unknown --classes mode {self.mode!r}", "use uniform or balanced, or give --class")
+        if self.height <= 0 or self.width <= 0:  # no upper bound here: the memory check refuses what cannot fit
+            raise PixelDiTError(
+                f"image size {self.height}x{self.width} is invalid", "--height and --width must be positive"
+            )
 
     def identity(self, checkpoint_sha256: str, device_type: str, precision: str) -> dict:
         """What determines the images (a re-run must match it to resume into the same folder): the settings,
         the checkpoint's contents (not only its path: a file retrained or converted again under the same name
         makes other images) and what the arithmetic ran as (device type, resolved precision, packed GEMMs,
         which move the last bits)."""
-        d = asdict(self)
-        for k in ("out", "batch_size", "npz", "compile", "n", "text_encoder", "format", "device", "packed", "overwrite"):
+        d = self.values()
+        for k in (
+            "out",
+            "batch_size",
+            "npz",
+            "compile",
+            "n",
+            "text_encoder",
+            "format",
+            "device",
+            "packed",
+            "overwrite",
+        ):
             d.pop(k)
         if self.semantic_reuse == 1:  # the plain sampler: folders made before the option existed still resume
             d.pop("semantic_reuse"), d.pop("reuse_schedule")
         d["ckpt"] = os.path.abspath(self.ckpt)
-        d.update(checkpoint_sha256=checkpoint_sha256, device_type=device_type, precision=precision,
-                 packed=self.packs(device_type, precision))
+        d.update(
+            checkpoint_sha256=checkpoint_sha256,
+            device_type=device_type,
+            precision=precision,
+            packed=self.packs(device_type, precision),
+        )
         return _plain(d)  # tuples as lists, so it compares equal to what run.json holds
+
+    def values(self) -> dict:
+        """Every field as plain values (the solve settings as their own fields, not nested)."""
+        d = asdict(self)
+        d.pop("solving")
+        return d
 
     def packs(self, device_type: str, precision: str) -> bool:
         """Whether the job runs oneDNN-packed GEMMs (CPU fp32 only; see models/packed.py)."""
@@ -113,8 +185,6 @@ class SampleJob:
 
 
 def _plain(d):
-    import json
-
     return json.loads(json.dumps(d))
 
 
@@ -133,34 +203,43 @@ def read_prompts(path) -> list[str]:
 
 
 def job_for(model, ckpt, *, preset=None, overrides=None, classes=(), prompts=(), aspect_ratio=None, **given):
-    """(job, where its defaults came from, the resolved config) for a command line: every value given (not
-    None) wins; the rest come from --preset, else the checkpoint's own training config, else the release
-    preset of the model's family (config.command_config), with dotted overrides (`sample.cfg=3`)
-    applied on top. Class names or ids are resolved here."""
-    from .config import command_config, with_values
-    from .labels import aspect_bucket, parse_class
-
-    mc = model.config
-    family_of(mc).check_request(classes, prompts)
+    """(job, where its defaults came from, the resolved config) for a command line — the one place a
+    sample command's settings are resolved: every value given (not None) wins; the rest come from --preset,
+    else the checkpoint's own training config, else the release preset of the model's family
+    (config.command_config), with dotted overrides (`sample.cfg=3`) applied on top. Class names or ids
+    are resolved here; the job validates itself, `prepare` checks it against the network."""
     base, defaults_from = command_config(preset, overrides, model)
     sc, res = base.sample, base.data.resolution
     if aspect_ratio:
         if given.get("height") is not None or given.get("width") is not None:
             raise PixelDiTError("--aspect-ratio and --height/--width both given", "use one of them")
         given["height"], given["width"] = aspect_bucket(aspect_ratio, sc.height or res)
-    defaults = {"solver": sc.solver, "steps": sc.steps, "cfg": sc.cfg, "interval": tuple(sc.interval), "shift": sc.shift,
-                "height": sc.height or res, "width": sc.width or res, "seed": sc.seed, "batch_size": sc.batch_size,
-                "negative_prompt": base.text.negative_prompt, "text_encoder": base.text.encoder or ""}
-    kw = {**defaults, **{k: v for k, v in given.items() if v is not None}}
-    if "interval" in kw:
-        kw["interval"] = tuple(kw["interval"])
+    defaults = {
+        "height": sc.height or res,
+        "width": sc.width or res,
+        "seed": sc.seed,
+        "batch_size": sc.batch_size,
+        "negative_prompt": base.text.negative_prompt,
+        "text_encoder": base.text.encoder or "",
+    }
+    solve = solve_values(base, **{k: given.pop(k, None) for k in SOLVE_FIELDS})
+    kw = {**defaults, **{k: v for k, v in given.items() if v is not None}, **solve}
     kw["text_encoder"] = str(kw["text_encoder"])
-    names = class_names_of(model)
-    ids = tuple(parse_class(c, mc.num_classes, names) for c in classes)
+    ids = family_of(model).class_ids(classes, model)
     job = SampleJob(ckpt=str(ckpt), classes=ids, prompts=tuple(prompts), **kw)
-    validate(job, mc)
-    base = with_values(base, "sample", solver=job.solver, steps=job.steps, cfg=job.cfg, interval=tuple(job.interval),
-                       shift=job.shift, height=job.height, width=job.width, seed=job.seed, batch_size=job.batch_size)
+    base = with_values(
+        base,
+        "sample",
+        solver=job.solver,
+        steps=job.steps,
+        cfg=job.cfg,
+        interval=tuple(job.interval),
+        shift=job.shift,
+        height=job.height,
+        width=job.width,
+        seed=job.seed,
+        batch_size=job.batch_size,
+    )
     base = with_values(base, "text", negative_prompt=job.negative_prompt, encoder=job.text_encoder)
     return job, defaults_from, base  # base: the config with the job's values, as results.json records it
 
@@ -169,41 +248,25 @@ def default_out(job: SampleJob) -> str:
     """A folder named after every knob (as DiT's sample_ddp does)."""
     stem = Path(job.ckpt).stem
     lo, hi = job.interval
-    return (f"samples/{stem}-{job.solver}{job.steps}-cfg{job.cfg:g}-int{lo:g}-{hi:g}-shift{job.shift:g}"
-            f"-{job.height}x{job.width}-seed{job.seed}")
+    return (
+        f"samples/{stem}-{job.solver}{job.steps}-cfg{job.cfg:g}-int{lo:g}-{hi:g}-shift{job.shift:g}"
+        f"-{job.height}x{job.width}-seed{job.seed}"
+    )
 
 
-def validate(job: SampleJob, cfg=None) -> None:
-    """Every user error before any work (cfg: the model's ModelConfig, when known)."""
-    count("--n", job.n, 1, MAX_IMAGES)
-    count("--steps", job.steps, 1, MAX_STEPS)
-    count("--batch-size", job.batch_size, 1, MAX_IMAGES)
-    seed_ok("--seed", job.seed, job.n)
-    if job.solver not in SOLVERS:
-        raise PixelDiTError(f"unknown solver {job.solver!r}", f"use one of {', '.join(SOLVERS)}")
-    count("--semantic-reuse", job.semantic_reuse, 1, MAX_STEPS, "1 recomputes the patch pathway at every step")
-    from .solvers import REUSE_SCHEDULES
-
-    if job.reuse_schedule not in REUSE_SCHEDULES:
-        raise PixelDiTError(f"unknown --reuse-schedule {job.reuse_schedule!r}", f"use one of {', '.join(REUSE_SCHEDULES)}")
-    if job.format not in FORMATS:
-        raise PixelDiTError(f"unknown --format {job.format!r}", f"use one of {', '.join(FORMATS)}")
-    if not job.classes and job.mode not in CLASS_MODES:
-        raise PixelDiTError(f"unknown --classes mode {job.mode!r}", "use uniform or balanced, or give --class")
-    finite("--cfg", job.cfg, lo=0.0, hi=MAX_CFG)
-    shift_ok("--shift", job.shift)
-    lo, hi = (finite("--cfg-interval", v) for v in job.interval)
-    if not (0.0 <= lo <= hi <= 1.0):
-        raise PixelDiTError(f"--cfg-interval {lo:g} {hi:g} is invalid", "need 0 <= LO <= HI <= 1 (t: 0 noise -> 1 data)")
-    if job.height <= 0 or job.width <= 0:  # no upper bound here: the memory check refuses what cannot fit
-        raise PixelDiTError(f"image size {job.height}x{job.width} is invalid", "--height and --width must be positive")
-    if cfg is not None:
-        p = cfg.patch_size
-        if job.height % p or job.width % p:
-            raise PixelDiTError(f"image size {job.height}x{job.width} is not a multiple of the patch size {p}",
-                                f"use --height/--width divisible by {p}")
-        if job.classes and max(job.classes) >= cfg.num_classes:
-            raise PixelDiTError(f"class id {max(job.classes)} is out of range for a model with {cfg.num_classes} classes")
+def check_model(job: SampleJob, model, device) -> None:
+    """What only the network can tell: the condition matches its family, the size its patch, the classes its table."""
+    cfg = model.config
+    family_of(cfg).check_request(job.classes, job.prompts)
+    p = cfg.patch_size
+    if job.height % p or job.width % p:
+        raise PixelDiTError(
+            f"image size {job.height}x{job.width} is not a multiple of the patch size {p}",
+            f"use --height/--width divisible by {p}",
+        )
+    if job.classes and max(job.classes) >= cfg.num_classes:
+        raise PixelDiTError(f"class id {max(job.classes)} is out of range for a model with {cfg.num_classes} classes")
+    check_fits(cfg, job.height, job.width, min(job.batch_size, job.n) * (2 if job.solving.guided else 1), device)
 
 
 #################################################################################
@@ -213,8 +276,6 @@ def validate(job: SampleJob, cfg=None) -> None:
 
 def png_name(i: int, prompt: str | None = None) -> str:
     """000042.png for classes; 000042-a-red-fox.png for prompts (index first, so sorting keeps order)."""
-    import re
-
     if prompt is None:
         return f"{i:06d}.png"
     return f"{i:06d}-{re.sub(r'[^a-z0-9]+', '-', prompt.lower()).strip('-')[:40] or 'empty'}.png"
@@ -236,11 +297,15 @@ def _open_folder(job: SampleJob, out: Path, identity: dict, rank: int, world: in
             if diff and not job.overwrite:
                 if "checkpoint_sha256" in diff:
                     old = str(before.get("checkpoint_sha256") or "unknown")[:12]
-                    raise PixelDiTError(f"{out} holds samples of another checkpoint (sha256 {old}…, this one "
-                                        f"{identity['checkpoint_sha256'][:12]}…)",
-                                        "pass a new --out, or --overwrite to replace them")
-                raise PixelDiTError(f"{out} holds samples made with other settings ({', '.join(diff)})",
-                                    "choose another --out, the same settings to resume, or --overwrite to replace them")
+                    raise PixelDiTError(
+                        f"{out} holds samples of another checkpoint (sha256 {old}…, this one "
+                        f"{identity['checkpoint_sha256'][:12]}…)",
+                        "pass a new --out, or --overwrite to replace them",
+                    )
+                raise PixelDiTError(
+                    f"{out} holds samples made with other settings ({', '.join(diff)})",
+                    "choose another --out, the same settings to resume, or --overwrite to replace them",
+                )
             if diff:
                 clear_outputs(out)
                 before = None
@@ -250,8 +315,10 @@ def _open_folder(job: SampleJob, out: Path, identity: dict, rank: int, world: in
         inv = scan(out, (job.height, job.width, 3), label_of, want_png=True)
         beyond = [i for i in (*inv.records, *inv.pngs) if i >= job.n]
         if beyond:
-            raise PixelDiTError(f"{out} already holds samples up to index {max(beyond)}; this run asks for --n {job.n}",
-                                f"use --n {max(beyond) + 1} or more to keep them, or another --out")
+            raise PixelDiTError(
+                f"{out} already holds samples up to index {max(beyond)}; this run asks for --n {job.n}",
+                f"use --n {max(beyond) + 1} or more to keep them, or another --out",
+            )
         if before is None or before.get("format") != marker_format("sample"):
             write_json(out / MARKER, {"format": marker_format("sample"), **identity})
     done = broadcast(sorted(set(inv.records) | set(inv.pngs)) if rank == 0 else None, world)
@@ -267,21 +334,51 @@ def clear_outputs(out: Path) -> int:
 _JOB_FILES = ("samples.npz", "grid.png", "results.json", MARKER)
 
 
-def run(job: SampleJob, model=None, progress=True, provenance: dict | None = None) -> dict:
-    """Run (or finish) a sampling job on this process's share; rank 0 writes grid/npz/results.json
-    (with `provenance`, e.g. the resolved config and where its defaults came from, when given)."""
-    validate(job)
-    rank, world, device = init_distributed(job.device)
+@dataclass(frozen=True)
+class Prepared:
+    """A job checked against its network on this process: what `execute` runs."""
+
+    job: SampleJob
+    model: torch.nn.Module
+    rank: int
+    world: int
+    device: torch.device
+    precision: str  # resolved: fp32 | bf16
+    provenance: dict
+
+
+def prepare(job: SampleJob, model=None, process=None, provenance: dict | None = None) -> Prepared:
+    """Set up the process group (unless `process` = (rank, world, device) says it is), resolve the precision,
+    load the network (unless given) and check the job against it — each once."""
+    rank, world, device = process or init_distributed(job.device)
     precision = resolve_precision(job.precision, device)
     if model is None:
         model = load_model(job.ckpt, weights=job.weights, device=device)
-    cfg = model.config
-    validate(job, cfg)
-    from .memory import check_fits
+    check_model(job, model, device)
+    return Prepared(job, model, rank, world, device, precision, provenance or {})
 
-    guided = job.cfg != 1.0
-    check_fits(cfg, job.height, job.width, min(job.batch_size, job.n) * (2 if guided else 1), device)
-    conds = family_of(cfg).sample_conditions(model, job, device)  # labels by index, tensors by batch
+
+def run(job: SampleJob, model=None, progress=True, provenance: dict | None = None, process=None) -> dict:
+    """Run (or finish) a sampling job on this process's share; rank 0 writes grid/npz/results.json
+    (with `provenance`, e.g. the resolved config and where its defaults came from, when given)."""
+    return execute(prepare(job, model, process, provenance), progress)
+
+
+def execute(p: Prepared, progress=True) -> dict:
+    """Run a prepared job: claim and lock the folder (rank 0), generate this rank's share, assemble."""
+    job, model, rank, world, device, precision = p.job, p.model, p.rank, p.world, p.device, p.precision
+    cfg = model.config
+    conds = family_of(cfg).sample_conditions(  # labels by index, tensors by batch
+        model,
+        device,
+        classes=job.classes,
+        mode=job.mode,
+        n=job.n,
+        seed=job.seed,
+        prompts=job.prompts,
+        negative_prompt=job.negative_prompt,
+        text_encoder_path=job.text_encoder,
+    )
     fmt = job.resolved_format()
     out = Path(job.out or default_out(job))
     digest = checkpoint_sha256(job.ckpt) if rank == 0 else ""
@@ -290,8 +387,9 @@ def run(job: SampleJob, model=None, progress=True, provenance: dict | None = Non
         claim(out, "sample", legacy=_legacy_job)  # a folder pixeldit did not make is never written to
         ensure_writable_dir(out)
     with lock(out) if rank == 0 else contextlib.nullcontext():
-        return _run_locked(job, model, out, fmt, identity, digest, rank, world, device, precision, conds, progress,
-                           provenance)
+        return _run_locked(
+            job, model, out, fmt, identity, digest, rank, world, device, precision, conds, progress, p.provenance
+        )
 
 
 def _run_locked(job, model, out, fmt, identity, digest, rank, world, device, precision, conds, progress, provenance):
@@ -303,8 +401,20 @@ def _run_locked(job, model, out, fmt, identity, digest, rank, world, device, pre
     mine = todo[rank::world]
     writer = PartWriter(out / "parts", rank, job.height, job.width) if fmt != "png" else None
     t0 = time.perf_counter()
-    stats, written = _generate(job, model, conds, device, autocast_dtype(precision), mine, len(todo), world, out, fmt,
-                               writer, progress and rank == 0)
+    stats, written = _generate(
+        job,
+        model,
+        conds,
+        device,
+        autocast_dtype(precision),
+        mine,
+        len(todo),
+        world,
+        out,
+        fmt,
+        writer,
+        progress and rank == 0,
+    )
     elapsed = time.perf_counter() - t0
     made = gather((writer.entries() if writer else [], written), world)  # what each rank wrote, for rank 0
     barrier(world)
@@ -323,22 +433,17 @@ def _run_locked(job, model, out, fmt, identity, digest, rank, world, device, pre
 
 def _generate(job, model, conds, device, autocast, mine, total, world, out, fmt, writer, show):
     """Make this rank's images batch by batch; each is on disk (record and/or PNG) before the next batch."""
-    from .models.packed import packed_linears
-    from .progress import progress as bar_of
-
     net = torch.compile(model) if job.compile else model
     stats, t0, made, written = None, time.perf_counter(), 0, {}
     cfg = model.config
     try:
-        with bar_of(show and bool(mine)) as bar, packed_linears(model, enabled=job.packed and not job.compile):
+        with progress_bar(show and bool(mine)) as bar, packed_linears(model, enabled=job.packed and not job.compile):
             task = bar.add("sampling", total=total)
             for b in range(0, len(mine), job.batch_size):
-                idx = mine[b: b + job.batch_size]
+                idx = mine[b : b + job.batch_size]
                 x = noise_for(idx, job.seed, (cfg.in_channels, job.height, job.width)).to(device)
                 y, uncond = conds.batch(idx, device)
-                imgs, stats = solve(net, x, y, uncond, solver=job.solver, steps=job.steps, cfg=job.cfg,
-                                    interval=job.interval, shift=job.shift, autocast=autocast,
-                                    semantic_reuse=job.semantic_reuse, reuse_schedule=job.reuse_schedule)
+                imgs, stats = solve(net, x, y, uncond, autocast=autocast, **job.solving.kwargs())
                 if made == 0:
                     _warn_if_nonfinite(imgs)
                 u8 = to_uint8(imgs).cpu()
@@ -360,24 +465,31 @@ def _generate(job, model, conds, device, autocast, mine, total, world, out, fmt,
 
 def _warn_if_nonfinite(imgs):
     if not torch.isfinite(imgs).all():
-        import sys
-
-        print("warning: the network produced NaN or infinite values (NaN weights in the checkpoint, or bf16 overflow?); "
-              "those pixels are written as 0", file=sys.stderr, flush=True)
+        print(
+            "warning: the network produced NaN or infinite values (NaN weights in the checkpoint, or bf16 overflow?); "
+            "those pixels are written as 0",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _finish(job, out: Path, fmt: str, inv, conds) -> dict:
     """Rank 0: check completeness, export PNGs made earlier as records only, grid, npz, and drop the parts."""
     missing = [i for i in range(job.n) if i not in inv.records and i not in inv.pngs]
     if missing:
-        raise PixelDiTError(f"{len(missing)} samples are missing after the run (first: {missing[0]})", "re-run the same command to finish")
+        raise PixelDiTError(
+            f"{len(missing)} samples are missing after the run (first: {missing[0]})",
+            "re-run the same command to finish",
+        )
     reader = RecordReader(inv, out)
     exported = 0
     try:
         if fmt in ("png", "both"):
             for i in range(job.n):
                 if i not in inv.pngs:
-                    write_png(torch.from_numpy(np.array(reader.pixels(i))).permute(2, 0, 1), out / png_name(i, conds.text(i)))
+                    write_png(
+                        torch.from_numpy(np.array(reader.pixels(i))).permute(2, 0, 1), out / png_name(i, conds.text(i))
+                    )
                     exported += 1
         _write_grid(reader, out, job.n, conds.columns, conds.column_labels)
         if fmt in ("npz", "both"):
@@ -400,8 +512,6 @@ def grid_layout(n: int, columns: int = 0, k: int = 64) -> tuple[int, int]:
 
 def _write_grid(reader, out: Path, n: int, columns: int, labels=None):
     """The first images; with one column per cycled class or prompt, each column is labelled."""
-    from .io import write_grid
-
     k, nrow = grid_layout(n, columns)
     imgs = torch.stack([torch.from_numpy(np.array(reader.pixels(i))).permute(2, 0, 1) for i in range(k)])
     write_grid(imgs, out / "grid.png", nrow, column_labels=labels if nrow == columns and labels else None)
@@ -421,11 +531,11 @@ def _report(job, cfg, stats, todo, done, elapsed, out, fmt, device, precision, c
     if stats is None:  # nothing left to do: count one solve's evaluations analytically from a dry run
         stats = _dry_stats(job, cfg)
     return {
-        "settings": dict(asdict(job), out=str(out), precision=precision, format=fmt),
+        "settings": dict(job.values(), out=str(out), precision=precision, format=fmt),
         "num_classes": cfg.num_classes,
         **conds.report(),
-        "nfe_per_sample": stats.evals,            # network evaluations actually made per sample
-        "patch_path_evals_per_sample": stats.patch_evals,   # < pixel-path evals with --semantic-reuse
+        "nfe_per_sample": stats.evals,  # network evaluations actually made per sample
+        "patch_path_evals_per_sample": stats.patch_evals,  # < pixel-path evals with --semantic-reuse
         "pixel_path_evals_per_sample": stats.evals,
         "gflops_per_image": _gflops_per_image(cfg, job, stats),
         "network_calls_per_batch": stats.calls,
@@ -435,7 +545,7 @@ def _report(job, cfg, stats, todo, done, elapsed, out, fmt, device, precision, c
         "seconds": round(elapsed, 3),
         "images_per_second": round(len(todo) / elapsed, 4) if todo and elapsed > 0 else None,
         "checkpoint": os.path.abspath(job.ckpt),
-        "checkpoint_sha256": digest,             # of the file, or of a folder's config, index and shards
+        "checkpoint_sha256": digest,  # of the file, or of a folder's config, index and shards
         "dtype": precision,
         **device_report(device, precision),
         "versions": versions(),
@@ -444,21 +554,16 @@ def _report(job, cfg, stats, todo, done, elapsed, out, fmt, device, precision, c
 
 def _gflops_per_image(cfg, job, stats) -> float:
     """Analytic FLOPs of one image's solve: patch pathway × its runs + pixel pathway × its runs."""
-    from .flops import pathway_flops
-
     f = pathway_flops(cfg, job.height, job.width)
     return round((f["patch"] * stats.patch_evals + f["pixel"] * stats.evals) / 1e9, 4)
 
 
 def versions() -> dict:
-    from . import __version__
-
     return {"pixeldit": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
 def _dry_stats(job, cfg):
     """The evaluation count of one solve, from a stand-in network (the count depends only on the schedule)."""
-    from types import SimpleNamespace
 
     class Zero(torch.nn.Module):
         config = SimpleNamespace(kind=cfg.kind, num_classes=cfg.num_classes)
@@ -476,8 +581,5 @@ def _dry_stats(job, cfg):
             return torch.zeros_like(x)
 
     cond = torch.zeros(1, 1, 1)  # any condition, with an explicit uncond: the count does not depend on them
-    _, st = solve(Zero(), torch.zeros(1, 1, 1, 1), cond, cond, solver=job.solver,
-                  steps=job.steps, cfg=job.cfg, interval=job.interval, shift=job.shift,
-                  semantic_reuse=job.semantic_reuse, reuse_schedule=job.reuse_schedule)
+    _, st = solve(Zero(), torch.zeros(1, 1, 1, 1), cond, cond, **job.solving.kwargs())
     return st
-

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pixeldit_cli.io import atomic_file
+
 
 class SmallClassifier(nn.Module):
     """Gray images in [-1, 1] of one size; RGB inputs are averaged over channels and larger inputs centre-
@@ -38,7 +40,7 @@ class SmallClassifier(nn.Module):
             x = x.mean(1, keepdim=True)
         if x.shape[-1] > self.size or x.shape[-2] > self.size:
             top, left = (x.shape[-2] - self.size) // 2, (x.shape[-1] - self.size) // 2
-            x = x[..., top: top + self.size, left: left + self.size]
+            x = x[..., top : top + self.size, left : left + self.size]
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
         x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
         return self.head(x.flatten(1))
@@ -54,8 +56,18 @@ def to_input(images) -> torch.Tensor:
     return x.float()
 
 
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 2,
-                     batch_size: int = 256, lr: float = 3e-3, seed: int = 0, width: int = 16, log=None):
+def train_classifier(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    epochs: int = 2,
+    batch_size: int = 256,
+    lr: float = 3e-3,
+    seed: int = 0,
+    width: int = 16,
+    log=None,
+):
     """Adam with a cosine schedule on (N, C, H, W) images in [-1, 1]; returns the model in eval mode."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -69,7 +81,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, batch_size):
-            idx = perm[i: i + batch_size]
+            idx = perm[i : i + batch_size]
             loss = F.cross_entropy(model(images[idx]), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -85,7 +97,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
 def predict(model: nn.Module, images, batch_size: int = 500) -> np.ndarray:
     """Class ids (N,) for images in any form `to_input` accepts."""
     x = to_input(images)
-    return torch.cat([model(x[i: i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]).numpy()
+    return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]).numpy()
 
 
 def accuracy(model: nn.Module, images, labels) -> float:
@@ -94,9 +106,14 @@ def accuracy(model: nn.Module, images, labels) -> float:
 
 def save_classifier(model: SmallClassifier, path, **meta) -> None:
     """State dict plus the architecture and the measured figures, loadable with weights_only=True."""
-    from ..io import atomic_file
 
-    blob = {"state_dict": model.state_dict(), "num_classes": model.num_classes, "width": model.width, "size": model.size, "meta": meta}
+    blob = {
+        "state_dict": model.state_dict(),
+        "num_classes": model.num_classes,
+        "width": model.width,
+        "size": model.size,
+        "meta": meta,
+    }
     with atomic_file(path) as f:
         torch.save(blob, f)
 
