@@ -12,7 +12,8 @@ For each case: achieved GFLOP/s (paper-convention FLOPs / best wall time) of
 
 calls interleaved, plain / ours / plain / ours ..., so that machine noise hits both alike, and each
 against the 2048³ fp32 matmul rate measured in the same run. Prints the speed-up and max |Δ| between
-the two outputs (random weights of the released scale).
+the two outputs (random weights of the released scale). Then the same under bf16 autocast (plain: the
+weights cast on every call; ours: cast once), against the bf16 matmul rate.
 """
 
 import argparse
@@ -24,7 +25,7 @@ import torch
 
 from pixeldit_cli.flops import analytic_flops, example_inputs, matmul_rate
 from pixeldit_cli.models import build_model
-from pixeldit_cli.models.packed import packed_linears
+from pixeldit_cli.models.packed import bf16_linears, packed_linears
 
 CASES = [("PixelDiT-S/4", 32, 8), ("PixelDiT-B/16", 256, 1), ("PixelDiT-XL/16", 256, 1)]
 
@@ -40,6 +41,29 @@ def interleaved(fns, repeats: int) -> list[float]:
             f()
             best[i] = min(best[i], time.perf_counter() - t0)
     return best
+
+
+def bf16_row(name, res, batch, repeats) -> dict:
+    """The same comparison under bf16 autocast: plain (weights cast on every call, the release's recipe)
+    against ours (bf16 weight copies made once: models/packed.py bf16_linears), vs the bf16 GEMM rate."""
+    torch.manual_seed(0)
+    net = build_model(name, init=False).eval()
+    inputs = example_inputs(net.config, res, res, batch)
+    flops = analytic_flops(net.config, res, res, batch)["total"]
+
+    def call(fast):
+        with torch.autocast("cpu", dtype=torch.bfloat16), bf16_linears(net, enabled=fast):
+            return net(*inputs)
+
+    with torch.inference_mode():
+        rate = matmul_rate(dtype=torch.bfloat16)
+        t_plain, t_ours = interleaved([lambda: call(False), lambda: call(True)], repeats)
+        rate = max(rate, matmul_rate(dtype=torch.bfloat16))
+        same = torch.equal(call(False), call(True))
+    return dict(model=name, res=res, batch=batch, precision="bf16", matmul_gflops_per_s=round(rate, 1),
+                plain_efficiency=round(flops / t_plain / 1e9 / rate, 3),
+                efficiency=round(flops / t_ours / 1e9 / rate, 3), speedup_vs_plain=round(t_plain / t_ours, 3),
+                bit_identical=same, seconds_plain=round(t_plain, 4), seconds_ours=round(t_ours, 4))  # fmt: skip
 
 
 def main():
@@ -62,6 +86,7 @@ def main():
             diff = (plain(*inputs) - ours(*inputs)).abs().max().item()
         row = dict(
             model=name,
+            precision="fp32",
             res=res,
             batch=batch,
             matmul_gflops_per_s=round(rate, 1),
@@ -76,6 +101,7 @@ def main():
             threads=torch.get_num_threads(),
         )
         print(json.dumps(row), flush=True)
+        print(json.dumps(bf16_row(name, res, batch, args.repeats)), flush=True)
 
 
 if __name__ == "__main__":

@@ -123,7 +123,9 @@ def flops(
         "auto", "--device", help="With --measure: auto (CUDA when present) | cpu | cuda | cuda:N."
     ),
     precision: Precision = typer.Option(
-        Precision.auto, "--precision", help="With --measure: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16."
+        Precision.auto,
+        "--precision",
+        help="With --measure: auto (bf16 on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16.",
     ),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print one JSON object."),
 ):
@@ -443,7 +445,7 @@ def sample(
     precision: Precision = typer.Option(
         Precision.auto,
         "--precision",
-        help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16.",
+        help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16.",
         rich_help_panel="Distributed",
     ),
     device: str = typer.Option(
@@ -693,7 +695,10 @@ def edit(
         rich_help_panel="Model",
     ),
     precision: Precision = typer.Option(
-        Precision.auto, "--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16.", rich_help_panel="Model"
+        Precision.auto,
+        "--precision",
+        help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16.",
+        rich_help_panel="Model",
     ),
     print_config: bool = typer.Option(
         False,

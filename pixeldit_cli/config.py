@@ -56,7 +56,7 @@ class TrainSection:
     repa_block: int = 8  # 1-based patch block whose output is aligned (T2I: 6)
     repa_encoder: str = ""  # local DINOv2 ViT-B/14 directory (transformers format)
     repa_width: int = 0  # the REPA projector's hidden width (0: the network's; the T2I release: 2048)
-    precision: str = "bf16"  # CUDA autocast; the CPU always trains in fp32
+    precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16 (precision.py), else fp32
     grad_checkpointing: bool = False
     fsdp: bool = False  # shard params/grads/optimizer over ranks (FSDP2); needs > 1 process
     compile: bool = False

@@ -1,9 +1,8 @@
-"""The runtime every command shares: processes (torchrun or `--nproc`), the device, and the precision.
+"""The runtime every command shares: processes (torchrun or `--nproc`) and the device.
 
 One rule for the device, in every command: `--device auto` is CUDA when present (under torchrun the
-local rank's GPU), else the CPU; an explicit `cpu`, `cuda` or `cuda:N` is checked before any work. One
-rule for precision: `auto` is bf16 autocast on CUDA and fp32 on a CPU (bf16 matmuls on CPUs without
-AMX run hundreds of times slower than fp32, so bf16 on a CPU is only for tests of the bf16 code path).
+local rank's GPU), else the CPU; an explicit `cpu`, `cuda` or `cuda:N` is checked before any work. The
+precision is chosen from the hardware in precision.py.
 """
 
 import os
@@ -12,11 +11,8 @@ import uuid
 
 import torch
 
-from .choices import Precision, values
 from .errors import PixelDiTError
 from .workers import LAUNCHER_ENV
-
-PRECISIONS = values(Precision)  # ("auto", "fp32", "bf16")
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -43,25 +39,6 @@ def pick_device(spec: str | None = "auto") -> torch.device:
             )
         return torch.device(f"cuda:{int(index)}")
     raise PixelDiTError(f"unknown --device {spec!r}", "use auto, cpu, cuda or cuda:N")
-
-
-def resolve_precision(precision: str, device: torch.device, allow_cpu_bf16: bool = False) -> str:
-    """'auto' -> 'bf16' on CUDA, 'fp32' elsewhere; refuses bf16 on a CPU unless asked for (tests)."""
-    if precision not in PRECISIONS:
-        raise PixelDiTError(f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    allow_cpu_bf16 = allow_cpu_bf16 or os.environ.get("PIXELDIT_ALLOW_CPU_BF16") == "1"  # tests of the bf16 path
-    if precision == "bf16" and device.type == "cpu" and not allow_cpu_bf16:
-        raise PixelDiTError(
-            "bf16 on this CPU runs matmuls ~500x slower than fp32", "use --precision fp32 (the default on CPU)"
-        )
-    return precision
-
-
-def autocast_dtype(precision: str):
-    """The autocast dtype a resolved precision stands for (None: plain fp32)."""
-    return torch.bfloat16 if precision == "bf16" else None
 
 
 def init_distributed(device: str | None = "auto") -> tuple[int, int, torch.device]:
@@ -98,9 +75,9 @@ def gather(obj, world: int) -> list:
     return out
 
 
-def device_report(device: torch.device, precision: str) -> dict:
-    """What a results.json says about where it ran."""
-    rep = {"device": str(device), "dtype": precision, "world_size": dist_env()[1]}
+def device_report(device: torch.device, precision: str, reason: str = "") -> dict:
+    """What a results.json says about where it ran, and in which precision (and why: precision.choose)."""
+    rep = {"device": str(device), "dtype": precision, "precision_reason": reason or None, "world_size": dist_env()[1]}
     if device.type == "cuda":
         rep["device_name"] = torch.cuda.get_device_name(device)
     return rep

@@ -23,14 +23,15 @@ import torch
 import torch.nn.functional as F
 
 from .config import EditSection
-from .dist import autocast_dtype, device_report, pick_device, resolve_precision
+from .dist import device_report, pick_device
 from .errors import PixelDiTError
 from .families import family_of
 from .folders import claim, differences, lock, read_marker, remove_own
 from .io import ensure_writable_dir, file_sha256, read_image, write_json, write_png
 from .memory import check_fits
 from .models.loading import checkpoint_sha256, load_model
-from .models.packed import packed_linears
+from .models.packed import fast_linears
+from .precision import autocast_dtype, choose
 from .settings import EditSettings, n_max_of
 from .solvers import Velocity, c2i_grid, to_uint8
 
@@ -75,6 +76,7 @@ def flowedit(
     uncond=None,
     autocast=None,
     strength: float = DEFAULTS["strength"],
+    fast: bool = True,
 ):
     """Edit images x_src (B, C, H, W) in [-1, 1] from condition `src` to `tgt`; returns (edited, stats).
 
@@ -82,7 +84,8 @@ def flowedit(
     FlowEdit's notation, which wins when given.
 
     src / tgt: class ids (B,) or text states for T2I; uncond: the null condition (class-conditional: the
-    null class by default). Guidance is applied at every step (no interval).
+    null class by default). Guidance is applied at every step (no interval). `fast`: the jobs' fast Linear
+    path for this precision (models/packed.py: fp32 within ~1e-6, bf16 bit-identical); False: plain.
     """
     n_max = n_max_of(strength, steps) if n_max is None else n_max
     if not 0 <= n_min <= n_max <= steps:
@@ -98,7 +101,8 @@ def flowedit(
     x = x_src.float()
     z = x.clone()
     evals = 0
-    with torch.inference_mode():
+    precision = "bf16" if autocast == torch.bfloat16 else "fp32"
+    with torch.inference_mode(), fast_linears(model, precision, enabled=fast):
         for k, k1 in pairs:
             dv = torch.zeros_like(z)
             for j in range(n_avg):
@@ -246,7 +250,8 @@ def run_edit(
     image, out, es = Path(image), Path(out), settings
     _check_input(image)
     dev = pick_device(device)
-    prec = resolve_precision(precision, dev)
+    choice = choose(precision, dev)
+    prec = choice.precision
     names = _output_names(image, out, es.seed, es.num_seeds)
     claim(out, "edit")  # a folder of someone else's files is refused before any work
     img, note = read_rgb(image)
@@ -267,9 +272,8 @@ def run_edit(
     check_fits(cfg, fitted.shape[1], fitted.shape[2], 2, dev, "one guided FlowEdit step")
     x = ((fitted.float() / 255 - 0.5) / 0.5).to(dev)  # the training normalisation
 
-    with packed_linears(model, enabled=packed):
-        runs = [flowedit(model, x[None], cond_src, cond_tgt, **es.flowedit_kwargs(), seed=es.seed + k, uncond=uncond,
-                         autocast=autocast_dtype(prec)) for k in range(es.num_seeds)]  # fmt: skip
+    runs = [flowedit(model, x[None], cond_src, cond_tgt, **es.flowedit_kwargs(), seed=es.seed + k, uncond=uncond,
+                     autocast=autocast_dtype(prec), fast=packed) for k in range(es.num_seeds)]  # fmt: skip
     edits, stats = [unfit(to_uint8(z)[0].cpu(), info, *img.shape[1:]) for z, _ in runs], runs[-1][1]
     src_shown = unfit(fitted, info, *img.shape[1:])
     _write_outputs(out, identity, overwrite, names, src_shown, edits)
@@ -291,7 +295,7 @@ def run_edit(
         "region": ({"mask": str(mask)} if mask is not None else {"bbox": list(bbox)} if bbox is not None else None),
         "background": _background(region, info, fitted, src_shown, edits, es.seed),
         "to_source": [dict(seed=es.seed + k, **change_metrics(src_shown, e)) for k, e in enumerate(edits)],
-        **device_report(dev, prec),
+        **device_report(dev, prec, choice.reason),
         **(provenance or {}),
     }
     write_json(out / "results.json", result)

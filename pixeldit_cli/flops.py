@@ -15,11 +15,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import load_preset
-from .dist import autocast_dtype, device_report, pick_device, resolve_precision
+from .dist import device_report, pick_device
 from .errors import PixelDiTError
 from .families import family_of
 from .models.config import ModelConfig
 from .models.registry import build_model, count_params, empty_model, model_config
+from .precision import autocast_dtype, choose
 
 #################################################################################
 #                               Closed form                                     #
@@ -220,7 +221,8 @@ def run_flops(
         result["text_tokens"] = family_of(mcfg).text_tokens(mcfg, text_len)
     if measure:
         dev = pick_device(device)
-        prec = resolve_precision(precision, dev)
+        choice = choose(precision, dev)
+        prec = choice.precision
         net = build_model(mcfg, init=False).eval().to(dev)
         inputs = [t.to(dev) for t in example_inputs(mcfg, H, W, batch, text_len)]
         m = measure_forward(net, inputs, parts["total"], repeats, autocast_dtype(prec))
@@ -232,6 +234,6 @@ def run_flops(
                 "measured while the machine was busy; re-run on a quiet machine"
             )
         m["threads"] = torch.get_num_threads()
-        m.update(device_report(dev, prec))
+        m.update(device_report(dev, prec, choice.reason))
         result["measured"] = m
     return result

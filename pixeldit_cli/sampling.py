@@ -29,7 +29,7 @@ import torch
 from . import __version__
 from .choices import SampleFormat, values
 from .config import command_config, with_values
-from .dist import autocast_dtype, barrier, broadcast, device_report, gather, init_distributed, resolve_precision
+from .dist import barrier, broadcast, device_report, gather, init_distributed
 from .errors import PixelDiTError
 from .families import family_of
 from .flops import pathway_flops
@@ -38,8 +38,9 @@ from .io import ensure_writable_dir, write_grid, write_json, write_png
 from .labels import CLASS_MODES, aspect_bucket
 from .memory import check_fits
 from .models.loading import checkpoint_sha256, load_model
-from .models.packed import packed_linears
+from .models.packed import fast_linears
 from .npz import NpzWriter
+from .precision import autocast_dtype, choose
 from .progress import progress as progress_bar
 from .records import PNG_NAME, PartWriter, RecordReader, remove_parts, scan
 from .settings import SolveSettings, solve_values
@@ -71,9 +72,16 @@ def sample(
     autocast=None,
     semantic_reuse=1,
     reuse_schedule="uniform",
+    precision: str | None = None,
+    fast: bool = True,
 ):
     """Images in [-1, 1] (unclipped) from `noise` for either model. interval/shift in the c2i convention.
-    semantic_reuse K recomputes the patch pathway every K-th evaluation (docs/semantic-reuse.md)."""
+    semantic_reuse K recomputes the patch pathway every K-th evaluation (docs/semantic-reuse.md).
+
+    precision: "fp32" (the default), "bf16" or "auto" (chosen from the hardware, precision.choose); the
+    older `autocast=torch.bfloat16` means "bf16". fast: the jobs' fast Linear path (oneDNN-packed fp32
+    weights, within ~1e-6 of the plain path; bf16 weight copies, bit-identical to plain autocast);
+    fast=False runs the network's plain forward."""
     settings = SolveSettings(
         solver=solver,
         steps=steps,
@@ -83,7 +91,10 @@ def sample(
         semantic_reuse=semantic_reuse,
         reuse_schedule=reuse_schedule,
     )
-    return solve(model, noise, cond, uncond, autocast=autocast, **settings.kwargs())[0]
+    if precision is not None:
+        autocast = autocast_dtype(choose(precision, noise.device).precision)
+    with fast_linears(model, "bf16" if autocast == torch.bfloat16 else "fp32", enabled=fast):
+        return solve(model, noise, cond, uncond, autocast=autocast, **settings.kwargs())[0]
 
 
 #################################################################################
@@ -107,7 +118,7 @@ class SampleJob:
     width: int = 256
     seed: int = 0
     batch_size: int = 32
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16
     npz: bool = False  # make sure samples.npz is written (whatever --format says)
     compile: bool = False
     weights: str = "ema"
@@ -344,6 +355,7 @@ class Prepared:
     world: int
     device: torch.device
     precision: str  # resolved: fp32 | bf16
+    precision_reason: str  # why (precision.choose): the hardware's answer or the flag
     provenance: dict
 
 
@@ -351,11 +363,11 @@ def prepare(job: SampleJob, model=None, process=None, provenance: dict | None = 
     """Set up the process group (unless `process` = (rank, world, device) says it is), resolve the precision,
     load the network (unless given) and check the job against it — each once."""
     rank, world, device = process or init_distributed(job.device)
-    precision = resolve_precision(job.precision, device)
+    choice = choose(job.precision, device)
     if model is None:
         model = load_model(job.ckpt, weights=job.weights, device=device)
     check_model(job, model, device)
-    return Prepared(job, model, rank, world, device, precision, provenance or {})
+    return Prepared(job, model, rank, world, device, choice.precision, choice.reason, provenance or {})
 
 
 def run(job: SampleJob, model=None, progress=True, provenance: dict | None = None, process=None) -> dict:
@@ -366,7 +378,7 @@ def run(job: SampleJob, model=None, progress=True, provenance: dict | None = Non
 
 def execute(p: Prepared, progress=True) -> dict:
     """Run a prepared job: claim and lock the folder (rank 0), generate this rank's share, assemble."""
-    job, model, rank, world, device, precision = p.job, p.model, p.rank, p.world, p.device, p.precision
+    job, model, rank, device = p.job, p.model, p.rank, p.device
     cfg = model.config
     conds = family_of(cfg).sample_conditions(  # labels by index, tensors by batch
         model,
@@ -382,18 +394,16 @@ def execute(p: Prepared, progress=True) -> dict:
     fmt = job.resolved_format()
     out = Path(job.out or default_out(job))
     digest = checkpoint_sha256(job.ckpt) if rank == 0 else ""
-    identity = dict(job.identity(digest, device.type, precision), num_classes=cfg.num_classes)
+    identity = dict(job.identity(digest, device.type, p.precision), num_classes=cfg.num_classes)
     if rank == 0:
         claim(out, "sample", legacy=_legacy_job)  # a folder pixeldit did not make is never written to
         ensure_writable_dir(out)
     with lock(out) if rank == 0 else contextlib.nullcontext():
-        return _run_locked(
-            job, model, out, fmt, identity, digest, rank, world, device, precision, conds, progress, p.provenance
-        )
+        return _run_locked(p, out, fmt, identity, digest, conds, progress)
 
 
-def _run_locked(job, model, out, fmt, identity, digest, rank, world, device, precision, conds, progress, provenance):
-    cfg = model.config
+def _run_locked(p: Prepared, out, fmt, identity, digest, conds, progress):
+    job, model, rank, world, device = p.job, p.model, p.rank, p.world, p.device
     inv, done = _open_folder(job, out, identity, rank, world, conds.label)
     barrier(world)
 
@@ -406,7 +416,7 @@ def _run_locked(job, model, out, fmt, identity, digest, rank, world, device, pre
         model,
         conds,
         device,
-        autocast_dtype(precision),
+        p.precision,
         mine,
         len(todo),
         world,
@@ -424,26 +434,29 @@ def _run_locked(job, model, out, fmt, identity, digest, rank, world, device, pre
             inv.add(entries)
             inv.pngs.update(names)
         result = _finish(job, out, fmt, inv, conds)
-        result.update(_report(job, cfg, stats, todo, done, elapsed, out, fmt, device, precision, conds, digest))
-        result.update(provenance or {})
+        result.update(_report(p, stats, todo, done, elapsed, out, fmt, conds, digest))
+        result.update(p.provenance)
         write_json(out / "results.json", result)
     barrier(world)
     return result
 
 
-def _generate(job, model, conds, device, autocast, mine, total, world, out, fmt, writer, show):
+def _generate(job, model, conds, device, precision, mine, total, world, out, fmt, writer, show):
     """Make this rank's images batch by batch; each is on disk (record and/or PNG) before the next batch."""
     net = torch.compile(model) if job.compile else model
     stats, t0, made, written = None, time.perf_counter(), 0, {}
     cfg = model.config
     try:
-        with progress_bar(show and bool(mine)) as bar, packed_linears(model, enabled=job.packed and not job.compile):
+        with (
+            progress_bar(show and bool(mine)) as bar,
+            fast_linears(model, precision, enabled=job.packed and not job.compile),
+        ):
             task = bar.add("sampling", total=total)
             for b in range(0, len(mine), job.batch_size):
                 idx = mine[b : b + job.batch_size]
                 x = noise_for(idx, job.seed, (cfg.in_channels, job.height, job.width)).to(device)
                 y, uncond = conds.batch(idx, device)
-                imgs, stats = solve(net, x, y, uncond, autocast=autocast, **job.solving.kwargs())
+                imgs, stats = solve(net, x, y, uncond, autocast=autocast_dtype(precision), **job.solving.kwargs())
                 if made == 0:
                     _warn_if_nonfinite(imgs)
                 u8 = to_uint8(imgs).cpu()
@@ -527,7 +540,8 @@ def _write_npz(reader, out: Path, n: int, label_of):
         w.add("arr_1", np.asarray([label_of(i) for i in range(n)], dtype=np.int64))
 
 
-def _report(job, cfg, stats, todo, done, elapsed, out, fmt, device, precision, conds, digest) -> dict:
+def _report(p: Prepared, stats, todo, done, elapsed, out, fmt, conds, digest) -> dict:
+    job, cfg, device, precision = p.job, p.model.config, p.device, p.precision
     if stats is None:  # nothing left to do: count one solve's evaluations analytically from a dry run
         stats = _dry_stats(job, cfg)
     return {
@@ -547,7 +561,7 @@ def _report(job, cfg, stats, todo, done, elapsed, out, fmt, device, precision, c
         "checkpoint": os.path.abspath(job.ckpt),
         "checkpoint_sha256": digest,  # of the file, or of a folder's config, index and shards
         "dtype": precision,
-        **device_report(device, precision),
+        **device_report(device, precision, p.precision_reason),
         "versions": versions(),
     }
 

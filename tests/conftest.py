@@ -7,6 +7,13 @@ import torch
 FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(Path(__file__).parent))  # reference_impl
 
+# `--precision auto` answers from the hardware (bf16 on CPUs with native bf16). The suite runs the same on
+# every machine: auto means fp32 on the CPU here (subprocesses inherit it); tests of the choice itself
+# (test_precision.py) clear this and simulate the hardware's answer.
+import os  # noqa: E402
+
+os.environ["PIXELDIT_CPU_BF16"] = "0"
+
 
 def randomize(model, seed=0):
     """Weights like the official fixtures: N(0, 0.05²), norm weights 1 + N(0, 0.1²), final linear ×5,

@@ -125,7 +125,7 @@ def test_sample_resolves_validates_and_sets_up_processes_once(tiny, tmp_path, mo
     # the process group: the CLI's own lookup (inside the command) and the library's
     count_calls(monkeypatch, dist_module, "init_distributed", counts)
     count_calls(monkeypatch, sampling_module, "init_distributed", counts)
-    count_calls(monkeypatch, sampling_module, "resolve_precision", counts)
+    count_calls(monkeypatch, sampling_module, "choose", counts)
     # validation: the job's own, the settings', the check against the network and its family
     count_calls(monkeypatch, sampling_module.SampleJob, "__post_init__", counts, "job validated")
     count_calls(monkeypatch, SolveSettings, "__post_init__", counts, "settings validated")
@@ -140,7 +140,7 @@ def test_sample_resolves_validates_and_sets_up_processes_once(tiny, tmp_path, mo
         "command_config": 1,
         "solve_values": 1,
         "init_distributed": 1,
-        "resolve_precision": 1,
+        "choose": 1,
         "job validated": 1,
         "settings validated": 1,
         "check_model": 1,

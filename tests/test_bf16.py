@@ -10,7 +10,6 @@ zero error — so each test also asserts the error is above u/64: bf16 really ra
 
 import json
 
-import pytest
 import torch
 from conftest import randomize
 from safetensors.torch import save_file
@@ -96,16 +95,18 @@ def test_training_loss_and_gradients_under_bf16_autocast(c2i):
     assert U / 64 < err < 2 * U * 2 * L, err  # backward doubles the path
 
 
-def test_sample_job_in_bf16_on_cpu_records_it(c2i, tmp_path, monkeypatch):
+def test_sample_job_in_bf16_on_cpu_records_it(c2i, tmp_path, monkeypatch, capfd):
+    import pixeldit_cli.precision as precision
     from pixeldit_cli.sampling import SampleJob, run
 
     path = tmp_path / "tiny.safetensors"
     save_file(c2i.state_dict(), str(path), metadata={"pixeldit_config": json.dumps(c2i.config.to_dict())})
     base = dict(ckpt=str(path), n=2, solver="euler", steps=2, cfg=2.0, height=16, width=16, format="npz")
-    with pytest.raises(Exception, match="bf16 on this CPU"):
-        run(SampleJob(**base, out=str(tmp_path / "refused"), precision="bf16"), progress=False)
-    monkeypatch.setenv("PIXELDIT_ALLOW_CPU_BF16", "1")
+    # a CPU without native bf16 (the probe's answer simulated): asked-for bf16 runs, after a warning
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: precision.CpuBf16(False, 0.004, (), "probe"))
+    precision._warn_once.cache_clear()
     r16 = run(SampleJob(**base, out=str(tmp_path / "b"), precision="bf16"), progress=False)
+    assert "bf16 on this CPU is emulated" in capfd.readouterr().err and "emulated" in r16["precision_reason"]
     r32 = run(SampleJob(**base, out=str(tmp_path / "f"), precision="fp32"), progress=False)
     assert r16["dtype"] == "bf16" and r32["dtype"] == "fp32" and r16["device"] == "cpu"
     import numpy as np

@@ -9,8 +9,10 @@ duration of a `with` block and restores it after; nothing in the state dict chan
 The sums are accumulated in another order, so outputs move in the last bits (max |Δ| ~1e-6 on the
 XL/16 forward, well inside the 1e-5 parity contract; tests/test_packed.py). It is deterministic run to
 run. It applies only where it can: CPU, fp32, no autograd, no autocast, oneDNN present; elsewhere (and
-for any call that needs gradients) the ordinary Linear runs. `sample` and `edit` jobs use it; the
-library's forward (`model(x, t, y)`, `solve`, `flowedit`) stays the plain PyTorch path.
+for any call that needs gradients) the ordinary Linear runs. Under bf16 autocast the fast path is a bf16
+copy of each Linear weight made once (`bf16_linears`), the same numbers autocast makes on every call.
+`fast_linears` picks one per precision; the jobs, `pixeldit.sample` and `flowedit` use it by default
+(`fast=False` for the plain path); the network's own forward (`model(x, t, y)`) is always plain.
 """
 
 import contextlib
@@ -82,3 +84,43 @@ def packed_linears(model: nn.Module, enabled: bool = True, rows_hint: int = 256)
     finally:
         for mod in patched:
             del mod.forward
+
+
+class _Bf16Forward:
+    """One Linear under bf16 autocast with its weight cast to bf16 once: autocast would cast the fp32 weight
+    on every call (a copy of every weight per network evaluation); the product is the same, bit for bit."""
+
+    def __init__(self, linear: nn.Linear):
+        self.linear = linear
+        self.weight = linear.weight.detach().to(torch.bfloat16)
+        self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
+
+    def __call__(self, x):
+        lin = self.linear
+        if not torch.is_autocast_enabled(x.device.type) or torch.get_autocast_dtype(x.device.type) != torch.bfloat16:
+            return F.linear(x, lin.weight, lin.bias)
+        if torch.is_grad_enabled() and (x.requires_grad or lin.weight.requires_grad):
+            return F.linear(x, lin.weight, lin.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+@contextlib.contextmanager
+def bf16_linears(model: nn.Module, enabled: bool = True):
+    """Within the block, every fp32 nn.Linear of `model` keeps a bf16 copy of its weights for bf16 autocast."""
+    patched = []
+    try:
+        if enabled:
+            for mod in model.modules():
+                if isinstance(mod, nn.Linear) and "forward" not in mod.__dict__ and mod.weight.dtype == torch.float32:
+                    mod.forward = _Bf16Forward(mod)
+                    patched.append(mod)
+        yield model
+    finally:
+        for mod in patched:
+            del mod.forward
+
+
+def fast_linears(model: nn.Module, precision: str = "fp32", enabled: bool = True):
+    """The inference fast path for a resolved precision: oneDNN-packed weights in fp32 (the last bits move,
+    ~1e-6), bf16 weight copies in bf16 (bit-identical to plain autocast). Elsewhere the plain Linear runs."""
+    return bf16_linears(model, enabled) if precision == "bf16" else packed_linears(model, enabled)

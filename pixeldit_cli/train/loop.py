@@ -32,6 +32,7 @@ from ..io import append_line, ensure_writable_dir, write_grid, write_json, write
 from ..memory import check_train_fits
 from ..models.registry import build_model, count_params, model_config
 from ..plot import plot_metrics
+from ..precision import PRECISIONS, autocast_dtype, choose
 from ..progress import progress as bar_of
 from ..solvers import SOLVERS, noise_for, solve, to_uint8
 from ..text import resolve_pretrained
@@ -156,8 +157,8 @@ def validate(cfg: Config, world: int):
     positive("train.time_shift", tc.time_shift)
     for b in tc.betas:
         finite("train.betas", b, lo=0.0, hi=0.999999)
-    if tc.precision not in ("fp32", "bf16"):
-        raise PixelDiTError(f"train.precision must be fp32 or bf16, got {tc.precision!r}")
+    if tc.precision not in PRECISIONS:
+        raise PixelDiTError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {tc.precision!r}")
     if cfg.data.resolution < 1 or cfg.data.num_workers < 0:
         raise PixelDiTError("data.resolution must be positive and data.num_workers 0 or more")
 
@@ -201,7 +202,7 @@ class TrainRun:
     device: torch.device
     mcfg: object  # ModelConfig
     recipe: object  # train.recipes.Recipe: the family's data, loss and grid
-    autocast: object = None  # torch.bfloat16 on CUDA with train.precision bf16, else None (fp32)
+    autocast: object = None  # torch.bfloat16 when train.precision resolves to bf16 (precision.choose), else None
     step: int = 0
     skipped: int = 0  # non-finite steps skipped so far
     in_a_row: int = 0
@@ -291,7 +292,7 @@ def setup(cfg: Config, out: Path, resume: str, stack=None) -> tuple[TrainRun, ob
         device,
         mcfg,
         recipe_for(mcfg),
-        autocast=torch.bfloat16 if (device.type == "cuda" and tc.precision == "bf16") else None,
+        autocast=autocast_dtype(choose(tc.precision, device).precision),
     )
     if resume in ("", "none") and (out / "checkpoints" / "last.pt").exists():
         raise PixelDiTError(
