@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # reference_impl
 import os  # noqa: E402
 
 os.environ["PIXELDIT_CPU_BF16"] = "0"
+os.environ["PIXELDIT_PACK"] = "1"  # the packed path runs wherever it applies (test_packed.py tests the probe)
 
 
 def randomize(model, seed=0):

@@ -6,6 +6,8 @@ the block, fall back to the plain Linear where gradients are needed, and sample 
 plain solver (images in [-1, 1]).
 """
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -59,3 +61,61 @@ def test_packed_sampling_stays_within_the_parity_tolerance(c2i, monkeypatch):
     with packed_linears(c2i):
         fast, _ = solve(c2i, noise, y, solver="flowdpm", steps=8, cfg=3.0, interval=(0.1, 0.9))
     assert 0 < (fast - plain).abs().max() <= 1e-5
+
+
+def _fresh_probe(monkeypatch, tmp_path, ratio):
+    """patch_packing() on a simulated CPU whose packed/plain ratio is `ratio`, with an empty cache."""
+    monkeypatch.delenv("PIXELDIT_PACK", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(packed, "_probe_ratio", lambda *shape: calls.append(shape) or ratio)
+    packed.patch_packing.cache_clear()
+    return calls
+
+
+@pytest.mark.parametrize("ratio,wins", [(1.3, True), (1.0, False)])
+def test_patch_level_packing_follows_the_probe_and_is_kept_per_machine(monkeypatch, tmp_path, ratio, wins):
+    calls = _fresh_probe(monkeypatch, tmp_path, ratio)
+    try:
+        patch_level, pixel_level = torch.nn.Linear(1152, 3072), torch.nn.Linear(16, 64)
+        assert packed.worth_packing(patch_level) is wins
+        assert packed.worth_packing(pixel_level)  # per-pixel layers gain on every CPU measured
+        assert not packed.worth_packing(torch.nn.Linear(1152, 24576))  # ties at best, costly reorder
+        assert calls == [packed.PROBE_SHAPE]
+        table = json.loads((tmp_path / "pixeldit" / "packing.json").read_text())
+        assert list(table.values()) == [{"ratio": ratio}]
+        # a later process on this machine reads the answer instead of timing again (same choice, same sums)
+        packed.patch_packing.cache_clear()
+        assert packed.patch_packing()[0] is wins and len(calls) == 1
+    finally:
+        packed.patch_packing.cache_clear()
+
+
+def test_pack_override_and_an_unwritable_cache(monkeypatch, tmp_path):
+    calls = _fresh_probe(monkeypatch, tmp_path / "file", 1.5)
+    (tmp_path / "file").write_text("not a folder")  # the cache cannot be written: measured, not fatal
+    try:
+        assert packed.patch_packing() == (True, "packed/plain GEMM 1.50x on this CPU (probe)")
+        monkeypatch.setenv("PIXELDIT_PACK", "0")
+        packed.patch_packing.cache_clear()
+        assert packed.patch_packing() == (False, "PIXELDIT_PACK=0 says so") and len(calls) == 1
+    finally:
+        packed.patch_packing.cache_clear()
+
+
+def test_layers_seeing_few_rows_are_never_packed():
+    """The AdaLN modulation sees one row per image: it stays on F.linear and its weight is never reordered;
+    a call with enough rows packs it, once."""
+    lin = torch.nn.Linear(1152, 6912).eval()
+    fwd = packed._PackedForward(lin)
+    x = torch.randn(2, 1152)
+    with torch.inference_mode():
+        assert torch.equal(fwd(x), torch.nn.functional.linear(x, lin.weight, lin.bias))
+        assert fwd.weight is None
+        big = torch.randn(64, 1152)
+        out = fwd(big)
+        packed_weight = fwd.weight
+        assert packed_weight is not None
+        torch.testing.assert_close(out, torch.nn.functional.linear(big, lin.weight, lin.bias), rtol=0, atol=1e-4)
+        fwd(big)
+        assert fwd.weight is packed_weight

@@ -1,9 +1,11 @@
-"""Inference on CPU with oneDNN-packed Linear weights: the same network, its GEMMs ~1.3× faster.
+"""Inference on CPU with oneDNN-packed Linear weights: the same network, its GEMMs faster where the CPU allows.
 
-PyTorch's CPU `F.linear` hands fp32 GEMMs to MKL, which at PixelDiT's shapes (M = 256 patch tokens, K =
-1152, N = 3072–24576) runs at ~75% of its 2048³ rate. oneDNN with the weight reordered once into its
-blocked layout (`mkldnn._reorder_linear_weight`, what torch.compile's CPU freezing pass emits) runs the
-same products at ~95%. `packed_linears(model)` swaps every Linear's forward for the packed call for the
+PyTorch's CPU `F.linear` hands fp32 GEMMs to MKL. oneDNN with the weight reordered once into its blocked
+layout (`mkldnn._reorder_linear_weight`, what torch.compile's CPU freezing pass emits) ran PixelDiT's
+patch-level products 1.2–1.3× faster on one AMD EPYC, and tied or lost on an Intel Xeon of the same
+machine type; the per-pixel layers (width ≤ 64, H·W rows) gained on both. So the per-pixel layers are
+always packed and the patch-level ones where a short probe, kept per machine, says it pays
+(`patch_packing`). `packed_linears(model)` swaps each chosen Linear's forward for the packed call for the
 duration of a `with` block and restores it after; nothing in the state dict changes.
 
 The sums are accumulated in another order, so outputs move in the last bits (max |Δ| ~1e-6 on the
@@ -16,6 +18,12 @@ copy of each Linear weight made once (`bf16_linears`), the same numbers autocast
 """
 
 import contextlib
+import functools
+import json
+import os
+import platform
+import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -24,6 +32,9 @@ import torch.nn.functional as F
 # Below ~50M multiply-adds per call the packed kernel's fixed cost wins over its faster inner loop (the
 # tiny CPU models' layers measured 0.6–0.95×): those calls keep F.linear.
 MIN_MACS = 50_000_000
+# oneDNN picks its blocking from a typical row count; 256 (one 256² image's patch tokens) measured as good
+# as the true count or better at every shape tried, and it is one primitive per layer shape.
+ROWS_HINT = 256
 
 
 def available() -> bool:
@@ -31,24 +42,31 @@ def available() -> bool:
 
 
 class _PackedForward:
-    """The packed call for one Linear; falls back to F.linear whenever the packed kernel does not apply."""
+    """The packed call for one Linear; falls back to F.linear whenever the packed kernel does not apply.
 
-    def __init__(self, linear: nn.Linear, rows_hint: int):
+    The weight is packed on the first call that is big enough to gain (`MIN_MACS`), with `ROWS_HINT` as
+    oneDNN's blocking hint: layers that only ever see a few rows (the AdaLN modulations and the
+    timestep MLP get one row per image) are never packed, which saves their reorder (on XL/16 a third of
+    all packing time) for no loss."""
+
+    def __init__(self, linear: nn.Linear):
         self.linear = linear
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows_hint)
+        self.weight = None
         self.bias = None if linear.bias is None else linear.bias.detach()
 
     def __call__(self, x):
         lin = self.linear
-        small = (x.numel() // max(1, x.shape[-1])) * lin.in_features * lin.out_features < MIN_MACS
+        rows = x.numel() // max(1, x.shape[-1])
         if (
-            small
+            rows * lin.in_features * lin.out_features < MIN_MACS
             or x.dtype != torch.float32
             or x.device.type != "cpu"
             or torch.is_autocast_enabled("cpu")
             or (torch.is_grad_enabled() and (x.requires_grad or lin.weight.requires_grad))
         ):
             return F.linear(x, lin.weight, lin.bias)
+        if self.weight is None:
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(lin.weight.detach(), ROWS_HINT)
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
 
@@ -58,19 +76,96 @@ def usable(model: nn.Module) -> bool:
     return available() and p is not None and p.device.type == "cpu" and p.dtype == torch.float32
 
 
+PACK_GAIN = 1.1  # the patch-level Linears are packed where the probe measures at least this speed-up
+PROBE_SHAPE = (512, 1152, 3072)  # rows, in, out: an XL/16 MLP at a CFG pair of 256² images
+
+
+def _probe_ratio(rows: int, k: int, n: int) -> float:
+    """plain / packed time of one Linear shape on this CPU (best of 5, interleaved)."""
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    pw = torch.ops.mkldnn._reorder_linear_weight(w, ROWS_HINT)
+    calls = (lambda: F.linear(x, w, b), lambda: torch.ops.mkldnn._linear_pointwise(x, pw, b, "none", [], ""))
+    best = [float("inf")] * 2
+    with torch.inference_mode():
+        for f in calls:
+            f()
+        for _ in range(5):
+            for i, f in enumerate(calls):
+                t0 = time.perf_counter()
+                f()
+                best[i] = min(best[i], time.perf_counter() - t0)
+    return best[0] / best[1]
+
+
+def _cache_file() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pixeldit" / "packing.json"
+
+
+def _machine_key() -> str:
+    model = next((ln.split(":", 1)[1].strip() for ln in _cpuinfo() if ln.startswith("model name")), "")
+    return f"{model or platform.processor()}|{platform.machine()}|torch {torch.__version__}|{torch.get_num_threads()}t"
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+@functools.lru_cache(maxsize=1)
+def patch_packing() -> tuple[bool, str]:
+    """Whether packing the patch-level Linears (K ≥ 256) pays on this machine, and why.
+
+    CPUs of one machine type differ here: on one AMD EPYC the packed GEMM ran 1.2–1.3× the plain one, on
+    an Intel Xeon it tied or lost at a CFG pair's row count. So it is measured — a ~0.3 s probe of one
+    such GEMM — and the answer is kept per machine (CPU model, torch version, threads) in
+    ~/.cache/pixeldit/packing.json, so that every later process on this machine makes the same choice
+    and runs the same summation order (a resumed job's images match an uninterrupted run's).
+    PIXELDIT_PACK=1 or 0 overrides."""
+    forced = os.environ.get("PIXELDIT_PACK", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1", f"PIXELDIT_PACK={forced} says so"
+    key, path = _machine_key(), _cache_file()
+    try:
+        cached = json.loads(path.read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        cached = None
+    if isinstance(cached, dict) and isinstance(cached.get("ratio"), (int, float)):
+        ratio = float(cached["ratio"])
+    else:
+        ratio = _probe_ratio(*PROBE_SHAPE)
+        try:
+            table = json.loads(path.read_text()) if path.exists() else {}
+            table = table if isinstance(table, dict) else {}
+            table[key] = {"ratio": round(ratio, 3)}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(table, indent=1))
+            os.replace(tmp, path)
+        except (OSError, ValueError):
+            pass  # a read-only home: measured again by the next process
+    return ratio >= PACK_GAIN, f"packed/plain GEMM {ratio:.2f}x on this CPU (probe)"
+
+
 def worth_packing(linear: nn.Linear) -> bool:
-    """Where oneDNN's packed GEMM wins on this kind of CPU (measured, M = 256–65536 rows): K ≥ 256 (the
-    patch-level Linears: 1.2–1.3×) and the per-pixel layers of width ≤ 64, which see H·W rows (1.4–2×).
-    At K = 128 with a few hundred rows (the tiny CPU models' patch level) it loses 10–15%."""
-    return linear.in_features >= 256 or max(linear.in_features, linear.out_features) <= 64
+    """Where oneDNN's packed GEMM wins on the project's CPUs (measured on AMD EPYC and Intel Xeon, M =
+    256–131072 rows): K ≥ 256 (the patch-level Linears: 1.05–1.25×) and the per-pixel layers of width ≤ 64,
+    which see H·W rows (1.1–2.3×). At K = 128 with a few hundred rows (the tiny CPU models' patch level) it
+    loses 10–15%; past N = 16384 outputs (XL/16's patch-to-pixel expansion, N = 24576) it only ties, and its
+    reorder costs more than a forward of that layer. Whether the patch-level ones gain at all depends on the
+    CPU: patch_packing() measures it."""
+    if max(linear.in_features, linear.out_features) <= 64:
+        return True
+    return linear.in_features >= 256 and linear.out_features <= 16384 and patch_packing()[0]
 
 
 @contextlib.contextmanager
-def packed_linears(model: nn.Module, enabled: bool = True, rows_hint: int = 256):
+def packed_linears(model: nn.Module, enabled: bool = True):
     """Within the block, every nn.Linear of `model` runs with oneDNN-packed weights (when usable).
 
-    `rows_hint` is the typical number of rows per call (oneDNN picks its blocking from it; any count
-    works). Weights must not change inside the block: they are packed on entry."""
+    Weights must not change inside the block: each is packed on its first qualifying call."""
     if not (enabled and usable(model)):
         yield model
         return
@@ -78,7 +173,7 @@ def packed_linears(model: nn.Module, enabled: bool = True, rows_hint: int = 256)
     try:
         for mod in model.modules():
             if isinstance(mod, nn.Linear) and "forward" not in mod.__dict__ and worth_packing(mod):
-                mod.forward = _PackedForward(mod, rows_hint)
+                mod.forward = _PackedForward(mod)
                 patched.append(mod)
         yield model
     finally:
