@@ -5,6 +5,8 @@ Public API (its contracts: the README):
     build_model(name_or_config)      -> fresh network, official init
     model_config(name)               -> ModelConfig for a registry name such as "PixelDiT-XL/16"
     sample(model, noise, cond, uncond, *, solver, steps, cfg, interval, shift) -> images in [-1, 1]
+    PixelDiTPipeline, PixelDiTT2IPipeline, PixelDiTTransformer2DModel, PixelDiTScheduler
+                                     -> the diffusers classes (pipelines.py; needs pixeldit[diffusers])
 
 Nothing heavy is imported here: the names above load on first use (PEP 562), so `pixeldit --help`
 does not pay for torch.
@@ -22,7 +24,9 @@ _LAZY = {
     "build_model": ".models.registry",
     "model_config": ".models.registry",
 }
-__all__ = [*_LAZY, "__version__"]
+_DIFFUSERS = ("PixelDiTPipeline", "PixelDiTT2IPipeline", "PixelDiTTransformer2DModel", "PixelDiTScheduler")
+__all__ = [*_LAZY, "__version__"]  # the diffusers classes are not in `import *`: they need the optional extra
+_LAZY.update(dict.fromkeys(_DIFFUSERS, ".pipelines"))
 
 
 def __getattr__(name):

@@ -59,6 +59,7 @@ class ReuseSchedule(str, Enum):
 class WeightsFormat(str, Enum):
     safetensors = "safetensors"
     hf = "hf"
+    diffusers = "diffusers"
 
 
 def values(enum) -> tuple[str, ...]:

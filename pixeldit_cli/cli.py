@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .choices import (
@@ -60,7 +61,7 @@ def friendly(fn):
                 raise
             if kwargs.get("as_json"):  # a script reading stdout with json.loads gets an object either way
                 print(json.dumps({"error": e.message, "hint": e.hint or None}), flush=True)
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
 
     return wrapper
@@ -177,7 +178,9 @@ def flops(
     "  pixeldit convert imagenet256_pixeldit_xl_epoch320.ckpt xl256_raw.safetensors --weights raw\n\n"
     "  pixeldit convert pixeldit_t2i_v1.pth t2i1024.safetensors\n\n"
     "  pixeldit convert runs/demo/train/checkpoints/last.pt demo.safetensors\n\n"
-    "  pixeldit convert imagenet256_pixeldit_xl_epoch320.ckpt pixeldit-xl256 --format hf   # config.json + model.safetensors"
+    "  pixeldit convert imagenet256_pixeldit_xl_epoch320.ckpt pixeldit-xl256 --format hf   # config.json + model.safetensors\n\n"
+    "  pixeldit convert imagenet256_pixeldit_xl_epoch320.ckpt xl256-diffusers --format diffusers   # a diffusers pipeline\n\n"
+    "  pixeldit convert pixeldit_t2i_v1.pth t2i-diffusers --format diffusers --text-encoder gemma-2-2b-it"
 )
 @friendly
 def convert(
@@ -194,10 +197,17 @@ def convert(
     fmt: WeightsFormat = typer.Option(
         WeightsFormat.safetensors,
         "--format",
-        help="safetensors (one file) or hf: a folder with config.json + model.safetensors, loadable by every --ckpt.",
+        help="safetensors (one file); hf: a folder with config.json + model.safetensors; diffusers: a diffusers "
+        "pipeline folder (model_index.json, transformer/, scheduler/, a model card). Every --ckpt reads all three.",
     ),
     max_shard_size: str = typer.Option(
-        "5GB", "--max-shard-size", help="With --format hf: shard the weights above this size (huggingface_hub's rule)."
+        "5GB", "--max-shard-size", help="With --format hf or diffusers: shard the weights above this size."
+    ),
+    text_encoder: str = typer.Option(
+        "",
+        "--text-encoder",
+        help="With --format diffusers, T2I: the local Gemma-2-2b-it folder the pipeline links as its text encoder "
+        "and tokenizer (nothing is copied or downloaded). Without it the pipeline takes them at from_pretrained.",
     ),
 ):
     """Convert a checkpoint to safetensors; the architecture is read from the tensor shapes."""
@@ -211,6 +221,7 @@ def convert(
         unsafe_pickle=unsafe_pickle,
         format=fmt.value,
         max_shard_size=max_shard_size,
+        text_encoder=text_encoder,
     )
     if as_json:
         from dataclasses import asdict

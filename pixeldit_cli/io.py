@@ -352,5 +352,35 @@ def _label_columns(grid: torch.Tensor, tile: int, labels, padding: int = 2, stri
 
 
 #################################################################################
-#                              ADM .npz, streamed                               #
+#                      Files named by other files (indexes, configs)            #
 #################################################################################
+
+
+def json_object(path: Path, what: str) -> dict:
+    """A JSON file that must hold an object: anything else is one line naming the file."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PixelDiTError(f"{path} is not valid JSON ({str(e).splitlines()[0][:80]})", f"is this {what}?") from None
+    except OSError as e:
+        raise PixelDiTError(f"cannot read {path}: {e.strerror or e}") from None
+    if not isinstance(value, dict):
+        raise PixelDiTError(f"{path} holds a JSON {type(value).__name__}, not an object", f"is this {what}?")
+    return value
+
+
+def inside(folder: Path, name, source: Path) -> Path:
+    """`folder/name` for a name read from a file in `folder`, refusing anything that leaves the folder
+    (`../x`, an absolute path, a symlink pointing out): a crafted index must not make us read elsewhere."""
+    if not isinstance(name, str) or not name or name != Path(name).name or name in (".", ".."):
+        raise PixelDiTError(
+            f"{source} names {name!r}, which is not a file inside {folder}",
+            "a shard must be a plain file name in the same folder",
+        )
+    path = folder / name
+    real_folder = folder.resolve()
+    if path.exists() and path.resolve().parent != real_folder:
+        raise PixelDiTError(
+            f"{source} names {name!r}, a link to a file outside {folder}", "copy the shard into the folder"
+        )
+    return path

@@ -104,22 +104,16 @@ class TextEncoder:
         max_length: int = 300,
         expected_dim: int | None = None,
         system_prompt: list[str] | None = None,
+        *,
+        tokenizer=None,
+        model=None,
     ):
-        try:
-            from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415 (optional, heavy)
-        except ImportError:
-            raise PixelDiTError("the text encoder needs transformers", "pip install 'pixeldit[text]'") from None
-
-        def load(path, local):
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
-            try:
-                return tokenizer, AutoModel.from_pretrained(path, local_files_only=local, dtype=dtype)
-            except TypeError:  # transformers < 4.56 names it torch_dtype
-                return tokenizer, AutoModel.from_pretrained(path, local_files_only=local, torch_dtype=dtype)
-
-        self.tokenizer, model = load_pretrained(
-            "text encoder", path, "pass --text-encoder DIR with Gemma-2-2b-it", load
-        )
+        """From a local folder (`path`), or from a tokenizer and model already loaded (a diffusers pipeline's
+        components: `path` None)."""
+        if model is None or tokenizer is None:
+            self.tokenizer, model = _load_encoder(path, dtype)
+        else:
+            self.tokenizer = tokenizer
         self.model = model.get_decoder() if hasattr(model, "get_decoder") and model.get_decoder() is not None else model
         self.model = self.model.to(device).eval().requires_grad_(False)
         self.tokenizer.padding_side = "right"
@@ -170,6 +164,22 @@ class TextEncoder:
         if negative not in self._null:
             self._null[negative] = self._states([negative], self.max_length)
         return self._null[negative]
+
+
+def _load_encoder(path, dtype):
+    try:
+        from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415 (optional, heavy)
+    except ImportError:
+        raise PixelDiTError("the text encoder needs transformers", "pip install 'pixeldit[text]'") from None
+
+    def load(path, local):
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+        try:
+            return tokenizer, AutoModel.from_pretrained(path, local_files_only=local, dtype=dtype)
+        except TypeError:  # transformers < 4.56 names it torch_dtype
+            return tokenizer, AutoModel.from_pretrained(path, local_files_only=local, torch_dtype=dtype)
+
+    return load_pretrained("text encoder", path, "pass --text-encoder DIR with Gemma-2-2b-it", load)
 
 
 def text_encoder(path: str, mcfg, device, why: str) -> TextEncoder:

@@ -1,3 +1,4 @@
+import re
 import sys
 from pathlib import Path
 
@@ -49,3 +50,39 @@ def t2i():
     from pixeldit_cli import build_model
 
     return randomize(build_model("PixelDiT-T2I-S/16"), 1)
+
+
+# A tiny Gemma-2 saved like a real one (real transformers loading code), shared by the T2I tests.
+@pytest.fixture(scope="session")
+def gemma(tmp_path_factory):
+    """A word-level tokenizer that adds BOS (as Gemma's does) and a 1-layer Gemma-2, saved like a real one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import Gemma2Config, Gemma2Model, PreTrainedTokenizerFast
+
+    from pixeldit_cli.text import CHI_PROMPT
+
+    d = tmp_path_factory.mktemp("gemma")
+    words = sorted(set(re.findall(r"\w+|[^\w\s]", " ".join(CHI_PROMPT) + " a red fox in snow blue bird over sea")))
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{w: i + 4 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    ).save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = Gemma2Config(
+        vocab_size=len(vocab),
+        hidden_size=12,
+        intermediate_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=1,
+    )
+    Gemma2Model(cfg).save_pretrained(d)
+    return d

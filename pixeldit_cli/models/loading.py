@@ -29,8 +29,9 @@ import torch
 from safetensors import safe_open
 
 from ..errors import PixelDiTError
-from ..io import file_sha256
+from ..io import file_sha256, inside, json_object
 from ..train.checkpoint import FORMAT as TRAIN_FORMAT
+from . import diffusers_layout
 from .config import ModelConfig
 from .registry import empty_model
 
@@ -82,6 +83,8 @@ def read_state(path: str | os.PathLike, unsafe_pickle: bool = False):
     if not path.exists():
         raise PixelDiTError(f"checkpoint {path} does not exist", "check the path")
     if path.is_dir():
+        if diffusers_layout.is_diffusers(path):
+            return diffusers_layout.read(path, _safetensors_shard)
         return read_hf_folder(path)
     if not path.is_file():
         raise PixelDiTError(f"checkpoint {path} is not a regular file (a pipe or a device?)", "pass a checkpoint file")
@@ -134,42 +137,12 @@ def _torch_load(f, unsafe_pickle: bool, mmap: bool):
 HF_CONFIG, HF_WEIGHTS, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 
 
-def _json_object(path: Path, what: str) -> dict:
-    """A JSON file that must hold an object: anything else is one line naming the file."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise PixelDiTError(f"{path} is not valid JSON ({str(e).splitlines()[0][:80]})", f"is this {what}?") from None
-    except OSError as e:
-        raise PixelDiTError(f"cannot read {path}: {e.strerror or e}") from None
-    if not isinstance(value, dict):
-        raise PixelDiTError(f"{path} holds a JSON {type(value).__name__}, not an object", f"is this {what}?")
-    return value
-
-
-def inside(folder: Path, name, source: Path) -> Path:
-    """`folder/name` for a name read from a file in `folder`, refusing anything that leaves the folder
-    (`../x`, an absolute path, a symlink pointing out): a crafted index must not make us read elsewhere."""
-    if not isinstance(name, str) or not name or name != Path(name).name or name in (".", ".."):
-        raise PixelDiTError(
-            f"{source} names {name!r}, which is not a file inside {folder}",
-            "a shard must be a plain file name in the same folder",
-        )
-    path = folder / name
-    real_folder = folder.resolve()
-    if path.exists() and path.resolve().parent != real_folder:
-        raise PixelDiTError(
-            f"{source} names {name!r}, a link to a file outside {folder}", "copy the shard into the folder"
-        )
-    return path
-
-
 def shard_files(folder: Path) -> list[Path]:
     """The weight files of a folder: model.safetensors, or the shards its index names (inside the folder only)."""
     index_path = folder / HF_INDEX
     if not index_path.is_file():
         return [folder / HF_WEIGHTS]
-    index = _json_object(index_path, "a safetensors shard index")
+    index = json_object(index_path, "a safetensors shard index")
     wm = index.get("weight_map")
     if not isinstance(wm, dict) or not wm:
         raise PixelDiTError(f"{index_path} has no weight_map (tensor name -> shard file)", "is the index complete?")
@@ -183,6 +156,9 @@ def checkpoint_files(path) -> list[Path]:
     path = Path(path)
     if not path.is_dir():
         return [path]
+    if diffusers_layout.is_diffusers(path):
+        config, index, shards = diffusers_layout.layout(path)
+        return [f for f in (config, *([index] if index else []), *shards) if f.is_file()]
     files = [path / HF_CONFIG] + ([path / HF_INDEX] if (path / HF_INDEX).is_file() else []) + shard_files(path)
     return [f for f in files if f.is_file()]
 
@@ -207,7 +183,7 @@ def read_hf_folder(folder: Path):
             f"checkpoint {folder} is a folder without {HF_CONFIG}",
             "pass a checkpoint file, or a folder written by `pixeldit convert --format hf`",
         )
-    conf = _json_object(folder / HF_CONFIG, "a pixeldit model folder")
+    conf = json_object(folder / HF_CONFIG, "a pixeldit model folder")
     if conf.get("model_type") != "pixeldit" or not isinstance(conf.get("pixeldit_config"), dict):
         raise PixelDiTError(
             f"{folder} is not a pixeldit model folder (config.json model_type {conf.get('model_type')!r})"
@@ -216,9 +192,7 @@ def read_hf_folder(folder: Path):
     for f in shard_files(folder):
         if not f.is_file():
             raise PixelDiTError(f"{folder} is missing {f.name}", "is the download complete?")
-        if kind_of_file(f) != "safetensors":
-            raise PixelDiTError(f"{f} is not a safetensors file", "a model folder's weights are safetensors shards")
-        part, _ = read_state(f)
+        part, _ = _safetensors_shard(f)
         tensors.update(part)
     meta = {
         "pixeldit_config": json.dumps(conf["pixeldit_config"]),
@@ -227,6 +201,12 @@ def read_hf_folder(folder: Path):
         "train_config": json.dumps(conf.get("train_config") or {}),
     }
     return tensors, meta
+
+
+def _safetensors_shard(f: Path):
+    if kind_of_file(f) != "safetensors":
+        raise PixelDiTError(f"{f} is not a safetensors file", "a model folder's weights are safetensors shards")
+    return read_state(f)
 
 
 #################################################################################
@@ -395,12 +375,31 @@ def _from_safetensors(sd: dict, meta: dict, weights: str, rep: KeyReport, source
     """Our .safetensors: the tensors, and the config, class names and training config in its metadata."""
     rep.source_format = "safetensors"
     cfg = None
-    if "pixeldit_config" in meta:
+    if "diffusers_layout" in meta:
+        rep.source_format = meta["diffusers_layout"]
+        cfg = _stated_config(sd, _meta_json(meta, "stated_config", dict, source, {}), meta["diffusers_layout"], source)
+    elif "pixeldit_config" in meta:
         cfg = model_config_from(_meta_json(meta, "pixeldit_config", dict, source, None), source)
         rep.weights = meta.get("weights", weights) if meta.get("weights") in ("ema", "raw") else weights
     rep.class_names = _meta_json(meta, "class_names", list, source, [])
     rep.train_config = _meta_json(meta, "train_config", dict, source, {})
     return sd, cfg
+
+
+def _stated_config(sd: dict, stated: dict, layout: str, source: str) -> ModelConfig:
+    """A diffusers folder's architecture: ours states every field; the community port's config states some,
+    the rest comes from the tensors' shapes, and what it states must agree with them."""
+    if layout == "pixeldit diffusers":
+        return model_config_from(stated, source)
+    inferred = infer_config(sd)
+    differ = [f"{k} {v!r} (the tensors say {getattr(inferred, k)!r})" for k, v in stated.items()
+              if getattr(inferred, k) != v]  # fmt: skip
+    if differ:
+        raise PixelDiTError(
+            f"{source}: its config.json disagrees with its weights: {', '.join(differ[:3])}",
+            "the folder's config or weights are damaged, or from different models",
+        )
+    return inferred
 
 
 def _from_training(obj: dict, weights: str, rep: KeyReport, source: str):
