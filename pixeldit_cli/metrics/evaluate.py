@@ -1,12 +1,15 @@
-"""`pixeldit eval-fid`: ADM-protocol FID / sFID / IS / precision / recall of a sample set against a reference.
+"""`pixeldit eval-fid`: ADM-protocol FID / sFID / IS / precision / recall of a sample set against a reference,
+and on request KID, FD_DINOv2 and the CLIP score (`metrics=`; docs/evaluation.md#more-metrics).
 
 ADM's rules, kept: a file's stored mu/sigma/mu_s/sigma_s are used instead of its images for FID/sFID;
 precision/recall always use reference *images* (10K in ADM's batches); IS uses the samples in file
-order. A metric the inputs cannot support is skipped with its reason, never a crash. Reference
-features are cached by (file hash, weights hash, feature version).
+order. KID uses the same pool3 features and the reference images, FD_DINOv2 the images of both sides.
+A metric the inputs cannot support is skipped with its reason, never a crash. Reference features are
+cached by (file hash, weights hash, feature version).
 """
 
 import hashlib
+import json
 import sys
 import time
 import zipfile
@@ -17,13 +20,38 @@ import torch
 
 from ..dist import device_report, dist_env, gather, init_distributed
 from ..errors import PixelDiTError
-from ..io import ensure_writable_file, file_sha256
+from ..io import atomic_path, ensure_writable_dir, ensure_writable_file, file_sha256, write_json
 from ..npz import NpzImages, NpzWriter, open_images
 from ..progress import progress as progress_bar
 from .inception import load_inception
-from .scores import frechet_distance, inception_score, looks_sorted, precision_recall, statistics
+from .scores import (
+    KID_SEED,
+    KID_SUBSET_SIZE,
+    KID_SUBSETS,
+    frechet_distance,
+    inception_score,
+    kid,
+    looks_sorted,
+    precision_recall,
+    statistics,
+)
 
 FEATURE_VERSION = "tf1-bilinear/x-128d128/pool3+mixed6d.1x1[:7]nhwc/v1"
+METRICS = ("fid", "sfid", "is", "pr", "kid", "fd_dinov2", "clip")
+DEFAULT_METRICS = ("fid", "sfid", "is", "pr")  # the ADM suite
+_RESULT_KEYS = {"fid": ("fid",), "sfid": ("sfid",), "is": ("is",), "pr": ("precision", "recall"),
+                "kid": ("kid", "kid_std", "kid_subset_size"), "fd_dinov2": ("fd_dinov2",), "clip": ("clip_score",)}  # fmt: skip
+
+
+def parse_metrics(spec) -> tuple[str, ...]:
+    """'fid,kid' (or a sequence) -> the metrics in the order given; one line for an unknown name."""
+    names = [m.strip().lower() for m in (spec.split(",") if isinstance(spec, str) else spec) if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise PixelDiTError(
+            f"unknown metric {', '.join(unknown) or '(none given)'}", f"use some of {','.join(METRICS)}"
+        )
+    return tuple(dict.fromkeys(names))
 
 
 def _device_setup(device):
@@ -136,25 +164,45 @@ def evaluate(
     cache_dir=None,
     device=None,
     progress=True,
+    metrics=DEFAULT_METRICS,
+    dinov2=None,
+    clip=None,
+    save_features=None,
 ) -> dict:
-    """FID / sFID / IS / precision / recall of `samples` (npz or folder) against an ADM reference batch,
-    with the reference's features cached by content hash. Rank 0 returns the result; other ranks {}."""
+    """The chosen `metrics` of `samples` (npz or folder) against a reference (an ADM batch or images),
+    with the reference's features cached by content hash; `dinov2` / `clip` are local model folders for
+    fd_dinov2 / clip; `save_features` a folder for every feature array. Rank 0 returns the result; other
+    ranks {}."""
+    metrics = parse_metrics(metrics)
+    if "fd_dinov2" in metrics and not dinov2:
+        raise PixelDiTError("fd_dinov2 needs the DINOv2 model", "pass --dinov2 DIR (a saved facebook/dinov2-large)")
+    if "clip" in metrics and not clip:
+        raise PixelDiTError(
+            "the CLIP score needs a CLIP model", "pass --clip DIR (a saved openai/clip-vit-large-patch14)"
+        )
     rank, world, device = _device_setup(device)
-    net, winfo = load_inception(inception, inception_sha256)
-    net = net.to(device)
     samples, ref = Path(samples), Path(ref)
     if not ref.exists():
         raise PixelDiTError(f"reference {ref} does not exist")
     src = open_images(samples)
     if src.array("mu") is None:  # stored statistics need no images; otherwise at least two
         _check_images(src, f"samples {samples}")
+    prompts = sample_prompts(samples, src) if "clip" in metrics else None
+    if save_features is not None and rank == 0:
+        ensure_writable_dir(Path(save_features))
+    inception_metrics = {"fid", "sfid", "is", "pr", "kid"} & set(metrics)
+    net, winfo = load_inception(inception, inception_sha256) if inception_metrics else (None, {"sha256": ""})
+    net = net.to(device) if net is not None else None
 
     t0 = time.perf_counter()
-    skipped, notes = {}, []
+    skipped, notes, saved = {}, [], {}
     with progress_bar(progress and rank == 0) as bar:
-        r, ref_hash = reference_stats(ref, net, winfo["sha256"], batch_size, device, cache_dir, bar)
-        stored_mu = src.array("mu") if isinstance(src, NpzImages) else None
-        feats = extract(src, net, batch_size, device, bar, "samples")
+        r, ref_hash, feats, stored_mu = {}, file_sha256(ref), None, None
+        if net is not None:
+            r, ref_hash = reference_stats(ref, net, winfo["sha256"], batch_size, device, cache_dir, bar)
+            stored_mu = src.array("mu") if isinstance(src, NpzImages) else None
+            feats = extract(src, net, batch_size, device, bar, "samples")
+        extra = _other_networks(metrics, src, ref, ref_hash, dinov2, clip, prompts, batch_size, device, cache_dir, bar)
     if rank != 0:
         return {}
 
@@ -167,22 +215,173 @@ def evaluate(
             "resolutions is not the paper's protocol"
         )
     t_scores = time.perf_counter()
-    res.update(_scores(src, feats, r, stored_mu, fid_method, pr_mode, skipped, notes))
-    notes.extend(_caveats(len(src), fid_method, time.perf_counter() - t_scores))
+    if feats is not None:
+        res.update(_scores(src, feats, r, stored_mu, fid_method, pr_mode, skipped, notes))
+        if "kid" in metrics:
+            res.update(_kid(feats, r, skipped))
+        notes.extend(_caveats(len(src), fid_method, time.perf_counter() - t_scores))
+    res.update(_other_scores(extra, fid_method, skipped))
+    res = {k: v for k, v in res.items() if k in ("n", "resolution") or any(k in _RESULT_KEYS[m] for m in metrics)}
+    skipped = {k: v for k, v in skipped.items() if any(k.startswith(m) or (m == "pr" and k == "precision/recall")
+                                                        for m in metrics)}  # fmt: skip
+    if save_features is not None:
+        saved = _save_features(Path(save_features), samples, ref, ref_hash, feats, r, winfo, extra)
     res.update(
         {
+            "metrics": list(metrics),
             "samples": str(samples),
             "reference": str(ref),
             "reference_sha256": ref_hash,
-            "inception": winfo,
-            "protocol": _protocol(fid_method, pr_mode),
+            "inception": winfo if net is not None else None,
+            **{f"{name}_model": e["info"] for name, e in extra.items()},
+            "protocol": _protocol(fid_method, pr_mode, metrics),
             "skipped": skipped,
             "notes": notes,
+            "saved_features": saved or None,
             "seconds": round(time.perf_counter() - t0, 2),
             **device_report(device, "fp32"),
         }
     )
     return res
+
+
+def _kid(feats, r, skipped: dict) -> dict:
+    if "pool3" not in r or len(r["pool3"]) < 2 or len(feats["pool3"]) < 2:
+        skipped["kid"] = "the reference holds no images (KID compares image features, not stored statistics)"
+        return {"kid": None, "kid_std": None}
+    mean, std, m = kid(feats["pool3"], r["pool3"])
+    return {"kid": mean, "kid_std": std, "kid_subset_size": m}
+
+
+#################################################################################
+#                 FD_DINOv2 and the CLIP score (metrics/embeddings.py)          #
+#################################################################################
+
+
+def sample_prompts(samples: Path, src) -> list[str]:
+    """The prompt of every sample, from the sample folder's results.json (a T2I `pixeldit sample` job):
+    arr_1 holds each image's prompt index; a PNG folder cycles the prompts over the indices, as the job does."""
+    folder = samples if samples.is_dir() else samples.parent
+    path = folder / "results.json"
+    try:
+        prompts = json.loads(path.read_text(encoding="utf-8")).get("prompts")
+    except (OSError, ValueError, AttributeError):
+        prompts = None
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise PixelDiTError(
+            f"the CLIP score needs the samples' prompts: {path} has none",
+            "score the folder of a text-to-image `pixeldit sample` job (its results.json lists the prompts)",
+        )
+    labels = src.array("arr_1") if isinstance(src, NpzImages) else None
+    index = labels if labels is not None and len(labels) == len(src) else np.arange(len(src)) % len(prompts)
+    if int(np.max(index)) >= len(prompts) or int(np.min(index)) < 0:
+        raise PixelDiTError(f"{samples}: arr_1 holds prompt indices beyond the {len(prompts)} prompts in {path}")
+    return [prompts[int(i)] for i in index]
+
+
+def _embed(source, fn, batch_size, progress, label, prompts=None) -> np.ndarray:
+    """`fn` over every image in file order (under torchrun each rank a contiguous share, re-assembled)."""
+    rank, world, _ = dist_env()
+    n = len(source)
+    lo, hi = rank * n // world, (rank + 1) * n // world
+    task = progress.add(label, total=hi - lo) if progress is not None else None
+    out, i = [], lo
+    for batch in source.batches(batch_size, lo, hi):
+        out.append(fn(batch) if prompts is None else fn(batch, prompts[i : i + len(batch)]))
+        i += len(batch)
+        if task is not None:
+            progress.advance(task, len(batch))
+    part = np.concatenate(out) if out else np.zeros((0,), np.float32)
+    return np.concatenate([p for p in gather(part, world) if len(p)]) if world > 1 else part
+
+
+def _other_networks(metrics, src, ref, ref_hash, dinov2, clip, prompts, batch_size, device, cache_dir, bar) -> dict:
+    """{"dinov2": {info, samples, reference}, "clip": {info, scores}} for the metrics asked for."""
+    from .embeddings import DINOV2_VERSION, ClipScorer, Dinov2Features  # noqa: PLC0415 (transformers)
+
+    extra = {}
+    if "fd_dinov2" in metrics:
+        net = Dinov2Features(dinov2, device)
+        ref_src = open_images(ref, require_images=False)
+        key = hashlib.sha256(f"{ref_hash}/{net.sha256}/{DINOV2_VERSION}".encode()).hexdigest()[:24]
+        cache = Path(cache_dir) / f"dinov2-{key}.npz" if cache_dir else None
+        cached = _read_features(cache)
+        ref_feats = cached if cached is not None else _embed(ref_src, net, batch_size, bar, "reference (DINOv2)")
+        if cache is not None and cached is None and len(ref_feats):
+            _write_features(cache, ref_feats)
+        extra["dinov2"] = {"info": net.info(), "reference": ref_feats,
+                           "samples": _embed(src, net, batch_size, bar, "samples (DINOv2)")}  # fmt: skip
+    if "clip" in metrics:
+        scorer = ClipScorer(clip, device)
+        extra["clip"] = {"info": scorer.info(), "scores": _embed(src, scorer, batch_size, bar, "CLIP score", prompts)}
+    return extra
+
+
+def _other_scores(extra: dict, fid_method: str, skipped: dict) -> dict:
+    out = {}
+    if "dinov2" in extra:
+        a, b = extra["dinov2"]["samples"], extra["dinov2"]["reference"]
+        if len(a) < 2 or len(b) < 2:
+            out["fd_dinov2"] = None
+            skipped["fd_dinov2"] = "needs at least 2 images on each side (stored statistics are Inception's)"
+        else:
+            out["fd_dinov2"] = frechet_distance(*statistics(a), *statistics(b), method=fid_method)
+    if "clip" in extra:
+        out["clip_score"] = float(np.mean(extra["clip"]["scores"]))
+    return out
+
+
+def _read_features(cache: Path | None):
+    if cache is None or not cache.exists():
+        return None
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            return z["features"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError):
+        return None
+
+
+def _write_features(cache: Path, feats: np.ndarray) -> None:
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with NpzWriter(cache) as w:
+            w.add("features", feats)
+    except (OSError, PixelDiTError) as e:  # only a cache
+        print(f"note: DINOv2 reference features not cached ({e})", file=sys.stderr)
+
+
+def _save_features(folder: Path, samples, ref, ref_hash, feats, r, winfo, extra) -> dict:
+    """--save-features: each network's features as .npy with a sidecar JSON (file, its hash, weights, protocol)."""
+    samples_hash = file_sha256(samples) if Path(samples).is_file() else None
+    arrays = {}
+    if feats is not None:
+        arrays["samples-inception-pool3"] = (feats["pool3"], samples, samples_hash, winfo["sha256"], FEATURE_VERSION)
+        arrays["samples-inception-spatial"] = (
+            feats["spatial"],
+            samples,
+            samples_hash,
+            winfo["sha256"],
+            FEATURE_VERSION,
+        )
+        if "pool3" in r:
+            arrays["reference-inception-pool3"] = (r["pool3"], ref, ref_hash, winfo["sha256"], FEATURE_VERSION)
+    if "dinov2" in extra:
+        e = extra["dinov2"]
+        arrays["samples-dinov2"] = (e["samples"], samples, samples_hash, e["info"]["sha256"], e["info"]["protocol"])
+        arrays["reference-dinov2"] = (e["reference"], ref, ref_hash, e["info"]["sha256"], e["info"]["protocol"])
+    if "clip" in extra:
+        e = extra["clip"]
+        arrays["samples-clip-score"] = (e["scores"], samples, samples_hash, e["info"]["sha256"], e["info"]["protocol"])
+    saved = {}
+    for name, (arr, path, digest, weights, protocol) in arrays.items():
+        with atomic_path(folder / f"{name}.npy") as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, np.asarray(arr), allow_pickle=False)
+        side = {"file": str(path), "file_sha256": digest, "weights_sha256": weights, "protocol": protocol,
+                "shape": list(np.asarray(arr).shape)}  # fmt: skip
+        write_json(folder / f"{name}.json", side)
+        saved[name] = str(folder / f"{name}.npy")
+    return saved
 
 
 def _caveats(n: int, fid_method: str, seconds: float) -> list[str]:
@@ -244,17 +443,26 @@ def _scores(src, feats, r, stored_mu, fid_method, pr_mode, skipped: dict, notes:
     return res
 
 
-def _protocol(fid_method: str, pr_mode: str) -> dict:
+def _protocol(fid_method: str, pr_mode: str, metrics=DEFAULT_METRICS) -> dict:
     """What was computed, in words (results.json): enough to tell two evaluations apart."""
-    return {
+    out = {
         "resize": "TF1 bilinear to 299 (no half-pixel, no antialias)",
         "normalise": "(x - 128) / 128",
         "fid": f"pool3, {fid_method} sqrtm",
         "sfid": "Mixed_6d.branch1x1[:7], NHWC",
         "is": "1008 bias-free logits, 5000-image splits in order",
         "precision_recall": f"k=3, tiles 10000, {pr_mode} distances",
+        "kid": f"pool3, unbiased MMD^2, kernel (x.y/d + 1)^3, {KID_SUBSETS} subsets of min({KID_SUBSET_SIZE}, N), "
+        f"RandomState({KID_SEED}) (torch-fidelity / clean-fid)",
+        "fd_dinov2": f"DINOv2 CLS after norm, /255, bicubic antialias 224, ImageNet mean/std (EDM2), {fid_method} sqrtm",
+        "clip": "100 * max(cos, 0), mean over images, each against its prompt (results.json)",
         "feature_version": FEATURE_VERSION,
     }
+    keep = {"fid": ("fid",), "sfid": ("sfid",), "is": ("is",), "pr": ("precision_recall",), "kid": ("kid",),
+            "fd_dinov2": ("fd_dinov2",), "clip": ("clip",)}  # fmt: skip
+    inception = {"fid", "sfid", "is", "pr", "kid"} & set(metrics)
+    shown = {k for m in metrics for k in keep[m]} | ({"resize", "normalise", "feature_version"} if inception else set())
+    return {k: v for k, v in out.items() if k in shown}
 
 
 def _is_reference_batch(path: Path) -> bool:
