@@ -974,6 +974,109 @@ def eval_fid(
     _print_eval(r, as_json)
 
 
+@app.command(
+    epilog="Examples:\n\n"
+    "  pixeldit sweep --ckpt xl256.safetensors --ref VIRTUAL_imagenet256_labeled.npz --out sweeps/xl256 --n 10000 "
+    "--cfg 1.5,2,2.75,3.5 --interval 0.1-0.9,0.1-1.0\n\n"
+    "  pixeldit sweep --ckpt demo.safetensors --ref fashion_ref.npz --out sweeps/demo --n 500 --cfg 1,2,3,4 "
+    "--steps 25,50 --metrics fid,kid --sqrtm eigh\n\n"
+    "Each cell is a normal sample job (OUT/cells/NAME, resumable) scored against REF with --metrics; the "
+    "reference features are computed once. Re-run the same command after an interruption: scored cells are "
+    "skipped, the interrupted one finishes. Writes OUT/sweep.json, sweep.md and sweep.png, and names the best "
+    "cell per metric. Every other setting comes from --preset / the checkpoint, as for `sample`.",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+@friendly
+def sweep(
+    ctx: typer.Context,
+    ckpt: Path = typer.Option(..., "--ckpt", help="Weights (anything `sample --ckpt` takes).", rich_help_panel="Model"),
+    ref: Path = typer.Option(
+        ..., "--ref", help="Reference: ADM batch or images, as eval-fid's REF.", rich_help_panel="Model"
+    ),
+    out_dir: Path = typer.Option(..., "--out", help="The sweep's folder.", rich_help_panel="Model"),
+    preset: str | None = typer.Option(
+        None, "--preset", autocompletion=_preset_names, help="Defaults of a preset.", rich_help_panel="Model"
+    ),  # fmt: skip
+    weights: Weights = typer.Option(Weights.ema, "--weights", help="ema or raw.", rich_help_panel="Model"),
+    cfg: str | None = typer.Option(None, "--cfg", help="Guidance scales, e.g. 1.5,2,2.75.", rich_help_panel="Grid"),
+    interval: str | None = typer.Option(
+        None, "--interval", help="Guidance intervals LO-HI, e.g. 0.1-0.9,0.1-1.0.", rich_help_panel="Grid"
+    ),
+    steps: str | None = typer.Option(None, "--steps", help="Solver steps, e.g. 50,100.", rich_help_panel="Grid"),
+    solver: str | None = typer.Option(None, "--solver", help="Solvers, e.g. flowdpm,heun.", rich_help_panel="Grid"),
+    semantic_reuse: str | None = typer.Option(
+        None, "--semantic-reuse", help="Semantic reuse K values, e.g. 1,2,3.", rich_help_panel="Grid"
+    ),
+    shift: str | None = typer.Option(None, "--shift", help="Time shifts, e.g. 1,2.", rich_help_panel="Grid"),
+    n: int = typer.Option(1000, "--n", help="Images per cell.", rich_help_panel="Sampling"),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Sample i uses seed + i (every cell the same noise).", rich_help_panel="Sampling"
+    ),  # fmt: skip
+    classes: list[str] | None = typer.Option(
+        None, "--class", help="Class ids or names (cycled).", rich_help_panel="Sampling"
+    ),  # fmt: skip
+    class_mode: ClassMode | None = typer.Option(
+        None, "--classes", help="uniform or balanced.", rich_help_panel="Sampling"
+    ),  # fmt: skip
+    prompts_file: Path | None = typer.Option(
+        None, "--prompts", help="T2I: one prompt per line.", rich_help_panel="Sampling"
+    ),  # fmt: skip
+    text_encoder: Path | None = typer.Option(
+        None, "--text-encoder", help="T2I: local Gemma-2-2b-it.", rich_help_panel="Sampling"
+    ),  # fmt: skip
+    height: int | None = typer.Option(None, "--height", help="Image height.", rich_help_panel="Sampling"),
+    width: int | None = typer.Option(None, "--width", help="Image width.", rich_help_panel="Sampling"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per forward.", rich_help_panel="Sampling"),
+    precision: Precision = typer.Option(
+        Precision.auto, "--precision", help="auto | fp32 | bf16.", rich_help_panel="Sampling"
+    ),  # fmt: skip
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.", rich_help_panel="Sampling"),
+    metrics: str = typer.Option(
+        "fid,sfid,is,pr", "--metrics", help="As eval-fid's --metrics.", rich_help_panel="Scoring"
+    ),  # fmt: skip
+    inception: Path | None = typer.Option(None, "--inception", help="As eval-fid's.", rich_help_panel="Scoring"),
+    dinov2: str | None = typer.Option(None, "--dinov2", help="For fd_dinov2.", rich_help_panel="Scoring"),
+    clip: str | None = typer.Option(None, "--clip", help="For clip.", rich_help_panel="Scoring"),
+    fid_method: Sqrtm | None = typer.Option(
+        None, "--sqrtm", help="scipy or eigh [default: the config's].", rich_help_panel="Scoring"
+    ),  # fmt: skip
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print sweep.json as one JSON object."),
+):
+    """Sweep sampling settings over a grid; every cell sampled, scored, tabulated and plotted."""
+    from .dist import init_distributed
+    from .models.loading import load_model
+    from .sampling import job_for, read_prompts
+    from .sweep import AXES, parse_axis, run_sweep
+
+    overrides = _overrides(ctx)
+    _check_sample_flags(preset, overrides, classes, class_mode, ckpt)
+    given = dict(cfg=cfg, interval=interval, steps=steps, solver=solver, semantic_reuse=semantic_reuse, shift=shift)
+    axes = {k: parse_axis(k, given[k]) for k in AXES}
+    process = init_distributed(device)
+    model = load_model(ckpt, weights=weights.value, device=process[2])
+    prompts = read_prompts(prompts_file) if prompts_file is not None else []
+    fixed = dict(n=n, seed=seed, height=height, width=width, batch_size=batch_size, precision=precision.value,
+                 weights=weights.value, format="npz", device=device, text_encoder=text_encoder,
+                 mode=class_mode.value if class_mode else None)  # fmt: skip
+
+    def make_job(cell, folder):
+        job, _, config = job_for(model, ckpt, preset=preset, overrides=overrides, classes=classes or [],
+                                 prompts=prompts, out=str(folder), **fixed, **cell)  # fmt: skip
+        return job, config
+
+    config, _ = command_config(preset, overrides)
+    eval_kwargs = dict(inception=inception, batch_size=config.eval.batch_size, pr_mode=config.eval.pr_distances,
+                       fid_method=fid_method.value if fid_method else config.eval.sqrtm, dinov2=dinov2, clip=clip,
+                       device=device)  # fmt: skip
+    result = run_sweep(model, ckpt, axes, make_job, ref, out_dir, metrics, eval_kwargs, progress=not as_json,
+                       process=process)  # fmt: skip
+    if as_json:
+        print(json.dumps(result))
+        return
+    out.print((out_dir / "sweep.md").read_text(encoding="utf-8"), highlight=False, markup=False)
+    out.print(f"wrote {out_dir}/sweep.json, sweep.md" + (", sweep.png" if result.get("plot") else ""), highlight=False)
+
+
 def _print_eval(r: dict, as_json: bool) -> None:
     """The metrics as one JSON object, or a table with the protocol, weights and reference."""
     if as_json:
