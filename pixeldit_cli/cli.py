@@ -1077,6 +1077,42 @@ def sweep(
     out.print(f"wrote {out_dir}/sweep.json, sweep.md" + (", sweep.png" if result.get("plot") else ""), highlight=False)
 
 
+@app.command(
+    name="app",
+    epilog="Examples:\n\n"
+    "  pixeldit app --ckpt demo.safetensors                        # http://127.0.0.1:7860\n\n"
+    "  pixeldit app --ckpt t2i1024.safetensors --text-encoder gemma-2-2b-it --port 7861\n\n"
+    "Generate, Edit, Compare and Model tabs over the same library calls as the CLI (the images are the CLI's, "
+    "byte for byte; each result shows the command line that reproduces it). One job at a time; outputs in "
+    "--out/<session>/. Needs the optional extra: pip install 'pixeldit[app]'.",
+)
+@friendly
+def app_command(
+    ckpt: Path = typer.Option(..., "--ckpt", help="Weights (anything `sample --ckpt` takes)."),
+    text_encoder: Path | None = typer.Option(None, "--text-encoder", help="T2I: local Gemma-2-2b-it."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (another than localhost warns)."),
+    port: int = typer.Option(7860, "--port", help="Port."),
+    out_dir: Path = typer.Option(Path("runs/app"), "--out", help="Per-session output folders go here."),
+    weights: Weights = typer.Option(Weights.ema, "--weights", help="ema or raw."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+):
+    """A local web page to generate, edit and compare by looking (Gradio)."""
+    from .dist import pick_device
+    from .models.loading import load_model
+    from .validate import count
+
+    count("--port", port, 1, 65535)
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise PixelDiTError("the app needs Gradio", "pip install 'pixeldit[app]'") from None
+    from .app import serve
+
+    model = load_model(ckpt, weights=weights.value, device=pick_device(device))
+    err.print(f"pixeldit app: http://{host}:{port} (Ctrl-C stops it)", highlight=False)
+    serve(model, ckpt, out_dir, host=host, port=port, text_encoder=text_encoder or "", device=device)
+
+
 def _print_eval(r: dict, as_json: bool) -> None:
     """The metrics as one JSON object, or a table with the protocol, weights and reference."""
     if as_json:

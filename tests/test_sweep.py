@@ -65,7 +65,10 @@ def test_a_two_by_two_grid_writes_every_artefact(setup, tmp_path):
                             "--metrics", "fid,kid", "--sqrtm", "eigh", "--no-cache", "--json"])  # fmt: skip
     assert e.exit_code == 0, e.output
     direct = json.loads(e.output.strip().splitlines()[-1])
-    assert direct["fid"] == pytest.approx(fids["cfg3-int0-1-steps3"], rel=1e-9) and direct["kid"] == kids["cfg3-int0-1-steps3"]
+    assert (
+        direct["fid"] == pytest.approx(fids["cfg3-int0-1-steps3"], rel=1e-9)
+        and direct["kid"] == kids["cfg3-int0-1-steps3"]
+    )
     # every cell samples the same labels (and image i from seed + i): the cells differ only by their settings
     labels = [np.load(out / "cells" / name / "samples.npz")["arr_1"] for name in names]
     assert all(np.array_equal(labels[0], x) for x in labels)

@@ -1,0 +1,127 @@
+"""`pixeldit app` in a real browser: headless Chromium clicks Generate and the downloaded PNGs are byte for byte
+the ones `pixeldit sample` writes at the same settings; Edit makes a strip from an uploaded image; bad values
+show the CLI's one-line message in the page and no output. Plus the app's calls without a browser."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from app_browser import CHROMIUM, browser_page, choose, error_text, fill, generate, running_app
+from PIL import Image
+from typer.testing import CliRunner
+
+from pixeldit_cli.cli import app
+from pixeldit_cli.convert import convert
+from pixeldit_cli.errors import PixelDiTError
+
+gr = pytest.importorskip("gradio")
+pytest.importorskip("playwright")
+needs_browser = pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)"
+)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def fixtures_dir(tmp_path_factory):
+    from conftest import FIXTURES
+
+    d = tmp_path_factory.mktemp("app")
+    convert(FIXTURES / "official_c2i_small.ckpt", d / "tiny.safetensors")
+    return d
+
+
+@pytest.fixture(scope="module")
+def page_and_out(fixtures_dir):
+    out = fixtures_dir / "out"
+    with running_app(fixtures_dir / "tiny.safetensors", out) as url, browser_page(url) as page:
+        yield page, out
+
+
+@needs_browser
+def test_generate_in_the_browser_equals_pixeldit_sample(page_and_out, fixtures_dir, tmp_path):
+    page, _ = page_and_out
+    urls = generate(page, n=4, steps=3, size=16, seed=5)
+    got = [page.request.get(u).body() for u in urls]
+    command = page.inner_text("#gen-command")
+    assert "pixeldit sample --ckpt" in command and "--seed 5" in command and "--steps 3" in command
+    r = runner.invoke(app, ["sample", "--ckpt", str(fixtures_dir / "tiny.safetensors"), "--class", "0", "--n", "4",
+                            "--seed", "5", "--steps", "3", "--height", "16", "--width", "16", "--out",
+                            str(tmp_path / "cli")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    want = [(tmp_path / "cli" / f"{i:06d}.png").read_bytes() for i in range(4)]
+    assert got == want
+    assert len(set(want)) == 4  # four different images
+
+
+@needs_browser
+@pytest.mark.parametrize("field,value,message", [
+    ("gen-steps", 0, "--steps must be at least 1, got 0"),
+    ("gen-cfg", "", "--cfg None is not a number"),
+    ("gen-size", 15, "is not a multiple of the patch size 2"),
+])  # fmt: skip
+def test_bad_values_show_the_clis_line_and_no_output(page_and_out, field, value, message):
+    page, out = page_and_out
+    before = sorted(p.name for p in out.rglob("*.png"))
+    fill(page, "gen-n", 2)
+    fill(page, "gen-size", 16)
+    fill(page, "gen-steps", 2)
+    fill(page, field, value)
+    page.click("#gen-go")
+    assert message in error_text(page)
+    assert sorted(p.name for p in out.rglob("*.png")) == before
+    page.click(".toast-close") if page.query_selector(".toast-close") else None
+    fill(page, "gen-steps", 3)
+    fill(page, "gen-cfg", 2.75)
+    fill(page, "gen-size", 16)
+
+
+@needs_browser
+def test_edit_in_the_browser_makes_a_strip(page_and_out, tmp_path):
+    page, out = page_and_out
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
+    page.click("#tab-edit-button")
+    page.set_input_files("#edit-image input[type=file]", str(tmp_path / "in.png"))
+    choose(page, "edit-src", "1: 1")
+    choose(page, "edit-tgt", "3: 3")
+    fill(page, "edit-steps", 4)
+    page.click("#edit-go")
+    page.wait_for_selector("#edit-strip img", timeout=120000)
+    folder = sorted(p.parent for p in out.rglob("strip.png"))[-1]
+    res = json.loads((folder / "results.json").read_text())
+    assert res["source"]["class"] == 1 and res["target"]["class"] == 3 and res["steps"] == 4
+    assert Image.open(folder / res["outputs"][0]).size == (16, 16)
+    strip = Image.open(folder / "strip.png")
+    assert strip.size[0] >= 2 * strip.size[1]  # source | edit, side by side
+    assert "pixeldit edit" in page.inner_text("#edit-command")
+    # a 1×1 upload is the CLI's line, no new edit folder
+    folders = sorted(p.parent for p in out.rglob("strip.png"))
+    page.set_input_files("#edit-image input[type=file]", str(tmp_path / "dot.png"))
+    page.click("#edit-go")
+    assert "smaller than one 2x2 patch" in error_text(page)
+    assert sorted(p.parent for p in out.rglob("strip.png")) == folders
+    page.click("#tab-generate-button")
+
+
+def test_the_calls_behind_the_buttons(fixtures_dir, tmp_path):
+    from pixeldit_cli import load_model
+    from pixeldit_cli.app import Session, generate, model_card
+
+    s = Session(load_model(fixtures_dir / "tiny.safetensors"), fixtures_dir / "tiny.safetensors", tmp_path)
+    r = generate(s, "abc", ["2: 2"], "", "", 2, 1, "euler", 2, 1.0, 0.0, 1.0, 1.0, 8, 1, "fp32")
+    assert [p.split("/")[-1] for p in r["images"]] == ["000000.png", "000001.png"]
+    assert json.loads(open(r["results"]).read())["settings"]["classes"] == [2]
+    assert "--class 2" in r["command"] and "--solver euler" in r["command"]
+    card = model_card(s, 16)
+    assert card["parameters"] == sum(p.numel() for p in s.model.parameters()) and card["gflops_per_forward"] > 0
+    with pytest.raises(PixelDiTError, match="--n must be between 1 and 64"):
+        generate(s, "abc", ["2: 2"], "", "", 65, 1, "euler", 2, 1.0, 0.0, 1.0, 1.0, 8, 1, "fp32")
+
+
+def test_without_gradio_the_app_is_one_line(fixtures_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gradio", None)
+    r = runner.invoke(app, ["app", "--ckpt", str(fixtures_dir / "tiny.safetensors")])
+    assert r.exit_code == 1 and "pip install 'pixeldit[app]'" in r.output and "Traceback" not in r.output
