@@ -209,9 +209,14 @@ def convert(
         help="With --format diffusers, T2I: the local Gemma-2-2b-it folder the pipeline links as its text encoder "
         "and tokenizer (nothing is copied or downloaded). Without it the pipeline takes them at from_pretrained.",
     ),
+    merge_lora: list[Path] | None = typer.Option(
+        None, "--merge-lora", help="A peft LoRA folder to merge into the weights; repeat for several."
+    ),
+    lora_scale: list[float] | None = typer.Option(None, "--lora-scale", help="The strength of each --merge-lora."),
 ):
     """Convert a checkpoint to safetensors; the architecture is read from the tensor shapes."""
     from .convert import convert as run
+    from .models.lora import lora_specs
 
     rep = run(
         src,
@@ -222,6 +227,7 @@ def convert(
         format=fmt.value,
         max_shard_size=max_shard_size,
         text_encoder=text_encoder,
+        merge_lora=lora_specs(merge_lora or [], lora_scale or []),
     )
     if as_json:
         from dataclasses import asdict
@@ -269,6 +275,13 @@ def train(
         None, "--repa-encoder", help="Local DINOv2 ViT-B/14 folder (transformers format)."
     ),
     text_encoder: str | None = typer.Option(None, "--text-encoder", help="T2I: local Gemma-2-2b-it folder."),
+    init_from: str | None = typer.Option(
+        None, "--init-from", help="Start a new run from these weights (any --ckpt format) = train.init_from."
+    ),
+    init_weights: Weights | None = typer.Option(None, "--init-weights", help="ema or raw weights of --init-from."),
+    lora_rank: int | None = typer.Option(
+        None, "--lora-rank", help="Train LoRA adapters of this rank (peft), the base frozen = train.lora_rank."
+    ),
     nproc: int = typer.Option(1, "--nproc", help="Start this many worker processes here (torchrun not needed)."),
     print_config: bool = typer.Option(
         False, "--print-config", metavar="", help="Print the resolved config (every dotted key) and exit."
@@ -294,6 +307,10 @@ def train(
         overrides["train.repa_encoder"] = repa_encoder
     if text_encoder is not None:
         overrides["text.encoder"] = text_encoder
+    for key, value in (("init_from", init_from), ("init_weights", init_weights and init_weights.value),
+                       ("lora_rank", lora_rank)):  # fmt: skip
+        if value is not None:
+            overrides[f"train.{key}"] = value
     cfg = resolve(preset, overrides)
     if print_config:
         from .config import to_yaml
@@ -474,6 +491,12 @@ def sample(
         help="CPU fp32: oneDNN-packed Linear weights (~1.2x on XL/16; last bits differ). --no-packed: PyTorch's own Linear, bit-identical to the library forward.",
         rich_help_panel="Distributed",
     ),
+    lora: list[Path] | None = typer.Option(
+        None, "--lora", help="A peft LoRA folder merged into the weights; repeat for several.", rich_help_panel="Model"
+    ),
+    lora_scale: list[float] | None = typer.Option(
+        None, "--lora-scale", help="The strength of each --lora, in order [default: 1].", rich_help_panel="Model"
+    ),
     out_dir: Path | None = typer.Option(
         None, "--out", help="Output folder (default: named after every knob).", rich_help_panel="Output"
     ),
@@ -525,8 +548,12 @@ def sample(
         return launch_workers(nproc)
     overrides = _overrides(ctx)
     _check_sample_flags(preset, overrides, classes, class_mode, ckpt)
+    from .models.lora import apply_loras, lora_specs
+
+    loras = lora_specs(lora or [], lora_scale or [])
     process = init_distributed(device)
     model = load_model(ckpt, weights=weights.value, device=process[2], unsafe_pickle=unsafe_pickle)
+    apply_loras(model, loras)
     prompts = list(prompt or []) + (read_prompts(prompts_file) if prompts_file is not None else [])
     job, defaults_from, config = job_for(
         model,
@@ -560,6 +587,7 @@ def sample(
         negative_prompt=negative_prompt,
         text_encoder=text_encoder,
         overwrite=overwrite,
+        lora=loras,
     )
     if print_config:
         return _print_config(config, defaults_from, as_json)

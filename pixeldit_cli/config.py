@@ -68,6 +68,12 @@ class TrainSection:
     keep_every: int = 100_000
     max_nonfinite: int = 10  # stop after this many non-finite steps in a row
     tensorboard: bool = False  # also log every metrics line to OUT/tensorboard (needs tensorboard)
+    init_from: str = ""  # a new run starts from these weights (any --ckpt format; docs/fine-tuning.md)
+    init_weights: str = "ema"  # ema | raw: which weights of init_from
+    lora_rank: int = 0  # 0: train every weight; r > 0: LoRA adapters of rank r (peft), the base frozen
+    lora_alpha: float = 0.0  # LoRA scaling alpha / r (0: alpha = r)
+    lora_dropout: float = 0.0
+    lora_targets: str = ""  # regex over module names (empty: attention + MLPs of both levels, models/lora.py)
 
 
 @dataclass(frozen=True)

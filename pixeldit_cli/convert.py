@@ -384,10 +384,12 @@ def convert(
     format: str = "safetensors",
     max_shard_size: str = "5GB",
     text_encoder: str = "",
+    merge_lora: tuple = (),
 ) -> KeyReport:
     """Write the network of `src` (any understood format) to `dst`: one safetensors file with its config in
     the metadata, (format "hf") a Hugging Face style folder: config.json + model.safetensors (sharded), or
-    (format "diffusers") a diffusers pipeline folder; `text_encoder` (T2I) is linked into the latter."""
+    (format "diffusers") a diffusers pipeline folder; `text_encoder` (T2I) is linked into the latter.
+    `merge_lora`: ((peft LoRA folder, scale, sha256), ...) merged into the weights first (models/lora.py)."""
     src, dst = Path(src), Path(os.path.abspath(dst))  # abspath: "." and ".." get a real name and parent
     if dst.resolve() == src.resolve():
         raise PixelDiTError("destination is the source file", "choose another DST")
@@ -410,11 +412,23 @@ def convert(
         if dst.exists():
             replaceable_file(dst)
     with lock(dst.parent, "DST", lock_name(dst.name)):  # two converts to one DST: the second is refused
-        return _convert_locked(src, dst, weights, unsafe_pickle, format, max_shard_size, text_encoder)
+        return _convert_locked(src, dst, weights, unsafe_pickle, format, max_shard_size, text_encoder, merge_lora)
 
 
-def _convert_locked(src: Path, dst: Path, weights, unsafe_pickle, format, max_shard_size, text_encoder) -> KeyReport:
+def _convert_locked(src: Path, dst: Path, weights, unsafe_pickle, format, max_shard_size, text_encoder,
+                    merge_lora=()) -> KeyReport:  # fmt: skip
     sd, cfg, rep = extract(read_state(src, unsafe_pickle), weights, str(src))
+    if merge_lora:
+        from .models.lora import apply_loras  # noqa: PLC0415
+        from .models.registry import empty_model  # noqa: PLC0415
+
+        net = empty_model(cfg)
+        net.load_state_dict({k: v.float().clone() for k, v in sd.items()}, strict=True, assign=True)
+        apply_loras(net, merge_lora)
+        sd = net.state_dict()
+        rep.notes.append(
+            f"merged {len(merge_lora)} LoRA adapter(s): {', '.join(f'{p} x{s:g}' for p, s, _ in merge_lora)}"
+        )
     if format == "diffusers":
         write_diffusers_folder(sd, cfg, rep, dst, src, max_shard_size, text_encoder)
         return rep

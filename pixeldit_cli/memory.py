@@ -68,14 +68,32 @@ def check_fits(cfg, height: int, width: int, batch: int, device, what: str = "on
 TRAIN_BYTES_PER_PARAM = 4 * 5
 
 
-def check_train_fits(cfg, resolution: int, micro_batch: int, device, extra_params: int = 0) -> int:
-    """Refuse, before a network is built, a training run whose state alone cannot fit: 20 bytes per
-    parameter (weights, EMA, gradient, two AdamW moments) plus one micro-batch's inference-forward
-    activations (a lower bound of training's: it never refuses what fits). The parameter count comes from
-    a network built on the meta device (no memory)."""
+def train_state_bytes(cfg, lora_rank: int = 0, lora_targets: str = "", extra_params: int = 0) -> tuple[int, int]:
+    """(bytes of the training state, parameters trained): 20 bytes per trained parameter (weights, EMA,
+    gradient, two AdamW moments); with LoRA the frozen base costs 8 (the weights and the EMA network's copy)
+    and each adapter parameter 20 (rank × (in + out) per adapted Linear)."""
+    with torch.device("meta"):
+        net = build_model(cfg, init=False)
+    params = sum(p.numel() for p in net.parameters()) + extra_params
+    if not lora_rank:
+        return TRAIN_BYTES_PER_PARAM * params, params
+    from .models.lora import DEFAULT_TARGETS, targets_of  # noqa: PLC0415
+
+    mods = dict(net.named_modules())
+    adapters = sum(lora_rank * (mods[n].in_features + mods[n].out_features)
+                   for n in targets_of(net, lora_targets or DEFAULT_TARGETS))  # fmt: skip
+    return 8 * params + TRAIN_BYTES_PER_PARAM * adapters, adapters
+
+
+def check_train_fits(cfg, resolution: int, micro_batch: int, device, extra_params: int = 0, lora_rank: int = 0,
+                     lora_targets: str = "") -> int:  # fmt: skip
+    """Refuse, before a network is built, a training run whose state alone cannot fit (train_state_bytes)
+    plus one micro-batch's inference-forward activations (a lower bound of training's: it never refuses
+    what fits). The parameter count comes from a network built on the meta device (no memory)."""
+    state, _ = train_state_bytes(cfg, lora_rank, lora_targets, extra_params)
     with torch.device("meta"):
         params = sum(p.numel() for p in build_model(cfg, init=False).parameters()) + extra_params
-    need = TRAIN_BYTES_PER_PARAM * params + forward_bytes(cfg, resolution, resolution, micro_batch) // 2
+    need = state + forward_bytes(cfg, resolution, resolution, micro_batch) // 2
     have = available_bytes(device)
     if have is not None and need > have:
         gb = lambda b: f"{b / 1024**3:,.1f} GB"

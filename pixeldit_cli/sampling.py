@@ -38,6 +38,7 @@ from .io import ensure_writable_dir, write_grid, write_json, write_png
 from .labels import CLASS_MODES, aspect_bucket
 from .memory import check_fits
 from .models.loading import checkpoint_sha256, load_model
+from .models.lora import apply_loras
 from .models.packed import fast_linears
 from .npz import NpzWriter
 from .precision import autocast_dtype, choose
@@ -130,6 +131,7 @@ class SampleJob:
     semantic_reuse: int = 1  # run the patch pathway every K-th evaluation (1: always, the release's sampler)
     reuse_schedule: str = "uniform"  # uniform | ends (also every evaluation of the first and last 10%)
     packed: bool = True  # CPU fp32: oneDNN-packed Linear weights (models/packed.py); last bits only
+    lora: tuple = ()  # ((folder, scale, sha256), ...): peft LoRA adapters merged into the weights (models/lora.py)
 
     overwrite: bool = False  # replace the outputs of another job in --out (pixeldit's own files only)
     solving: SolveSettings = field(init=False, compare=False, repr=False)  # solver ... reuse_schedule, checked
@@ -171,6 +173,8 @@ class SampleJob:
             d.pop(k)
         if self.semantic_reuse == 1:  # the plain sampler: folders made before the option existed still resume
             d.pop("semantic_reuse"), d.pop("reuse_schedule")
+        if not self.lora:  # likewise for the base weights alone
+            d.pop("lora")
         d["ckpt"] = os.path.abspath(self.ckpt)
         d.update(
             checkpoint_sha256=checkpoint_sha256,
@@ -366,6 +370,7 @@ def prepare(job: SampleJob, model=None, process=None, provenance: dict | None = 
     choice = choose(job.precision, device)
     if model is None:
         model = load_model(job.ckpt, weights=job.weights, device=device)
+        apply_loras(model, job.lora)
     check_model(job, model, device)
     return Prepared(job, model, rank, world, device, choice.precision, choice.reason, provenance or {})
 

@@ -412,7 +412,7 @@ def _from_training(obj: dict, weights: str, rep: KeyReport, source: str):
                 f"{source} is a pixeldit training checkpoint without its {k!r} entry",
                 "the file is damaged: resume from another step's checkpoint",
             )
-    sd = dict(obj[key])
+    sd = dict(obj[key]) if "lora" not in obj else _lora_network(obj, key, source, rep)
     names, conf = obj.get("class_names"), obj.get("config")
     rep.class_names = list(names) if isinstance(names, (list, tuple)) else names
     if conf is not None and not isinstance(conf, dict):
@@ -426,6 +426,38 @@ def _from_training(obj: dict, weights: str, rep: KeyReport, source: str):
     )
     rep.dropped["the other weights"] = list(obj.get("model" if weights == "ema" else "ema") or [])
     return sd, model_config_from(obj["model_config"], source)
+
+
+def _lora_network(obj: dict, key: str, source: str, rep: KeyReport) -> dict:
+    """A LoRA run's checkpoint holds adapters only: its base (train.init_from, checked by SHA-256, or the
+    seed's initial network) with the EMA (or raw) adapters merged in (models/lora.py)."""
+    from .lora import merge_pairs, pairs_of  # noqa: PLC0415
+    from .registry import build_model  # noqa: PLC0415
+
+    lora, cfg = obj["lora"], model_config_from(obj["model_config"], source)
+    base = lora.get("base") or {}
+    if base.get("init_from"):
+        path = Path(base["init_from"])
+        if not path.exists():
+            raise PixelDiTError(f"{source} holds LoRA adapters on {path}, which is not there",
+                                "put the base checkpoint back where the run found it")  # fmt: skip
+        if checkpoint_sha256(path) != base.get("sha256"):
+            raise PixelDiTError(f"{source} holds LoRA adapters on {path}, which has changed since (SHA-256)",
+                                "use the base weights the adapters were trained on")  # fmt: skip
+        sd, _, _ = extract(read_state(path), base.get("weights", "ema"), str(path))
+        if isinstance(lora.get("class_table"), torch.Tensor):
+            sd["y_embedder.embedding_table.weight"] = lora["class_table"]
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(base.get("seed", 0)))
+            sd = build_model(cfg).state_dict()
+    net = empty_model(cfg)
+    net.load_state_dict({k: v.float().clone() for k, v in sd.items()}, strict=True, assign=True)
+    merge_pairs(net, lora["config"], pairs_of(obj[key]), 1.0, source)
+    rep.notes.append(
+        f"LoRA rank {lora['config']['r']} adapters merged into their base ({base.get('init_from') or 'the seed init'})"
+    )
+    return net.state_dict()
 
 
 def _from_state_dict(obj: dict, weights: str, source: str, rep: KeyReport) -> dict:

@@ -30,6 +30,8 @@ from ..flops import analytic_flops, matmul_rate
 from ..folders import MARKER, claim, lock, marker_format, read_marker
 from ..io import append_line, ensure_writable_dir, write_grid, write_json, write_text
 from ..memory import check_train_fits
+from ..models.loading import checkpoint_sha256, extract, kind_of_file, read_state
+from ..models.lora import adapter_state, add_adapters, load_adapter_state, lora_config, save_adapters, targets_of
 from ..models.registry import build_model, count_params, model_config
 from ..plot import plot_metrics
 from ..precision import PRECISIONS, autocast_dtype, choose
@@ -184,6 +186,14 @@ def validate(cfg: Config, world: int):
         raise PixelDiTError(f"optimizer {tc.optimizer!r} is not available", "use adamw or came")
     if not 0 <= tc.cond_drop < 1:
         raise PixelDiTError(f"train.cond_drop must be in [0, 1), got {tc.cond_drop}")
+    if tc.init_weights not in ("ema", "raw"):
+        raise PixelDiTError(f"train.init_weights must be ema or raw, got {tc.init_weights!r}")
+    if isinstance(tc.lora_rank, bool) or tc.lora_rank < 0:
+        raise PixelDiTError(f"train.lora_rank must be 0 (off) or a positive rank, got {tc.lora_rank}")
+    if tc.lora_rank:
+        lora_config(tc.lora_rank, tc.lora_alpha, tc.lora_dropout, tc.lora_targets)  # the values, checked now
+        if tc.fsdp and world > 1:
+            raise PixelDiTError("LoRA with FSDP is not supported yet", "drop --train.fsdp: the adapters are small")
 
 
 #################################################################################
@@ -228,6 +238,14 @@ class TrainRun:
     class_names: list = field(default_factory=list)
     fixed: list = None  # the sample grid's conditions
     fixed_noise: torch.Tensor = None
+    init: dict = None  # train.init_from: its path, SHA-256, weights and what was re-initialised
+    lora: object = None  # peft LoraConfig when train.lora_rank > 0
+
+    def ema_pairs(self):
+        """(EMA tensors, network tensors) of what trains: with LoRA the adapters only, so the frozen base of
+        the EMA stays bit for bit the base (d·w + (1 − d)·w is not always w in floating point)."""
+        pairs = [(e, p) for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True) if p.requires_grad]
+        return [e for e, _ in pairs], [p for _, p in pairs]
 
 
 def _check_before_building(cfg: Config, mcfg, world: int, device) -> None:
@@ -243,8 +261,16 @@ def _check_before_building(cfg: Config, mcfg, world: int, device) -> None:
         resolve_pretrained("REPA encoder", tc.repa_encoder, "pass the folder of a saved Dinov2Model")
     if family_of(mcfg).condition_flag == "--prompt" and cfg.text.encoder:
         resolve_pretrained("text encoder", cfg.text.encoder, "pass the folder of Gemma-2-2b-it")
+    if tc.init_from:
+        path = Path(tc.init_from)
+        if not path.exists():
+            raise PixelDiTError(f"train.init_from {path} does not exist", "pass a checkpoint (any --ckpt format)")
+        if path.is_file() and kind_of_file(path) == "unknown":
+            raise PixelDiTError(f"train.init_from {path} is not a checkpoint (not a torch zip, pickle or safetensors file)",
+                                "pass a .ckpt/.pth/.pt/.safetensors file or a model folder")  # fmt: skip
     if not (tc.fsdp and world > 1):  # FSDP shards the state over the processes: each holds a part of it
-        check_train_fits(mcfg, cfg.data.resolution, tc.micro_batch, device)
+        check_train_fits(mcfg, cfg.data.resolution, tc.micro_batch, device, lora_rank=tc.lora_rank,
+                         lora_targets=tc.lora_targets)  # fmt: skip
 
 
 def _legacy_run(folder: Path, marker) -> bool:
@@ -324,19 +350,69 @@ def setup(cfg: Config, out: Path, resume: str, stack=None) -> tuple[TrainRun, ob
     return run, state
 
 
+def init_weights(model, tc, mcfg, state, rank: int) -> dict:
+    """train.init_from into `model` (freshly built from the seed): every tensor of the checkpoint, and — where
+    its class count differs — a new class table whose null row (the last) keeps the trained null embedding.
+    Any other difference is one line naming the tensors. Returns the record runs keep (path, SHA-256, ...)."""
+    path = Path(tc.init_from)
+    sd, cfg, _ = extract(read_state(path), tc.init_weights, str(path))
+    digest = checkpoint_sha256(path)
+    if state is not None and (state.get("init") or {}).get("sha256") not in (None, digest):
+        raise PixelDiTError(f"train.init_from {path} has changed since this run started (SHA-256 differs)",
+                            "resume with the same base weights the run was started from")  # fmt: skip
+    if cfg.kind != mcfg.kind:
+        raise PixelDiTError(f"train.init_from {path} is a {cfg.kind} network; this run trains a {mcfg.kind} one")
+    own = model.state_dict()
+    table = "y_embedder.embedding_table.weight"
+    reinit = cfg.kind == "c2i" and cfg.num_classes != mcfg.num_classes
+    wrong = [f"{k} {tuple(v.shape)} (this run: {tuple(own[k].shape)})" for k, v in sd.items()
+             if k in own and v.shape != own[k].shape and not (reinit and k == table)]  # fmt: skip
+    missing, extra = [k for k in own if k not in sd], [k for k in sd if k not in own]
+    if wrong or missing or extra:
+        what = wrong[:2] or [f"missing {k}" for k in missing[:2]] or [f"unexpected {k}" for k in extra[:2]]
+        raise PixelDiTError(f"train.init_from {path} does not fit this run's network: "
+                            f"{'; '.join(what)}", "use a preset of the checkpoint's architecture (--preset / "
+                            "--model.name)")  # fmt: skip
+    with torch.no_grad():
+        for k, v in sd.items():
+            if reinit and k == table:
+                own[k][-1].copy_(v[-1])  # the null class: trained, kept last; the class rows: the seed's init
+            else:
+                own[k].copy_(v)
+    if reinit and rank == 0:
+        print(f"note: {path} has {cfg.num_classes} classes, this run {mcfg.num_classes}: the class table is "
+              "re-initialised (the null class keeps its trained embedding); every other tensor is loaded", flush=True)  # fmt: skip
+    return {"init_from": str(path.resolve()), "sha256": digest, "weights": tc.init_weights,
+            "class_table": "re-initialised" if reinit else "loaded"}  # fmt: skip
+
+
 def build_networks(run: TrainRun, state) -> None:
     """Network (initial weights a function of the seed), EMA copy, REPA encoder and projector; resumed
     weights go into the unsharded modules, then FSDP shards them (if asked)."""
     tc = run.cfg.train
     torch.manual_seed(tc.seed)
-    model = build_model(run.mcfg).to(run.device)
+    model = build_model(run.mcfg)
+    if tc.init_from and (state is None or tc.lora_rank):  # a LoRA run's checkpoints hold the adapters only
+        run.init = init_weights(model, tc, run.mcfg, state, run.rank)
+    if tc.lora_rank:
+        if run.rank == 0 and state is None:
+            n = len(targets_of(model, tc.lora_targets or lora_config(tc.lora_rank).target_modules))
+            print(f"LoRA rank {tc.lora_rank} on {n} Linears; every other weight frozen", flush=True)
+        run.lora = lora_config(tc.lora_rank, tc.lora_alpha, tc.lora_dropout, tc.lora_targets)
+        model = add_adapters(model, run.lora)
+    model = model.to(run.device)
     model.grad_checkpointing = tc.grad_checkpointing
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     repa = projector = None
     if tc.repa_weight > 0:
         repa = run.recipe.repa_encoder(tc.repa_encoder).to(run.device)
         projector = Projector(run.mcfg.hidden_size, tc.repa_width or run.mcfg.hidden_size, repa.dim).to(run.device)
-    if state is not None:
+    if state is not None and tc.lora_rank:
+        load_adapter_state(model, state["model"])
+        load_adapter_state(ema, state["ema"])
+        if projector is not None and state.get("projector"):
+            projector.load_state_dict(state["projector"])
+    elif state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         if projector is not None and state.get("projector"):
@@ -351,7 +427,7 @@ def build_optimizer(run: TrainRun, state) -> None:
     """AdamW/CAME over the network and projector; on resume its state, the step and the RNG too."""
     tc = run.cfg.train
     mods = trainable_modules(run.model, run.projector)
-    params = list(mods.parameters())
+    params = [p for p in mods.parameters() if p.requires_grad]  # LoRA: the adapters (and the projector)
     opt = make_optimizer(params, tc, run.device, fused=not run.use_fsdp)
     if state is not None:
         if run.use_fsdp:
@@ -433,7 +509,7 @@ def train_step(run: TrainRun, batches) -> dict:
     finite = bool(torch.isfinite(sums[0]) and torch.isfinite(gnorm))
     if finite:
         run.opt.step()
-        ema_update(list(run.ema.parameters()), list(run.model.parameters()), tc.ema_decay)
+        ema_update(*run.ema_pairs(), tc.ema_decay)
         run.in_a_row = 0
     else:
         run.opt.zero_grad(set_to_none=True)
@@ -546,6 +622,13 @@ def save(run: TrainRun) -> None:
         torch.distributed.all_gather_object(rng, torch.get_rng_state())
     if run.use_fsdp:  # gathered on every rank (collective), materialised on rank 0
         full = fsdp.full_state(run.model, run.ema, run.projector, run.opt, run.mods)
+    elif run.lora is not None:  # the adapters alone: the base is init_from (or the seed's init), rebuilt on resume
+        full = {
+            "model": adapter_state(run.model),
+            "ema": adapter_state(run.ema),
+            "projector": run.projector.state_dict() if run.projector else {},
+            "optimizer": run.opt.state_dict(),
+        }
     else:
         full = {
             "model": run.model.state_dict(),
@@ -566,9 +649,24 @@ def save(run: TrainRun) -> None:
             "nonfinite_skipped": run.skipped,
             "data_position": {"step": step, "epoch": step // per_epoch, "batch_in_epoch": step % per_epoch},
         }
+        if run.init:
+            st["init"] = run.init
+        if run.lora is not None:
+            st["lora"] = {"config": _plain_lora(run.lora), "base": run.init or {"seed": tc.seed}}
+            if run.init and run.init["class_table"] == "re-initialised":  # the frozen base's one new tensor
+                st["lora"]["class_table"] = run.model.y_embedder.embedding_table.weight.detach().cpu().clone()
         checkpoint.save(st, run.out / "checkpoints", step, tc.keep_last, tc.keep_every)
+        if run.lora is not None:  # the EMA adapters in peft's format, for peft, diffusers and `sample --lora`
+            save_adapters(full["ema"], run.lora, run.out / "lora")
         _plot(run.out)
     barrier(run.world)
+
+
+def _plain_lora(config) -> dict:
+    """The LoRA settings a checkpoint records (plain values: torch.load(weights_only=True) reads them)."""
+    return {"r": config.r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
+            "target_modules": config.target_modules if isinstance(config.target_modules, str)
+            else sorted(config.target_modules)}  # fmt: skip
 
 
 def sample_grid(run: TrainRun) -> None:

@@ -1,0 +1,190 @@
+"""Fine-tuning: --init-from, class-table re-init, LoRA adapters with peft (training, checkpoints, resume, peft
+format, merging, sampling with --lora), and the bad inputs — on the small-run settings of test_train."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train import cfg_for, make_folder, states_equal
+from typer.testing import CliRunner
+
+from pixeldit_cli import build_model, load_model
+from pixeldit_cli.cli import app
+from pixeldit_cli.config import apply_overrides
+from pixeldit_cli.convert import convert
+from pixeldit_cli.errors import PixelDiTError
+from pixeldit_cli.models.lora import merge_adapters
+from pixeldit_cli.train import train
+
+peft = pytest.importorskip("peft")
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("data") / "imgs")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """The 'released weights' the tests fine-tune: the small run's network with every gate active."""
+    from conftest import randomize
+    from safetensors.torch import save_file
+
+    d = tmp_path_factory.mktemp("base")
+    net = randomize(build_model("PixelDiT-XS/4", num_classes=4), 5)
+    save_file(
+        net.state_dict(), str(d / "base.safetensors"), metadata={"pixeldit_config": json.dumps(net.config.to_dict())}
+    )
+    return d / "base.safetensors"
+
+
+@pytest.fixture(scope="module")
+def full_run(data, tmp_path_factory):
+    """A full (non-LoRA) run of the same settings: what a LoRA checkpoint's size is compared with."""
+    out = tmp_path_factory.mktemp("full") / "run"
+    train(cfg_for(data), out, progress=False)
+    return out / "checkpoints" / "last.pt"
+
+
+def inputs(cfg, batch=2, size=16):
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(batch, 3, size, size, generator=g), torch.tensor([0.3, 0.8]), torch.tensor([1, 2])
+
+
+def test_init_from_equals_loading_the_weights_by_hand(data, base, tmp_path):
+    cfg = cfg_for(data, **{"train.init_from": str(base), "train.steps": 1, "train.lr": 1e-12, "train.ckpt_every": 1})
+    train(cfg, tmp_path / "ft", progress=False)
+    state = torch.load(tmp_path / "ft" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["init"]["sha256"] and state["init"]["class_table"] == "loaded"
+    by_hand = load_model(base)
+    # step 1 at LR 1e-12 moved nothing visible: the run started from exactly these weights
+    for k, v in by_hand.state_dict().items():
+        torch.testing.assert_close(state["model"][k], v, rtol=0, atol=1e-9)
+    assert not torch.equal(
+        state["model"]["final_layer.linear.weight"],
+        build_model(by_hand.config).state_dict()["final_layer.linear.weight"],
+    )
+
+
+def test_another_class_count_reinitialises_only_the_class_table(data, base, tmp_path):
+    six = make_folder(tmp_path / "six", classes=6)
+    cfg = cfg_for(six, **{"model.num_classes": 6, "train.init_from": str(base), "train.steps": 1, "train.lr": 1e-12,
+                          "train.ckpt_every": 1})  # fmt: skip
+    train(cfg, tmp_path / "ft6", progress=False)
+    state = torch.load(tmp_path / "ft6" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["init"]["class_table"] == "re-initialised"
+    b = load_model(base).state_dict()
+    table = "y_embedder.embedding_table.weight"
+    assert state["model"][table].shape == (7, b[table].shape[1])
+    torch.testing.assert_close(state["model"][table][-1], b[table][-1], rtol=0, atol=1e-9)  # the null class kept
+    for k, v in b.items():
+        if k != table:
+            torch.testing.assert_close(state["model"][k], v, rtol=0, atol=1e-9)
+
+
+def lora_cfg(data, base, **kw):
+    settings = {"train.init_from": str(base), "train.lora_rank": 4, "train.lora_alpha": 8.0, "train.ema_decay": 0.5}
+    return cfg_for(data, **{**settings, **kw})
+
+
+def test_lora_trains_adapters_only_and_checkpoints_are_small(data, base, full_run, tmp_path):
+    train(lora_cfg(data, base), tmp_path / "lora", progress=False)
+    ck = tmp_path / "lora" / "checkpoints" / "last.pt"
+    state = torch.load(ck, weights_only=True)
+    assert all("lora_" in k for k in state["model"]) and state["model"]
+    assert os.path.getsize(ck) <= 0.1 * os.path.getsize(full_run)
+    assert torch.load(full_run, weights_only=True)["format"] == state["format"]
+    # the adapters moved; the base inside the merged network is the base plus B·A (checked by merging again)
+    assert any(v.abs().max() > 0 for k, v in state["model"].items() if "lora_B" in k)
+    # the peft files load with peft onto a fresh network and give the run's (unmerged) EMA outputs
+    folder = tmp_path / "lora" / "lora"
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert all(k.startswith("base_model.model.") for k in load_file(folder / "adapter_model.safetensors"))
+    fresh = load_model(base)
+    peft_model = peft.PeftModel.from_pretrained(fresh, str(folder)).eval()
+    merged = load_model(ck)  # load_model merges the EMA adapters into the base
+    x, t, y = inputs(merged.config)
+    with torch.no_grad():
+        a, b = peft_model(x, t, y), merged(x, t, y)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)  # merged == unmerged within 1e-5
+    with torch.no_grad():
+        assert (a - load_model(base)(x, t, y)).abs().max() > 1e-4  # and the adapters do something
+
+
+def test_lora_base_stays_bit_identical_and_resume_is_exact(data, base, tmp_path):
+    train(lora_cfg(data, base), tmp_path / "full", progress=False)
+    train(lora_cfg(data, base, **{"train.steps": 2}), tmp_path / "half", progress=False)
+    train(lora_cfg(data, base), tmp_path / "half", resume="auto", progress=False)
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "half" / "checkpoints" / "last.pt", weights_only=True)
+    assert states_equal(a["model"], b["model"]) and states_equal(a["ema"], b["ema"])
+    # the frozen base is bit for bit the checkpoint's after 4 steps: rebuild the run's network and look
+    from pixeldit_cli.train.loop import setup
+
+    run, _ = setup(lora_cfg(data, base), tmp_path / "full", "auto")
+    base_sd = load_model(base).state_dict()
+    for name, p in run.model.named_parameters():
+        if "lora_" not in name:
+            key = name.replace(".base_layer", "")
+            assert torch.equal(p.detach(), base_sd[key]), name
+    for name, p in run.ema.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(p.detach(), base_sd[name.replace(".base_layer", "")]), name
+
+
+def test_sampling_with_the_adapter_scale_zero_and_merge(data, base, tmp_path):
+    train(lora_cfg(data, base), tmp_path / "run", progress=False)
+    folder = tmp_path / "run" / "lora"
+    common = ["sample", "--ckpt", str(base), "--class", "1", "--n", "2", "--steps", "3", "--height", "16",
+              "--width", "16", "--format", "npz", "--precision", "fp32"]  # fmt: skip
+
+    def npz(out, *extra):
+        r = runner.invoke(app, [*common, "--out", str(tmp_path / out), *map(str, extra)])
+        assert r.exit_code == 0, r.output
+        import numpy as np
+
+        return np.load(tmp_path / out / "samples.npz")["arr_0"]
+
+    plain, zero, one = npz("plain"), npz("zero", "--lora", folder, "--lora-scale", 0), npz("one", "--lora", folder)
+    assert (plain == zero).all() and not (plain == one).all()
+    run_json = json.loads((tmp_path / "one" / "run.json").read_text())
+    assert run_json["lora"][0][0] == str(folder.resolve()) and run_json["lora"][0][1] == 1.0
+    # convert --merge-lora writes the merged weights: sampling them equals sampling with --lora
+    r = runner.invoke(app, ["convert", str(base), str(tmp_path / "merged.safetensors"), "--merge-lora", str(folder)])
+    assert r.exit_code == 0, r.output
+    a, b = load_model(tmp_path / "merged.safetensors").state_dict(), load_model(base)
+    merge_adapters(b, folder, 1.0)
+    assert states_equal(a, b.state_dict())
+    # a different folder of adapters on another architecture is one line
+    other = build_model("PixelDiT-S/4", hidden_size=64, num_heads=4, patch_depth=2, num_classes=4)
+    with pytest.raises(PixelDiTError, match="does not fit this network"):
+        merge_adapters(other, folder, 1.0)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"train.lora_rank": -1}, r"train.lora_rank must be 0 \(off\) or a positive rank, got -1"),
+    ({"train.lora_rank": 4, "train.lora_targets": "nothing\\.here"}, "matches no Linear of this network"),
+    ({"train.init_from": "NOTCKPT"}, "is not a checkpoint"),
+    ({"train.init_from": "MISSING"}, "does not exist"),
+])  # fmt: skip
+def test_bad_fine_tuning_inputs_are_one_line(data, tmp_path, kw, msg):
+    (tmp_path / "notes.txt").write_text("hello")
+    kw = {k: str(tmp_path / "notes.txt") if v == "NOTCKPT" else str(tmp_path / "nope.pt") if v == "MISSING" else v
+          for k, v in kw.items()}  # fmt: skip
+    with pytest.raises(PixelDiTError, match=msg):
+        train(apply_overrides(cfg_for(data), kw), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_cli_flags_and_a_bad_lora_folder(data, base, tmp_path):
+    r = runner.invoke(app, ["train", "--preset", "smoke", "--out", str(tmp_path / "x"), "--init-from", str(base),
+                            "--lora-rank", "2", "--print-config", "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    tc = json.loads(r.output.strip().splitlines()[-1])["train"]
+    assert tc["init_from"] == str(base) and tc["lora_rank"] == 2
+    (tmp_path / "notlora").mkdir()
+    r = runner.invoke(app, ["sample", "--ckpt", str(base), "--lora", str(tmp_path / "notlora"), "--n", "1"])
+    assert r.exit_code == 1 and "is not a peft LoRA folder" in r.output and "Traceback" not in r.output
