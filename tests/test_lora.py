@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 from pixeldit_cli import build_model, load_model
 from pixeldit_cli.cli import app
 from pixeldit_cli.config import apply_overrides
-from pixeldit_cli.convert import convert
 from pixeldit_cli.errors import PixelDiTError
 from pixeldit_cli.models.lora import merge_adapters
 from pixeldit_cli.train import train
