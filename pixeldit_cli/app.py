@@ -21,6 +21,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 from .config import command_config  # noqa: E402
 from .errors import PixelDiTError  # noqa: E402
+from .families import family_of  # noqa: E402
 from .flops import analytic_flops  # noqa: E402
 from .labels import class_names_of  # noqa: E402
 from .models.registry import count_params  # noqa: E402
@@ -53,7 +54,7 @@ class Session:
 
     @property
     def t2i(self) -> bool:
-        return self.model.config.kind == "t2i"
+        return family_of(self.model.config).prompted
 
     def class_choices(self) -> list[str]:
         names = class_names_of(self.model) or [str(i) for i in range(self.model.config.num_classes)]
@@ -188,7 +189,8 @@ def _bbox(text):
 
 
 def build(s: Session):
-    """The Gradio Blocks of the app (the browser test drives these by their element ids)."""
+    """The Gradio Blocks of the app (the browser test drives these by their element ids; long because it is
+    the page's layout: one component per line, tab by tab, in the order the page shows them)."""
     import gradio as gr  # noqa: PLC0415 (optional extra: pixeldit[app])
 
     def guard(fn):

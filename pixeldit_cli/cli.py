@@ -536,20 +536,16 @@ def sample(
     ),
 ):
     """Sample images: per-index PNGs, grid.png, results.json (and samples.npz)."""
-    from .dist import init_distributed
+    from .dist import init_distributed, launch_workers
     from .models.loading import load_model
+    from .models.lora import apply_loras, lora_specs
     from .sampling import job_for, read_prompts, run
     from .validate import MAX_PROCS, count
 
-    count("--nproc", nproc, 1, MAX_PROCS)
-    if nproc > 1:
-        from .dist import launch_workers
-
+    if count("--nproc", nproc, 1, MAX_PROCS) > 1:
         return launch_workers(nproc)
     overrides = _overrides(ctx)
     _check_sample_flags(preset, overrides, classes, class_mode, ckpt)
-    from .models.lora import apply_loras, lora_specs
-
     loras = lora_specs(lora or [], lora_scale or [])
     process = init_distributed(device)
     model = load_model(ckpt, weights=weights.value, device=process[2], unsafe_pickle=unsafe_pickle)
@@ -591,13 +587,8 @@ def sample(
     )
     if print_config:
         return _print_config(config, defaults_from, as_json)
-    result = run(
-        job,
-        model=model,
-        progress=not as_json,
-        process=process,
-        provenance={"defaults_from": defaults_from, "config": config.to_dict()},
-    )
+    provenance = {"defaults_from": defaults_from, "config": config.to_dict()}
+    result = run(job, model=model, progress=not as_json, process=process, provenance=provenance)
     _print_sample(result, as_json, fmt, model.config.text_len)
 
 
@@ -944,13 +935,8 @@ def eval_fid(
     from .metrics.evaluate import evaluate, make_reference
 
     config, defaults_from = command_config(preset, _overrides(ctx))
-    config = with_values(
-        config,
-        "eval",
-        batch_size=batch_size,
-        pr_distances=pr_mode.value if pr_mode else None,
-        sqrtm=fid_method.value if fid_method else None,
-    )
+    pr, sq = pr_mode.value if pr_mode else None, fid_method.value if fid_method else None
+    config = with_values(config, "eval", batch_size=batch_size, pr_distances=pr, sqrtm=sq)
     if print_config:
         return _print_config(config, defaults_from, as_json)
     ec = config.eval

@@ -202,10 +202,10 @@ def write_diffusers_folder(sd, cfg, rep, dst: Path, src: Path, max_shard_size="5
     from .config import command_config  # noqa: PLC0415
     from .models.loading import checkpoint_sha256  # noqa: PLC0415
     from .models.registry import empty_model  # noqa: PLC0415
-    from .pipelines import PixelDiTScheduler, PixelDiTTransformer2DModel, pipeline_class  # noqa: PLC0415 (diffusers)
+    from .pipelines import PixelDiTScheduler, PixelDiTTransformer2DModel  # noqa: PLC0415 (diffusers)
 
     family = family_of(cfg)
-    linked = _encoder_entries(text_encoder) if (text_encoder and cfg.kind == "t2i") else None
+    linked = _encoder_entries(text_encoder) if (text_encoder and family.prompted) else None
     net = empty_model(cfg)
     net.load_state_dict({k: v.contiguous() for k, v in sd.items()}, strict=True, assign=True)
     net.train_config, net.class_names = rep.train_config or None, rep.class_names or None
@@ -216,7 +216,7 @@ def write_diffusers_folder(sd, cfg, rep, dst: Path, src: Path, max_shard_size="5
     scheduler = PixelDiTScheduler(solver=sc.solver, shift=sc.shift, num_inference_steps=sc.steps,
                                   guidance_scale=sc.cfg, guidance_interval=list(sc.interval))  # fmt: skip
     digest = checkpoint_sha256(src)
-    pipe = pipeline_class(cfg.kind).__name__
+    pipe = family.pipeline
     index = {
         "_class_name": ["pipeline_pixeldit", pipe],
         "_diffusers_version": _diffusers_version(),
@@ -224,7 +224,7 @@ def write_diffusers_folder(sd, cfg, rep, dst: Path, src: Path, max_shard_size="5
         "transformer": ["transformer_pixeldit", "PixelDiTTransformer2DModel"],
         "scheduler": ["scheduler_pixeldit", "PixelDiTScheduler"],
     }
-    if cfg.kind == "t2i":
+    if family.prompted:
         index.update(linked or {"text_encoder": [None, None], "tokenizer": [None, None]})
     tmp = temporary_name(dst)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -300,7 +300,7 @@ def _model_card(cfg, rep, src: Path, digest, title, pipe, sc, size, defaults_fro
 
     params = count_params(empty_model(cfg))
     lo, hi = sc.interval
-    if cfg.kind == "t2i":
+    if family_of(cfg).prompted:
         call = 'pipe("a red fox in the snow", generator=[torch.Generator().manual_seed(0)]).images[0]'
         load = (
             "PixelDiTT2IPipeline.from_pretrained(folder" + ("" if linked else ", text_encoder=..., tokenizer=...") + ")"

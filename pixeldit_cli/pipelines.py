@@ -36,6 +36,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .errors import PixelDiTError
+from .families import family_of
 from .labels import class_names_of, parse_class
 from .models.config import ModelConfig
 from .models.registry import build_model
@@ -112,10 +113,11 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin):
 
     def forward(self, hidden_states, timestep, class_labels=None, encoder_hidden_states=None, return_dict=True):
         """The network's own forward: (B, C, H, W) images, the network time (B,), the condition."""
-        cond = encoder_hidden_states if self.model.config.kind == "t2i" else class_labels
+        family = family_of(self.model.config)
+        cond = encoder_hidden_states if family.prompted else class_labels
         if cond is None:
-            what = "encoder_hidden_states" if self.model.config.kind == "t2i" else "class_labels"
-            raise ValueError(f"this {self.model.config.kind} transformer needs {what}")
+            what = "encoder_hidden_states" if family.prompted else "class_labels"
+            raise ValueError(f"this {family.title} transformer needs {what}")
         out = self.model(hidden_states, timestep, cond)
         return Transformer2DModelOutput(sample=out) if return_dict else (out,)
 
@@ -286,7 +288,7 @@ class PixelDiTPipeline(_PixelDiTBase):
         return_dict: bool = True,
     ):
         net = self.transformer.model
-        if net.config.kind != "c2i":
+        if family_of(net.config).prompted:
             raise ValueError("this is a text-to-image checkpoint: use PixelDiTT2IPipeline(prompt=...)")
         labels = [class_labels] if isinstance(class_labels, (int, str)) else list(class_labels)
         ids = [parse_class(c, net.config.num_classes, class_names_of(net)) for c in labels]
@@ -364,7 +366,7 @@ class PixelDiTT2IPipeline(_PixelDiTBase):
         output_type: str = "pil",
         return_dict: bool = True,
     ):
-        if self.transformer.pixeldit_config.kind != "t2i":
+        if not family_of(self.transformer.pixeldit_config).prompted:
             raise ValueError("this is a class-conditional checkpoint: use PixelDiTPipeline(class_labels=...)")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         settings = self.scheduler.settings(num_inference_steps, guidance_scale, guidance_interval, shift)
@@ -390,7 +392,3 @@ def _model_index(folder: Path) -> dict:
     if not isinstance(index, dict):
         raise PixelDiTError(f"{folder}/model_index.json holds no object", "is this a diffusers pipeline folder?")
     return index
-
-
-def pipeline_class(kind: str):
-    return PixelDiTT2IPipeline if kind == "t2i" else PixelDiTPipeline

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from test_text import gemma  # noqa: F401  (the tiny Gemma-2 fixture)
 from torchvision.io import write_png
 
 from pixeldit_cli.config import apply_overrides, load_preset
@@ -69,7 +68,7 @@ def test_buckets_assign_every_image(tmp_path):
     assert all(h % 16 == 0 and w % 16 == 0 and 0.8 < h * w / 512**2 < 1.2 for h, w in aspect_buckets(512))
 
 
-def test_t2i_training_steps(gemma, tmp_path):  # noqa: F811
+def test_t2i_training_steps(gemma, tmp_path):
     data = captions(tmp_path / "caps", [(16, 16)] * 8)
     cfg = apply_overrides(
         load_preset("t2i512-stage1"),

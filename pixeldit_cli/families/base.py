@@ -24,6 +24,8 @@ class Family:
     condition_flag: str = ""  # the command-line flag that conditions this family
     streams: int = 1  # Linear stacks per patch block (MM-DiT: image and text)
     architecture: str = ""  # the network's class name (HF-style folders' config.json)
+    prompted: bool = False  # conditioned on text (prompts -> encoder states) rather than class ids
+    pipeline: str = ""  # its diffusers pipeline class (pipelines.py)
 
     # ---- the network ----------------------------------------------------------------------------------
     def network(self, config) -> torch.nn.Module:

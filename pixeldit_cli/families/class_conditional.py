@@ -42,7 +42,7 @@ class ClassLabels(Conditions):
 
 class ClassConditional(Family):
     kind, title, release_preset, condition_flag = "c2i", "class-conditional", "xl256", "--class"
-    architecture = "PixelDiT"
+    architecture, pipeline = "PixelDiT", "PixelDiTPipeline"
 
     def example_inputs(self, config, x, batch, text_len, generator):
         return torch.full((batch,), 0.5), torch.zeros(batch, dtype=torch.long)

@@ -41,7 +41,7 @@ class Prompts(Conditions):
 
 class TextToImage(Family):
     kind, title, release_preset, condition_flag = "t2i", "text-to-image", "t2i1024", "--prompt"
-    streams, architecture = 2, "PixelDiTT2I"
+    streams, architecture, prompted, pipeline = 2, "PixelDiTT2I", True, "PixelDiTT2IPipeline"
 
     def text_tokens(self, config, text_len=None):
         return config.text_len if text_len is None else min(text_len, config.text_len)

@@ -226,23 +226,28 @@ def evaluate(
                                                         for m in metrics)}  # fmt: skip
     if save_features is not None:
         saved = _save_features(Path(save_features), samples, ref, ref_hash, feats, r, winfo, extra)
-    res.update(
-        {
-            "metrics": list(metrics),
-            "samples": str(samples),
-            "reference": str(ref),
-            "reference_sha256": ref_hash,
-            "inception": winfo if net is not None else None,
-            **{f"{name}_model": e["info"] for name, e in extra.items()},
-            "protocol": _protocol(fid_method, pr_mode, metrics),
-            "skipped": skipped,
-            "notes": notes,
-            "saved_features": saved or None,
-            "seconds": round(time.perf_counter() - t0, 2),
-            **device_report(device, "fp32"),
-        }
-    )
+    provenance = dict(samples=samples, ref=ref, ref_hash=ref_hash, winfo=winfo if net is not None else None)
+    res.update(_provenance(metrics, extra, fid_method, pr_mode, skipped, notes, saved, t0, device, **provenance))
     return res
+
+
+def _provenance(metrics, extra, fid_method, pr_mode, skipped, notes, saved, t0, device, samples, ref, ref_hash,
+                winfo) -> dict:  # fmt: skip
+    """What results.json says besides the numbers: inputs, weights, protocol, what was skipped and why."""
+    return {
+        "metrics": list(metrics),
+        "samples": str(samples),
+        "reference": str(ref),
+        "reference_sha256": ref_hash,
+        "inception": winfo,
+        **{f"{name}_model": e["info"] for name, e in extra.items()},
+        "protocol": _protocol(fid_method, pr_mode, metrics),
+        "skipped": skipped,
+        "notes": notes,
+        "saved_features": saved or None,
+        "seconds": round(time.perf_counter() - t0, 2),
+        **device_report(device, "fp32"),
+    }
 
 
 def _kid(feats, r, skipped: dict) -> dict:

@@ -132,7 +132,8 @@ def trim_metrics(path: Path, step: int) -> None:
 
 
 def validate(cfg: Config, world: int):
-    """Every value of the resolved config that could fail later, checked before any work."""
+    """Every value of the resolved config that could fail later, checked before any work (long because it is a
+    flat list of independent checks, one per key, read like the config itself)."""
     tc, sc = cfg.train, cfg.sample
     for name in ("log_every", "ckpt_every", "max_nonfinite"):
         if getattr(tc, name) < 1:
@@ -360,11 +361,12 @@ def init_weights(model, tc, mcfg, state, rank: int) -> dict:
     if state is not None and (state.get("init") or {}).get("sha256") not in (None, digest):
         raise PixelDiTError(f"train.init_from {path} has changed since this run started (SHA-256 differs)",
                             "resume with the same base weights the run was started from")  # fmt: skip
-    if cfg.kind != mcfg.kind:
-        raise PixelDiTError(f"train.init_from {path} is a {cfg.kind} network; this run trains a {mcfg.kind} one")
+    if family_of(cfg) is not family_of(mcfg):
+        raise PixelDiTError(f"train.init_from {path} is a {family_of(cfg).title} network; this run trains a "
+                            f"{family_of(mcfg).title} one")  # fmt: skip
     own = model.state_dict()
     table = "y_embedder.embedding_table.weight"
-    reinit = cfg.kind == "c2i" and cfg.num_classes != mcfg.num_classes
+    reinit = table in sd and cfg.num_classes != mcfg.num_classes  # only a class-conditional network has a table
     wrong = [f"{k} {tuple(v.shape)} (this run: {tuple(own[k].shape)})" for k, v in sd.items()
              if k in own and v.shape != own[k].shape and not (reinit and k == table)]  # fmt: skip
     missing, extra = [k for k in own if k not in sd], [k for k in sd if k not in own]
