@@ -1053,7 +1053,10 @@ def sweep(
     clip: str | None = typer.Option(None, "--clip", help="For clip.", rich_help_panel="Scoring"),
     fid_method: Sqrtm | None = typer.Option(
         None, "--sqrtm", help="scipy or eigh [default: the config's].", rich_help_panel="Scoring"
-    ),  # fmt: skip
+    ),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Reference feature cache [default: OUT/cache].", rich_help_panel="Scoring"
+    ),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print sweep.json as one JSON object."),
 ):
     """Sweep sampling settings over a grid; every cell sampled, scored, tabulated and plotted."""
@@ -1081,7 +1084,7 @@ def sweep(
     config, _ = command_config(preset, overrides)
     eval_kwargs = dict(inception=inception, batch_size=config.eval.batch_size, pr_mode=config.eval.pr_distances,
                        fid_method=fid_method.value if fid_method else config.eval.sqrtm, dinov2=dinov2, clip=clip,
-                       device=device)  # fmt: skip
+                       device=device, **({"cache_dir": cache_dir} if cache_dir else {}))  # fmt: skip
     result = run_sweep(model, ckpt, axes, make_job, ref, out_dir, metrics, eval_kwargs, progress=not as_json,
                        process=process)  # fmt: skip
     if as_json:

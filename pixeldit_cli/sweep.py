@@ -175,8 +175,8 @@ def _cell(i, total, cell, job, config, model, ref, identity, metrics, eval_kwarg
         print(f"cell {i + 1}/{total} {cell_name(cell)}: sampling {job.n} images", flush=True)
     res = execute(prepare(job, model, process, {"config": config.to_dict()}), progress)
     t0 = time.perf_counter()
-    scores = evaluate(folder / "samples.npz", ref, metrics=metrics, cache_dir=out / "cache", progress=progress,
-                      **eval_kwargs)  # fmt: skip
+    kwargs = {"cache_dir": out / "cache", **eval_kwargs}  # eval_kwargs may name a shared cache
+    scores = evaluate(folder / "samples.npz", ref, metrics=metrics, progress=progress, **kwargs)
     row = {
         "name": cell_name(cell),
         "cell": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cell.items()},
