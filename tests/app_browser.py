@@ -87,7 +87,9 @@ def generate(page, n=4, steps=3, size=16, seed=0, cfg=None) -> list[str]:
     return page.eval_on_selector_all("#gen-gallery img", "els => els.map(e => e.src)")
 
 
-def error_text(page, timeout=60000) -> str:
-    """The message of the error toast Gradio shows for a gr.Error."""
-    page.wait_for_selector(".toast-body", timeout=timeout)
-    return page.inner_text(".toast-body")
+def error_shown(page, message: str, timeout=60000) -> str:
+    """Wait for an error toast (Gradio's gr.Error) that says `message`; its text. Toasts of earlier errors
+    may still be on the page: only one with this message counts."""
+    toast = page.locator(".toast-body", has_text=message).first
+    toast.wait_for(state="visible", timeout=timeout)
+    return toast.inner_text()
