@@ -660,6 +660,12 @@ def edit(
         "", "--negative-prompt", help="T2I: the unconditional prompt.", rich_help_panel="Guidance"
     ),
     ckpt: Path = typer.Option(..., "--ckpt", help="Model weights.", rich_help_panel="Model"),
+    lora: list[Path] | None = typer.Option(
+        None, "--lora", help="A peft LoRA folder merged into the weights; repeat for several.", rich_help_panel="Model"
+    ),
+    lora_scale: list[float] | None = typer.Option(
+        None, "--lora-scale", help="The strength of each --lora, in order [default: 1].", rich_help_panel="Model"
+    ),
     preset: str | None = typer.Option(
         None,
         "--preset",
@@ -740,11 +746,15 @@ def edit(
 ):
     """Edit an image with FlowEdit (class to class); MSE/SSIM outside the edit region with --mask/--bbox."""
     from .edit import run_edit
+    from .models.lora import apply_loras, lora_specs
     from .settings import resolve_edit
 
     overrides = _overrides(ctx)
     check_overrides(preset, overrides)  # a bad key or value fails here, before the model loads
+    loras = lora_specs(lora or [], lora_scale or [])
     model = _edit_model(image, ckpt, device, unsafe_pickle, need=not print_config)
+    if model is not None:
+        apply_loras(model, loras)
     # the model's own config (or --preset) gives the defaults, as for sample; every flag given wins
     config, defaults_from = command_config(preset, overrides, model)
     numbers = dict(steps=steps, n_min=n_min, n_avg=n_avg, src_cfg=src_cfg, tgt_cfg=tgt_cfg, shift=shift)
@@ -772,6 +782,7 @@ def edit(
         provenance={"defaults_from": defaults_from, "config": config.to_dict()},
         overwrite=overwrite,
         model=model,
+        lora=loras,
     )
     _print_edit(r, as_json, out_dir)
 

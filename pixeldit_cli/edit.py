@@ -30,6 +30,7 @@ from .folders import claim, differences, lock, read_marker, remove_own
 from .io import ensure_writable_dir, file_sha256, read_image, write_json, write_png
 from .memory import check_fits
 from .models.loading import checkpoint_sha256, load_model
+from .models.lora import apply_loras
 from .models.packed import fast_linears
 from .precision import autocast_dtype, choose
 from .settings import EditSettings, n_max_of
@@ -239,6 +240,7 @@ def run_edit(
     provenance: dict | None = None,
     packed: bool = True,
     overwrite: bool = False,
+    lora: tuple = (),
 ) -> dict:
     """Edit one image file with `settings` (settings.resolve_edit); writes edited*.png, strip.png, run.json
     and results.json into `out`.
@@ -258,12 +260,11 @@ def run_edit(
     region = edit_region(img, mask, bbox)
     ck_rec = _checkpoint_record(ckpt)
     request = dict(src=src, tgt=tgt, negative_prompt=negative_prompt, **asdict(es), fit=fit)
-    identity = dict(
-        input_sha256=file_sha256(image), **ck_rec, **request, device_type=dev.type, precision=prec, packed=packed
-    )
+    identity = _identity(image, ck_rec, request, dev, prec, packed, lora)
     _check_folder(out, identity, overwrite)
     if model is None:
         model = load_model(ckpt, device=dev, unsafe_pickle=unsafe_pickle)
+        apply_loras(model, lora)
     dev, cfg = next(model.parameters()).device, model.config
     cond_src, cond_tgt, uncond, rec_src, rec_tgt = family_of(cfg).edit_conditions(
         model, src, tgt, text_encoder, negative_prompt, dev
@@ -285,6 +286,7 @@ def run_edit(
         "target": {**rec_tgt, "cfg": es.tgt_cfg},
         "negative_prompt": negative_prompt if uncond is not None else None,
         **asdict(es),
+        "lora": [list(x) for x in lora] or None,
         "strength": es.strength,
         "packed": packed,
         "fit": info,
@@ -300,6 +302,16 @@ def run_edit(
     }
     write_json(out / "results.json", result)
     return result
+
+
+def _identity(image, ck_rec, request, dev, prec, packed, lora) -> dict:
+    """What determines an edit (a folder holding another is refused): the input, the checkpoint, the request,
+    the arithmetic, and the LoRA adapters merged into the weights (models/lora.py)."""
+    identity = dict(input_sha256=file_sha256(image), **ck_rec, **request, device_type=dev.type, precision=prec,
+                    packed=packed)  # fmt: skip
+    if lora:
+        identity["lora"] = [list(x) for x in lora]
+    return identity
 
 
 def _size_note(model, fitted) -> str:

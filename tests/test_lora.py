@@ -34,6 +34,8 @@ def base(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("base")
     net = randomize(build_model("PixelDiT-XS/4", num_classes=4), 5)
+    with torch.no_grad():  # classes that differ visibly, so that class-to-class edits change pixels
+        net.y_embedder.embedding_table.weight.mul_(40)
     save_file(
         net.state_dict(), str(d / "base.safetensors"), metadata={"pixeldit_config": json.dumps(net.config.to_dict())}
     )
@@ -187,3 +189,33 @@ def test_cli_flags_and_a_bad_lora_folder(data, base, tmp_path):
     (tmp_path / "notlora").mkdir()
     r = runner.invoke(app, ["sample", "--ckpt", str(base), "--lora", str(tmp_path / "notlora"), "--n", "1"])
     assert r.exit_code == 1 and "is not a peft LoRA folder" in r.output and "Traceback" not in r.output
+
+
+def test_edit_with_the_adapter(data, base, tmp_path):
+    from PIL import Image
+
+    train(lora_cfg(data, base), tmp_path / "run", progress=False)
+    folder = tmp_path / "run" / "lora"
+    g = torch.Generator().manual_seed(1)
+    Image.fromarray(torch.randint(0, 256, (16, 16, 3), generator=g, dtype=torch.uint8).numpy()).save(
+        tmp_path / "in.png"
+    )
+    common = ["edit", str(tmp_path / "in.png"), "--ckpt", str(base), "--src", "1", "--tgt", "2", "--steps", "4",
+              "--strength", "1", "--tgt-cfg", "6", "--precision", "fp32"]  # fmt: skip
+
+    def edited(out, *extra):
+        r = runner.invoke(app, [*common, "--out", str(tmp_path / out), *map(str, extra)])
+        assert r.exit_code == 0, r.output
+        return (tmp_path / out / "edited.png").read_bytes(), json.loads((tmp_path / out / "results.json").read_text())
+
+    (plain, rp), (zero, _), (one, ro) = (
+        edited("p"),
+        edited("z", "--lora", folder, "--lora-scale", 0),
+        edited("o", "--lora", folder),
+    )
+    assert not rp["to_source"][0]["unchanged"]  # the edit does something, so the adapter can change it
+    assert plain == zero and plain != one
+    assert rp["lora"] is None and ro["lora"][0][:2] == [str(folder.resolve()), 1.0]
+    # the same folder with other adapters is another edit: refused without --overwrite
+    r = runner.invoke(app, [*common, "--out", str(tmp_path / "p"), "--lora", str(folder)])
+    assert r.exit_code == 1 and "Traceback" not in r.output
