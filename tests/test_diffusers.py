@@ -222,6 +222,7 @@ def test_community_layout_loads_with_equal_outputs(tmp_path):
     ("wrong shape", "of the wrong shape"),
     ("bad index", "model_index.json is not valid JSON"),
     ("no transformer entry", "model_index.json has no transformer entry"),
+    ("unknown class", "names the transformer class 'UNet2DModel'"),
 ])  # fmt: skip
 def test_damaged_folders_are_one_line(fixtures, tmp_path, damage, message):
     dst = tmp_path / "pipe"
@@ -239,7 +240,10 @@ def test_damaged_folders_are_one_line(fixtures, tmp_path, damage, message):
         (dst / "model_index.json").write_text("{not json")
     else:
         index = json.loads((dst / "model_index.json").read_text())
-        del index["transformer"]
+        if damage == "unknown class":
+            index["transformer"] = ["diffusers", "UNet2DModel"]
+        else:
+            del index["transformer"]
         (dst / "model_index.json").write_text(json.dumps(index))
     code, out = cli("sample", "--ckpt", dst, "--n", "1", "--steps", "1", "--height", "16", "--width", "16",
                     "--out", tmp_path / "s")  # fmt: skip

@@ -52,6 +52,11 @@ def transformer_folder(folder: Path) -> Path:
                 f"{folder}/model_index.json has no transformer entry (got {entry!r})",
                 'a PixelDiT pipeline names its "transformer": [module, class]',
             )
+        if entry[1] != OURS:
+            raise PixelDiTError(
+                f"{folder}/model_index.json names the transformer class {entry[1]!r}",
+                f"a PixelDiT pipeline's transformer is {OURS}: is this another model's pipeline?",
+            )
         if not (folder / "transformer").is_dir():
             raise PixelDiTError(f"{folder} is missing its transformer/ folder", "is the download complete?")
         return folder / "transformer"
