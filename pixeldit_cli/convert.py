@@ -57,13 +57,7 @@ def write_hf_folder(sd: dict, cfg: ModelConfig, rep, dst: Path, source: str, max
             "source_format": rep.source_format,
         }
         write_text(tmp / HF_CONFIG, json.dumps(conf, indent=2, sort_keys=True) + "\n")
-        old = None
-        if dst.exists():  # checked by replaceable_folder: ours, and only our files; moved aside, then emptied
-            old = dst.with_name(f".{dst.name}.pixeldit-old-{os.getpid()}.tmp")
-            os.replace(dst, old)
-        os.replace(tmp, dst)
-        if old is not None:
-            _remove_own_files(old)
+        _swap_in(tmp, dst, _remove_own_files)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_error(dst, e) from None
@@ -75,6 +69,18 @@ def write_hf_folder(sd: dict, cfg: ModelConfig, rep, dst: Path, source: str, max
 HF_OWN = re.compile(
     r"^(config\.json|model\.safetensors|model\.safetensors\.index\.json|model-\d{5}-of-\d{5}\.safetensors|README\.md)$"
 )
+
+
+def _swap_in(tmp: Path, dst: Path, remove_old) -> None:
+    """Rename a finished folder into place; an existing DST (checked by replaceable_folder: ours, and only our
+    files) is moved aside first, then emptied by `remove_old`."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.pixeldit-old-{os.getpid()}.tmp")
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    if old is not None:
+        remove_old(old)
 
 
 def replaceable_folder(dst: Path, src: Path, format: str = "hf") -> None:
@@ -240,13 +246,7 @@ def write_diffusers_folder(sd, cfg, rep, dst: Path, src: Path, max_shard_size="5
         if linked:
             for name in LINKED:
                 os.symlink(os.path.abspath(text_encoder), tmp / name, target_is_directory=True)
-        old = None
-        if dst.exists():  # checked by replaceable_folder: ours, and only our files; moved aside, then emptied
-            old = dst.with_name(f".{dst.name}.pixeldit-old-{os.getpid()}.tmp")
-            os.replace(dst, old)
-        os.replace(tmp, dst)
-        if old is not None:
-            _remove_diffusers_folder(old)
+        _swap_in(tmp, dst, _remove_diffusers_folder)
     except OSError as e:
         _remove_partial(tmp)
         raise write_error(dst, e) from None
