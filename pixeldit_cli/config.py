@@ -23,6 +23,13 @@ from .errors import PixelDiTError
 class ModelSection:
     name: str = "PixelDiT-XL/16"  # registry entry (see `pixeldit flops --help` for the list)
     num_classes: int = 1000  # class-conditional only; id num_classes is the null class
+    in_channels: int = 3  # 3: RGB; 1: gray data on a 1-channel network (samples, grids, FID and edits follow)
+    # The named size's shape, changed (0: as named). For new small models; released checkpoints carry their own.
+    hidden_size: int = 0  # D
+    num_heads: int = 0
+    patch_depth: int = 0  # N
+    pixel_depth: int = 0  # M
+    pixel_hidden: int = 0  # d
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,7 @@ class TrainSection:
     lr_drop_step: int = 0  # 0: never; else lr -> lr_drop_to from this step on
     lr_drop_to: float = 1e-5
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # constant (the release) | cosine | linear: after warm-up, decay to 0 at `steps`
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     grad_clip: float = 1.0

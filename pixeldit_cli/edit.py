@@ -27,7 +27,7 @@ from .dist import device_report, pick_device
 from .errors import PixelDiTError
 from .families import family_of
 from .folders import claim, differences, lock, read_marker, remove_own
-from .io import ensure_writable_dir, file_sha256, read_image, write_json, write_png
+from .io import ensure_writable_dir, file_sha256, read_image, to_channels, write_json, write_png
 from .memory import check_fits
 from .models.loading import checkpoint_sha256, load_model
 from .models.lora import apply_loras
@@ -194,6 +194,12 @@ def read_rgb(path):
     return read_image(path)
 
 
+def _in_model_channels(img, note: str, channels: int):
+    """The input in the model's channels (a 1-channel model edits the gray image), the notes joined."""
+    img, changed = to_channels(img, channels)
+    return img, "; ".join(n for n in (note, changed) if n)
+
+
 def fit_image(img, p: int, how: str):
     """Make H and W multiples of p: centre 'crop', replicate-'pad' (undone after the edit), or 'resize'."""
     _, H, W = img.shape
@@ -252,8 +258,7 @@ def run_edit(
     image, out, es = Path(image), Path(out), settings
     _check_input(image)
     dev = pick_device(device)
-    choice = choose(precision, dev)
-    prec = choice.precision
+    prec = (choice := choose(precision, dev)).precision
     names = _output_names(image, out, es.seed, es.num_seeds)
     claim(out, "edit")  # a folder of someone else's files is refused before any work
     img, note = read_rgb(image)
@@ -266,6 +271,7 @@ def run_edit(
         model = load_model(ckpt, device=dev, unsafe_pickle=unsafe_pickle)
         apply_loras(model, lora)
     dev, cfg = next(model.parameters()).device, model.config
+    img, note = _in_model_channels(img, note, cfg.in_channels)
     cond_src, cond_tgt, uncond, rec_src, rec_tgt = family_of(cfg).edit_conditions(
         model, src, tgt, text_encoder, negative_prompt, dev
     )
@@ -414,7 +420,7 @@ def _write_images(out, names, src_shown, edits) -> None:
     """edited*.png at the input's size; strip.png upscaled by an integer factor when the images are small."""
     for name, e in zip(names, edits):
         write_png(e, out / name)
-    sep = torch.full((3, src_shown.shape[1], 2), 255, dtype=torch.uint8)
+    sep = torch.full((src_shown.shape[0], src_shown.shape[1], 2), 255, dtype=torch.uint8)
     strip = torch.cat([t for e in [src_shown, *edits] for t in (e, sep)][:-1], dim=2)
     k = max(1, -(-96 // src_shown.shape[1]))  # small images shown at >= 96 px high (nearest: pixels stay pixels)
     write_png(strip.repeat_interleave(k, 1).repeat_interleave(k, 2), out / "strip.png")

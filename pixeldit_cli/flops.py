@@ -187,7 +187,7 @@ def run_flops(
     if preset:
         cfg = load_preset(preset)
         name, default_res = cfg.model.name, cfg.data.resolution
-        overrides = family_of(model_config(name)).config_overrides(cfg.model)
+        overrides = family_of(model_config(name)).config_overrides(cfg)
     if model:
         name, overrides = model, {}
     for flag, v in (("--res", res), ("--height", height), ("--width", width), ("--patch", patch), ("--batch", batch)):

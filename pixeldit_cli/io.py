@@ -268,6 +268,26 @@ def read_image(path) -> tuple[torch.Tensor, str]:
     return torch.from_numpy(np.array(arr)).permute(2, 0, 1).contiguous(), note
 
 
+def to_channels(img_u8: torch.Tensor, channels: int) -> tuple[torch.Tensor, str]:
+    """uint8 (C, H, W) -> (channels, H, W) and a note ('' when nothing changed).
+
+    RGB -> gray is ITU-R 601 luma with Pillow's integer rounding (convert("L")), so a gray image stored as
+    RGB comes back exactly; gray -> RGB replicates the channel (what Inception and ADM's npz expect)."""
+    c = img_u8.shape[0]
+    if c == channels:
+        return img_u8, ""
+    if c == 3 and channels == 1:
+        r, g, b = img_u8.to(torch.int32).unbind(0)
+        luma = (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
+        gray = bool(torch.equal(img_u8[0], img_u8[1]) and torch.equal(img_u8[1], img_u8[2]))
+        return luma.to(torch.uint8)[
+            None
+        ], "" if gray else "RGB converted to gray (ITU-R 601 luma) for a 1-channel model"
+    if c == 1 and channels == 3:
+        return img_u8.expand(3, -1, -1).contiguous(), ""
+    raise PixelDiTError(f"cannot turn a {c}-channel image into {channels} channels", "models take 1 (gray) or 3 (RGB)")
+
+
 def is_complete_png(path) -> bool:
     """A cheap check that a PNG was written whole: the signature and the IEND trailer are there."""
     try:
@@ -300,7 +320,7 @@ def png_bytes(img_u8: torch.Tensor) -> bytes:
 
 
 def write_png(img_u8: torch.Tensor, path, durable: bool = True) -> None:
-    """uint8 (3, H, W) -> PNG, through a verified atomic write."""
+    """uint8 (3, H, W) or (1, H, W) -> PNG (RGB or gray), through a verified atomic write."""
     write_bytes(path, png_bytes(img_u8), durable)
 
 
@@ -339,8 +359,9 @@ def _upscale(images_u8: torch.Tensor, min_tile: int) -> torch.Tensor:
 def _label_columns(grid: torch.Tensor, tile: int, labels, padding: int = 2, strip: int = 14) -> torch.Tensor:
     """Add a white strip above the grid with each column's label, cut to the column's width."""
     c, h, w = grid.shape
-    canvas = Image.new("RGB", (w, h + strip), "white")
-    canvas.paste(Image.fromarray(np.ascontiguousarray(grid.permute(1, 2, 0).numpy())), (0, strip))
+    canvas = Image.new("RGB" if c == 3 else "L", (w, h + strip), "white")
+    pixels = grid[0].numpy() if c == 1 else np.ascontiguousarray(grid.permute(1, 2, 0).numpy())
+    canvas.paste(Image.fromarray(pixels), (0, strip))
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
     for i, label in enumerate(labels):
         text = str(label)
@@ -348,7 +369,8 @@ def _label_columns(grid: torch.Tensor, tile: int, labels, padding: int = 2, stri
             text = text[:-1]
         x = padding + i * (tile + padding) + (tile - draw.textlength(text, font=font)) / 2
         draw.text((x, 1), text, fill="black", font=font)
-    return torch.from_numpy(np.array(canvas)).permute(2, 0, 1).contiguous()
+    a = np.array(canvas)
+    return torch.from_numpy(a[..., None] if a.ndim == 2 else a).permute(2, 0, 1).contiguous()
 
 
 #################################################################################

@@ -29,7 +29,10 @@ def _read_header(f):
 
 
 class NpzImages:
-    """Iterate batches of uint8 (B, H, W, 3) from an ADM npz's arr_0, in file order."""
+    """Iterate batches of uint8 (B, H, W, 3) from an ADM npz's arr_0, in file order.
+
+    Gray arrays — (N, H, W) or (N, H, W, 1), e.g. a 1-channel model's or MNIST-style references — are
+    read as RGB with the channel replicated, as Inception needs; `stored_channels` says what the file holds."""
 
     def __init__(self, path, require_images: bool = True):
         self.path = Path(path)
@@ -42,7 +45,7 @@ class NpzImages:
         names = self.zf.namelist()
         self.keys = [n[:-4] for n in names if n.endswith(".npy")]
         if "arr_0.npy" not in names and not require_images and "mu.npy" in names:
-            self.shape, self.offset = (0, 0, 0, 3), 0  # a statistics-only reference
+            self.shape, self.offset, self.stored_channels = (0, 0, 0, 3), 0, 3  # a statistics-only reference
             return
         if "arr_0.npy" not in names:
             raise PixelDiTError(
@@ -57,17 +60,23 @@ class NpzImages:
                 f"{self.path}: arr_0 is {dtype}, expected uint8 images in 0..255",
                 "float images must be converted with the release's rounding: clip((x + 1)·127.5 + 0.5, 0, 255)",
             )
-        if len(shape) != 4 or shape[-1] != 3:
-            raise PixelDiTError(f"{self.path}: arr_0 has shape {shape}, expected (N, H, W, 3) RGB")
+        if len(shape) == 3:
+            shape = (*shape, 1)
+        if len(shape) != 4 or shape[-1] not in (1, 3):
+            raise PixelDiTError(
+                f"{self.path}: arr_0 has shape {shape}, expected (N, H, W, 3) RGB or (N, H, W[, 1]) gray"
+            )
         if fortran:
             raise PixelDiTError(f"{self.path}: arr_0 is Fortran-ordered", "save it C-ordered (np.ascontiguousarray)")
-        self.shape = shape
+        self.stored_channels = shape[-1]
+        self.shape = (*shape[:3], 3)
 
     def __len__(self):
         return self.shape[0]
 
     def batches(self, batch_size: int, start: int = 0, stop: int | None = None):
-        n, h, w, c = self.shape
+        n, h, w, _ = self.shape
+        c = self.stored_channels
         stop = n if stop is None else min(stop, n)
         per = h * w * c
         with self.zf.open("arr_0.npy") as f:
@@ -77,7 +86,8 @@ class NpzImages:
                 buf = f.read(k * per)
                 if len(buf) != k * per:
                     raise PixelDiTError(f"{self.path} is truncated (arr_0 ends before image {i + len(buf) // per})")
-                yield np.frombuffer(buf, dtype=np.uint8).reshape(k, h, w, c)
+                rows = np.frombuffer(buf, dtype=np.uint8).reshape(k, h, w, c)
+                yield rows if c == 3 else np.repeat(rows, 3, axis=3)
 
     def array(self, key: str):
         if key + ".npy" not in self.zf.namelist():

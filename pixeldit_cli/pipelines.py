@@ -250,7 +250,9 @@ class _PixelDiTBase(DiffusionPipeline):
         if output_type == "pil":
             from PIL import Image  # noqa: PLC0415 (diffusers depends on Pillow)
 
-            out = [Image.fromarray(a) for a in u8.permute(0, 2, 3, 1).numpy()]
+            out = [
+                Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in u8.permute(0, 2, 3, 1).numpy()
+            ]  # gray: "L"
         elif output_type == "np":
             out = u8.permute(0, 2, 3, 1).numpy().astype(np.float32) / 255.0
         elif output_type == "pt":

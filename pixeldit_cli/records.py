@@ -180,6 +180,8 @@ def _scan_npz(path: Path, inv: Inventory, label_of) -> None:
         src = NpzImages(path)
     except PixelDiTError:
         return  # an unreadable npz is rebuilt from the records
+    if src.stored_channels != 3:
+        return  # not one this job wrote (its npz is RGB): rebuilt from the records
     if tuple(src.shape[1:]) != inv.shape:
         raise PixelDiTError(
             f"{path} holds {src.shape[2]}x{src.shape[1]} images, this job makes {inv.shape[1]}x{inv.shape[0]}",

@@ -1,11 +1,12 @@
 """Sampling jobs: per-sample seeds and labels, sharding over processes, resume, and self-describing outputs.
 
 Contracts (README, Sampling; docs/conventions.md):
-  * noise of sample i = randn(3, H, W) from a CPU generator seeded with seed + i, float32 — so sample i
+  * noise of sample i = randn(C, H, W) (C = the model's channels) from a CPU generator seeded with seed + i, float32 — so sample i
     is the same image whatever the batch size or the number of processes;
   * uint8 = clip((x + 1)·127.5 + 0.5, 0, 255), truncated (the release's rounding);
   * the output folder holds run.json, grid.png, results.json and, by --format, one PNG per sample
-    (000000.png …) and/or an ADM samples.npz (arr_0 uint8 NHWC, arr_1 labels).
+    (000000.png …) and/or an ADM samples.npz (arr_0 uint8 NHWC, arr_1 labels). A 1-channel model's PNGs and
+    grid are gray; its samples.npz is RGB with the gray replicated, so ADM's evaluator reads it unchanged.
 
 The job is linear in n: every process appends its images to its own record file as it makes them
 (records.py), rank 0 assembles samples.npz by streaming those records once, and the bookkeeping is one
@@ -34,7 +35,7 @@ from .errors import PixelDiTError
 from .families import family_of
 from .flops import pathway_flops
 from .folders import MARKER, claim, differences, lock, marker_format, read_marker, remove_own, remove_stale_temporaries
-from .io import ensure_writable_dir, write_grid, write_json, write_png
+from .io import ensure_writable_dir, to_channels, write_grid, write_json, write_png
 from .labels import CLASS_MODES, aspect_bucket
 from .memory import check_fits
 from .models.loading import checkpoint_sha256, load_model
@@ -438,7 +439,7 @@ def _run_locked(p: Prepared, out, fmt, identity, digest, conds, progress):
         for entries, names in made:
             inv.add(entries)
             inv.pngs.update(names)
-        result = _finish(job, out, fmt, inv, conds)
+        result = _finish(job, out, fmt, inv, conds, model.config.in_channels)
         result.update(_report(p, stats, todo, done, elapsed, out, fmt, conds, digest))
         result.update(p.provenance)
         write_json(out / "results.json", result)
@@ -466,8 +467,8 @@ def _generate(job, model, conds, device, precision, mine, total, world, out, fmt
                     _warn_if_nonfinite(imgs)
                 u8 = to_uint8(imgs).cpu()
                 for i, img in zip(idx, u8):
-                    if writer is not None:
-                        writer.append(i, conds.label(i), img.permute(1, 2, 0).numpy())
+                    if writer is not None:  # records are ADM's RGB rows (a gray sample replicated)
+                        writer.append(i, conds.label(i), to_channels(img, 3)[0].permute(1, 2, 0).numpy())
                     if fmt != "npz":
                         written[i] = png_name(i, conds.text(i))
                         write_png(img, out / written[i])
@@ -491,8 +492,9 @@ def _warn_if_nonfinite(imgs):
         )
 
 
-def _finish(job, out: Path, fmt: str, inv, conds) -> dict:
-    """Rank 0: check completeness, export PNGs made earlier as records only, grid, npz, and drop the parts."""
+def _finish(job, out: Path, fmt: str, inv, conds, channels: int = 3) -> dict:
+    """Rank 0: check completeness, export PNGs made earlier as records only, grid, npz, and drop the parts.
+    PNGs and the grid have the model's channels (gray for a 1-channel model); samples.npz is always RGB."""
     missing = [i for i in range(job.n) if i not in inv.records and i not in inv.pngs]
     if missing:
         raise PixelDiTError(
@@ -505,11 +507,10 @@ def _finish(job, out: Path, fmt: str, inv, conds) -> dict:
         if fmt in ("png", "both"):
             for i in range(job.n):
                 if i not in inv.pngs:
-                    write_png(
-                        torch.from_numpy(np.array(reader.pixels(i))).permute(2, 0, 1), out / png_name(i, conds.text(i))
-                    )
+                    rgb = torch.from_numpy(np.array(reader.pixels(i))).permute(2, 0, 1)
+                    write_png(to_channels(rgb, channels)[0], out / png_name(i, conds.text(i)))
                     exported += 1
-        _write_grid(reader, out, job.n, conds.columns, conds.column_labels)
+        _write_grid(reader, out, job.n, conds.columns, conds.column_labels, channels)
         if fmt in ("npz", "both"):
             _write_npz(reader, out, job.n, conds.label)
     finally:
@@ -528,10 +529,11 @@ def grid_layout(n: int, columns: int = 0, k: int = 64) -> tuple[int, int]:
     return k, max(1, int(np.ceil(np.sqrt(k))))
 
 
-def _write_grid(reader, out: Path, n: int, columns: int, labels=None):
+def _write_grid(reader, out: Path, n: int, columns: int, labels=None, channels: int = 3):
     """The first images; with one column per cycled class or prompt, each column is labelled."""
     k, nrow = grid_layout(n, columns)
     imgs = torch.stack([torch.from_numpy(np.array(reader.pixels(i))).permute(2, 0, 1) for i in range(k)])
+    imgs = imgs[:, :1] if channels == 1 else imgs  # records are RGB; a gray model's grid is gray
     write_grid(imgs, out / "grid.png", nrow, column_labels=labels if nrow == columns and labels else None)
 
 

@@ -63,7 +63,7 @@ def _similarity(src_u8, out_u8):
 
 
 def edit_pair(model, classifier, images_u8, pair: Pair, *, strength, tgt_cfg, src_cfg, steps, n_avg=1, seed=0):
-    """Edit one batch of uint8 (N, 3, H, W) sources for `pair`; returns (row of metrics, edited uint8)."""
+    """Edit one batch of uint8 (N, C, H, W) sources (C = the model's channels) for `pair`; returns (row of metrics, edited uint8)."""
     dev = next(model.parameters()).device
     x = (images_u8.float() / 127.5 - 1).to(dev)
     n = len(x)
@@ -233,7 +233,7 @@ def main():
     torch.manual_seed(0)
     model = load_model(a.ckpt)
     clf, meta = load_classifier(a.classifier)
-    test = FashionMNIST("test", 32)
+    test = FashionMNIST("test", 32, channels=model.config.in_channels)  # gray for a 1-channel model
     images = torch.stack([test[i][0] for i in range(2000)])
     labels = test.labels[:2000].numpy()
     names = getattr(model, "class_names", None) or list(test.classes)

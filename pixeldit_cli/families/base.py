@@ -39,9 +39,18 @@ class Family:
         """(t, condition) for the FLOP counter: mid-way in time, a fixed condition."""
         raise NotImplementedError
 
-    def config_overrides(self, model_section) -> dict:
-        """ModelConfig fields a preset's `model` section sets beyond the registry name."""
-        return {}
+    def config_overrides(self, config) -> dict:
+        """ModelConfig fields a resolved Config's `model` section sets beyond the registry name: the channels,
+        and the named size's shape where a field is not 0."""
+        ms = config.model
+        shape = dict(
+            hidden_size=ms.hidden_size,
+            num_heads=ms.num_heads,
+            patch_depth=ms.patch_depth,
+            pixel_depth=ms.pixel_depth,
+            pixel_hidden=ms.pixel_hidden,
+        )
+        return {"in_channels": ms.in_channels, **{k: v for k, v in shape.items() if v}}
 
     # ---- the convention -------------------------------------------------------------------------------
     def network_time(self, t: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:

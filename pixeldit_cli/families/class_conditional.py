@@ -47,8 +47,8 @@ class ClassConditional(Family):
     def example_inputs(self, config, x, batch, text_len, generator):
         return torch.full((batch,), 0.5), torch.zeros(batch, dtype=torch.long)
 
-    def config_overrides(self, model_section):
-        return {"num_classes": model_section.num_classes}
+    def config_overrides(self, config):
+        return {**super().config_overrides(config), "num_classes": config.model.num_classes}
 
     # ---- the convention ---------------------------------------------------------------------------
     def network_time(self, t, sigma=None):

@@ -1,12 +1,14 @@
 """Training data: datasets that yield (uint8 CHW image, label) and a sampler indexed by optimizer step.
 
 Sources:
-  fashion-mnist          Debian's dataset-fashion-mnist (IDX files), 28×28 gray padded to 32 and made RGB
+  fashion-mnist          Debian's dataset-fashion-mnist (IDX files), 28×28 gray padded to 32 (made RGB for
+                         a 3-channel model, kept gray for a 1-channel one)
   a folder of folders    ImageFolder layout: one subfolder per class (sorted names -> class ids)
   EDM2 dataset (zip/dir) images + dataset.json {"labels": [[relative path, class], ...]} (the 512 pipeline)
 Images are decoded to uint8 with torchvision; those not at the training resolution get ADM's centre crop
 (repeated 2× box downsampling, bicubic resize, centre crop — PIL, as guided-diffusion). No flip unless
-asked: the release uses no augmentation.
+asked: the release uses no augmentation. A 1-channel model (model.in_channels 1) gets gray images: colour
+files are converted with ITU-R 601 luma (io.to_channels), exact for gray files stored as RGB.
 """
 
 import gzip
@@ -21,6 +23,7 @@ import torch
 from PIL import Image
 
 from ..errors import PixelDiTError
+from ..io import to_channels
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -79,9 +82,9 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 class FashionMNIST(torch.utils.data.Dataset):
-    """Debian's Fashion-MNIST: 60k train / 10k test, 28×28 gray -> zero-padded to 32×32, RGB."""
+    """Debian's Fashion-MNIST: 60k train / 10k test, 28×28 gray -> zero-padded to 32×32, RGB or gray."""
 
-    def __init__(self, split: str = "train", resolution: int = 32, root: Path = FASHION_DIR):
+    def __init__(self, split: str = "train", resolution: int = 32, root: Path = FASHION_DIR, channels: int = 3):
         prefix = "train" if split == "train" else "t10k"
         img, lab = root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
         if not img.exists():
@@ -97,6 +100,7 @@ class FashionMNIST(torch.utils.data.Dataset):
             )
         self.pad = resolution - 28
         self.classes = FASHION_CLASSES
+        self.channels = channels
 
     def __len__(self):
         return len(self.labels)
@@ -106,14 +110,15 @@ class FashionMNIST(torch.utils.data.Dataset):
         if self.pad:
             a = self.pad // 2
             x = torch.nn.functional.pad(x, (a, self.pad - a, a, self.pad - a))
-        return x.unsqueeze(0).expand(3, -1, -1).contiguous(), int(self.labels[i])
+        return x.unsqueeze(0).expand(self.channels, -1, -1).contiguous(), int(self.labels[i])
 
 
 class ImageFolder(torch.utils.data.Dataset):
     """root/<class>/<image>: sorted class folder names are the class ids (the map is saved in checkpoints)."""
 
-    def __init__(self, root, resolution: int, num_classes: int | None = None):
+    def __init__(self, root, resolution: int, num_classes: int | None = None, channels: int = 3):
         root = Path(root)
+        self.channels = channels
         if not root.is_dir():
             raise PixelDiTError(f"dataset directory {root} does not exist", "check --data.path")
         self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
@@ -157,14 +162,15 @@ class ImageFolder(torch.utils.data.Dataset):
             raise PixelDiTError(
                 f"image {path} cannot be decoded ({str(e).splitlines()[0][:80]})", "remove or replace it"
             ) from None
-        return adm_center_crop(_checked(img, path, self.resolution), self.resolution), label
+        img = adm_center_crop(_checked(img, path, self.resolution), self.resolution)
+        return to_channels(img, self.channels)[0], label
 
 
 class EDM2Dataset(torch.utils.data.Dataset):
     """A zip or folder with dataset.json labels, as EDM2's dataset_tool writes (the release's 512 data)."""
 
-    def __init__(self, path, resolution: int, num_classes: int | None = None):
-        self.path, self.resolution, self._zip = Path(path), resolution, None
+    def __init__(self, path, resolution: int, num_classes: int | None = None, channels: int = 3):
+        self.path, self.resolution, self._zip, self.channels = Path(path), resolution, None, channels
         names = self._names()
         meta = json.loads(self._read("dataset.json")) if "dataset.json" in names else {}
         labels = dict(meta.get("labels") or [])
@@ -209,7 +215,7 @@ class EDM2Dataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         img = _checked(decode(self._read(self.items[i])), self.items[i], self.resolution)
-        return adm_center_crop(img, self.resolution), self.labels[i]
+        return to_channels(adm_center_crop(img, self.resolution), self.channels)[0], self.labels[i]
 
 
 def _checked(img, where, res):
@@ -237,9 +243,10 @@ def _check_sizes(paths, res):
             )
 
 
-def open_dataset(path: str, resolution: int, num_classes: int | None = None, split: str = "train"):
+def open_dataset(path: str, resolution: int, num_classes: int | None = None, split: str = "train", channels: int = 3):
+    """The dataset at `path` (fashion-mnist, an EDM2 zip/folder or an ImageFolder), `channels` per image."""
     if path == "fashion-mnist":
-        return FashionMNIST(split, resolution)
+        return FashionMNIST(split, resolution, channels=channels)
     if not path:
         raise PixelDiTError(
             "no dataset given", "pass --data.path DIR (ImageFolder or EDM2 zip/folder), or fashion-mnist"
@@ -248,8 +255,8 @@ def open_dataset(path: str, resolution: int, num_classes: int | None = None, spl
     if not p.exists():
         raise PixelDiTError(f"dataset {p} does not exist", "check --data.path")
     if p.is_file() or (p / "dataset.json").exists():
-        return EDM2Dataset(p, resolution, num_classes)
-    return ImageFolder(p, resolution, num_classes)
+        return EDM2Dataset(p, resolution, num_classes, channels)
+    return ImageFolder(p, resolution, num_classes, channels)
 
 
 #################################################################################
@@ -343,8 +350,9 @@ def resize_center_crop(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
 class CaptionDataset(torch.utils.data.Dataset):
     """Images with captions: a folder of image + same-stem .txt files, or a .jsonl of {"image", "caption"}."""
 
-    def __init__(self, path, resolution: int, multi_aspect: bool = False, patch: int = 16):
+    def __init__(self, path, resolution: int, multi_aspect: bool = False, patch: int = 16, channels: int = 3):
         path = Path(path)
+        self.channels = channels
         if not path.exists():
             raise PixelDiTError(f"caption dataset {path} does not exist", "check --data.path")
         if path.is_file() and path.suffix == ".jsonl":
@@ -379,7 +387,7 @@ class CaptionDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         path, caption = self.items[i]
         h, w = self.buckets[self.bucket_of[i]]
-        return resize_center_crop(decode(path.read_bytes()), h, w), caption
+        return to_channels(resize_center_crop(decode(path.read_bytes()), h, w), self.channels)[0], caption
 
 
 class BucketStepSampler(StepSampler):

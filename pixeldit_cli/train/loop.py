@@ -15,6 +15,7 @@ import contextlib
 import copy
 import importlib.util
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +44,20 @@ from . import checkpoint, fsdp
 from .objective import Projector, flip_mask
 from .recipes import recipe_for
 
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
 
 def lr_at(tc, step: int) -> float:
+    """The learning rate of optimizer step `step`: linear warm-up, then constant (with the release's
+    optional one-time drop) or, for short runs, a cosine / linear decay that reaches 0 after the last step."""
     lr = tc.lr_drop_to if tc.lr_drop_step and step >= tc.lr_drop_step else tc.lr
     if tc.warmup_steps and step < tc.warmup_steps:
-        lr *= (step + 1) / tc.warmup_steps
+        return lr * (step + 1) / tc.warmup_steps
+    schedule = getattr(tc, "lr_schedule", "constant")
+    if schedule != "constant":
+        done = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)  # 0 after warm-up, -> 1 at the end
+        left = max(0.0, 1.0 - done)
+        lr *= left if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * (1 - left)))
     return lr
 
 
@@ -151,6 +161,8 @@ def validate(cfg: Config, world: int):
         if getattr(tc, name) < 0:
             raise PixelDiTError(f"train.{name} must be 0 or more, got {getattr(tc, name)}")
     positive("train.lr", tc.lr)
+    if tc.lr_schedule not in LR_SCHEDULES:
+        raise PixelDiTError(f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {tc.lr_schedule!r}")
     finite("train.lr_drop_to", tc.lr_drop_to, lo=0.0)
     finite("train.grad_clip", tc.grad_clip, lo=0.0)
     finite("train.grad_clip_drop_to", tc.grad_clip_drop_to, lo=0.0)
@@ -303,7 +315,8 @@ def setup(cfg: Config, out: Path, resume: str, stack=None) -> tuple[TrainRun, ob
     rank, world, device = init_distributed()
     tc = cfg.train
     validate(cfg, world)
-    mcfg = model_config(cfg.model.name, num_classes=cfg.model.num_classes)
+    mcfg = model_config(cfg.model.name)
+    mcfg = model_config(cfg.model.name, **family_of(mcfg).config_overrides(cfg))
     if cfg.data.resolution % mcfg.patch_size:
         raise PixelDiTError(
             f"data.resolution {cfg.data.resolution} is not a multiple of the patch size {mcfg.patch_size}"

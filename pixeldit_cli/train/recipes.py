@@ -64,7 +64,7 @@ class ClassConditionalRecipe(Recipe):
     """Class-labelled image folders; x − ε at t, the null class dropped in with probability cond_drop."""
 
     def training_data(self, cfg, mcfg):
-        return open_dataset(cfg.data.path, cfg.data.resolution, mcfg.num_classes)
+        return open_dataset(cfg.data.path, cfg.data.resolution, mcfg.num_classes, channels=mcfg.in_channels)
 
     def step_sampler(self, ds, tc, rank, world, start_step):
         return StepSampler(len(ds), tc.global_batch, tc.micro_batch, rank, world, tc.seed, start_step, tc.steps)
@@ -96,7 +96,9 @@ class TextToImageRecipe(Recipe):
     """Captioned images in aspect buckets; Gemma-2 states, σ from the release's discrete shifted grid."""
 
     def training_data(self, cfg, mcfg):
-        return CaptionDataset(cfg.data.path, cfg.data.resolution, cfg.data.multi_aspect, mcfg.patch_size)
+        return CaptionDataset(
+            cfg.data.path, cfg.data.resolution, cfg.data.multi_aspect, mcfg.patch_size, channels=mcfg.in_channels
+        )
 
     def step_sampler(self, ds, tc, rank, world, start_step):
         return BucketStepSampler(
