@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make demo: train the smoke preset on real Fashion-MNIST (CPU), sample a labelled grid, score it (FID /
+# make demo: train the fashion preset (smoke on a 1-channel network) on real Fashion-MNIST (CPU), sample a labelled grid, score it (FID /
 # precision / recall, and an independent classifier), and measure FlowEdit over real test images with a
 # small sweep. Budget: 10 minutes on two quiet cores; every stage prints the elapsed time, and the total
 # and per-stage times land in OUT/timings.txt. Re-running resumes the training and re-does the rest.
@@ -19,15 +19,15 @@ stage() {  # close the previous stage's timing, announce the next
 stage flops "FLOPs of the paper's XL/16 at 256² (Table 16 convention)"
 $PY -m pixeldit_cli flops --res 256 --patch 16
 
-stage train "train PixelDiT-S/4 on Fashion-MNIST 32x32 (preset smoke; progress and ETA below)"
-$PY -m pixeldit_cli train --preset smoke --out "$OUT/train"
+stage train "train PixelDiT-S/4 on gray Fashion-MNIST 32x32 (preset fashion: a 1-channel network; progress and ETA below)"
+$PY -m pixeldit_cli train --preset fashion --out "$OUT/train"
 $PY -m pixeldit_cli convert "$OUT/train/checkpoints/last.pt" "$OUT/smoke.safetensors" --force
 
 stage sample "sample a class-labelled grid (the preset's FlowDPM settings): one column per class, 20 seeds each"
 CLASSES=""
 for c in 0 1 2 3 4 5 6 7 8 9; do CLASSES="$CLASSES --class $c"; done
 rm -rf "$OUT/samples"
-$PY -m pixeldit_cli sample --ckpt "$OUT/smoke.safetensors" $CLASSES --n 200 --out "$OUT/samples" --format both
+$PY -m pixeldit_cli sample --preset fashion --ckpt "$OUT/smoke.safetensors" $CLASSES --n 200 --out "$OUT/samples" --format both
 
 stage judge "an independent classifier (real training images only), then: are the samples the class they were drawn for?"
 $PY scripts/fashion_export.py "$OUT/data" --n 250

@@ -11,7 +11,7 @@ from pixeldit_cli.config import apply_overrides, load_preset, parse_overrides, p
 from pixeldit_cli.errors import PixelDiTError
 from pixeldit_cli.models import model_config
 
-PRESETS = ["b256", "l256", "xl256", "xl512", "t2i512-stage1", "t2i512-stage2", "t2i1024", "smoke"]
+PRESETS = ["b256", "l256", "xl256", "xl512", "t2i512-stage1", "t2i512-stage2", "t2i1024", "smoke", "fashion"]
 
 
 def test_every_required_preset_exists_and_names_a_registry_model():
