@@ -86,3 +86,14 @@ def gemma(tmp_path_factory):
     )
     Gemma2Model(cfg).save_pretrained(d)
     return d
+
+
+def write_fashion_idx(root, prefix: str, images, labels) -> None:
+    """Fashion-MNIST's IDX files (gzip, big-endian dims) for uint8 (N, 28, 28) `images` and their labels."""
+    import gzip  # noqa: PLC0415
+
+    n = len(images)
+    with gzip.open(root / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + images.tobytes())
+    with gzip.open(root / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + bytes(labels))

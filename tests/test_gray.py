@@ -1,12 +1,12 @@
 """Gray data on a 1-channel model (model.in_channels 1): conversion, datasets, train -> sample -> grid ->
 FID input -> edit on a tiny model, and the short-run LR schedules."""
 
-import gzip
 import json
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_fashion_idx
 from PIL import Image
 
 from pixeldit_cli.config import apply_overrides, load_preset
@@ -39,10 +39,7 @@ def test_luma_equals_pillow_and_gray_round_trips():
 
 def test_datasets_give_one_channel(tmp_path):
     imgs = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
-    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
-        f.write(bytes([0, 0, 8, 3]) + (2).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + imgs.tobytes())
-    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
-        f.write(bytes([0, 0, 8, 1]) + (2).to_bytes(4, "big") + bytes([7, 9]))
+    write_fashion_idx(tmp_path, "t10k", imgs, [7, 9])
     g, c = FashionMNIST("test", 32, root=tmp_path, channels=1)[1], FashionMNIST("test", 32, root=tmp_path)[1]
     assert g[0].shape == (1, 32, 32) and torch.equal(g[0][0], c[0][0]) and g[1] == 9
 

@@ -1,7 +1,6 @@
 """Training: one step's loss by hand (with and without REPA, both token-count branches), data loaders,
 exact resume (also after SIGKILL mid-write), 1 vs 2 processes, and every bad input."""
 
-import gzip
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_fashion_idx
 
 from pixeldit_cli.config import apply_overrides, load_preset
 from pixeldit_cli.errors import PixelDiTError
@@ -170,10 +170,7 @@ def test_edm2_zip_and_folder(tmp_path):
 
 def test_fashion_mnist_idx_reader(tmp_path):
     imgs = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
-    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
-        f.write(bytes([0, 0, 8, 3]) + (2).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + imgs.tobytes())
-    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
-        f.write(bytes([0, 0, 8, 1]) + (2).to_bytes(4, "big") + bytes([7, 9]))
+    write_fashion_idx(tmp_path, "t10k", imgs, [7, 9])
     ds = FashionMNIST("test", 32, root=tmp_path)
     img, lab = ds[1]
     assert (len(ds), lab, img.shape) == (2, 9, (3, 32, 32))

@@ -315,8 +315,7 @@ def setup(cfg: Config, out: Path, resume: str, stack=None) -> tuple[TrainRun, ob
     rank, world, device = init_distributed()
     tc = cfg.train
     validate(cfg, world)
-    mcfg = model_config(cfg.model.name)
-    mcfg = model_config(cfg.model.name, **family_of(mcfg).config_overrides(cfg))
+    mcfg = model_config(cfg.model.name, **family_of(model_config(cfg.model.name)).config_overrides(cfg))
     if cfg.data.resolution % mcfg.patch_size:
         raise PixelDiTError(
             f"data.resolution {cfg.data.resolution} is not a multiple of the patch size {mcfg.patch_size}"
