@@ -67,8 +67,9 @@ def _class_ids(values) -> list[str]:
 
 
 def generate(s: Session, session_id: str, classes, prompt, negative, n, seed, solver, steps, cfg, lo, hi, shift,
-             size, reuse, precision) -> dict:  # fmt: skip
-    """Sample with the CLI's job; returns the PNG paths, the grid, results.json and the equivalent command."""
+             size, reuse, precision, on_step=None) -> dict:  # fmt: skip
+    """Sample with the CLI's job; returns the PNG paths, the grid, results.json and the equivalent command.
+    `on_step(done, total)` follows the solver steps (the page's progress bar)."""
     n, seed, steps, reuse, size = (_int(v, name) for v, name in ((n, "--n"), (seed, "--seed"), (steps, "--steps"),
                                                                  (reuse, "--semantic-reuse"), (size, "--height")))  # fmt: skip
     if not 1 <= n <= MAX_IMAGES:
@@ -84,7 +85,7 @@ def generate(s: Session, session_id: str, classes, prompt, negative, n, seed, so
     job, defaults_from, config = job_for(s.model, s.ckpt, classes=ids, prompts=prompts, out=str(out), **given)
     t0 = time.perf_counter()
     result = run(job, model=s.model, progress=False, provenance={"defaults_from": defaults_from,
-                                                                "config": config.to_dict()})  # fmt: skip
+                                                                "config": config.to_dict()}, on_step=on_step)  # fmt: skip
     texts = [prompts[i % len(prompts)] if prompts else None for i in range(n)]
     return {
         "images": [str(out / png_name(i, texts[i])) for i in range(n)],
@@ -117,13 +118,17 @@ def sample_command(s: Session, job) -> str:
 
 
 def edit(s: Session, session_id: str, image, src, tgt, strength, src_cfg, tgt_cfg, steps, seed, num_seeds, bbox,
-         negative) -> dict:  # fmt: skip
-    """FlowEdit with the CLI's settings resolver and job; returns the strip, the edits, metrics and the command."""
+         negative, drawn=None, on_step=None) -> dict:  # fmt: skip
+    """FlowEdit with the CLI's settings resolver and job; returns the strip, the edits, metrics and the command.
+    `drawn`: the mask editor's value (painted strokes = the edited region, as --mask); else the box text."""
     from .edit import run_edit  # noqa: PLC0415 (scipy-free, but only the Edit tab needs it)
 
     if not image:
         raise PixelDiTError("no image uploaded", "upload a PNG or JPEG first")
     box = _bbox(bbox)
+    mask = _drawn_mask(drawn, image, s.folder(session_id, "mask").with_suffix(".png"))
+    if mask is not None and box is not None:
+        raise PixelDiTError("both a drawn mask and a box were given", "clear one of them")
     settings = resolve_edit(s.config, strength=_float(strength, "--strength"), src_cfg=_float(src_cfg, "--src-cfg"),
                             tgt_cfg=_float(tgt_cfg, "--tgt-cfg"), steps=_int(steps, "--steps"),
                             seed=_int(seed, "--seed"), num_seeds=_int(num_seeds, "--num-seeds"))  # fmt: skip
@@ -132,14 +137,16 @@ def edit(s: Session, session_id: str, image, src, tgt, strength, src_cfg, tgt_cf
     if not src or not tgt:
         raise PixelDiTError("give a source and a target", "pick both classes (or type both prompts)")
     out = s.folder(session_id, "edit")
-    r = run_edit(image, s.ckpt, src, tgt, out, settings, bbox=box, model=s.model, device=s.device,
-                 text_encoder=s.text_encoder or None, negative_prompt=negative or "")  # fmt: skip
+    r = run_edit(image, s.ckpt, src, tgt, out, settings, bbox=box, mask=mask, model=s.model, device=s.device,
+                 text_encoder=s.text_encoder or None, negative_prompt=negative or "", on_step=on_step)  # fmt: skip
     args = ["pixeldit", "edit", str(image), "--ckpt", s.ckpt, "--src", src, "--tgt", tgt,
             "--strength", f"{settings.strength:g}", "--src-cfg", f"{settings.src_cfg:g}",
             "--tgt-cfg", f"{settings.tgt_cfg:g}", "--steps", str(settings.steps), "--seed", str(settings.seed),
             "--num-seeds", str(settings.num_seeds)]  # fmt: skip
     if box is not None:
         args += ["--bbox", *map(str, box)]
+    if mask is not None:
+        args += ["--mask", str(mask)]
     return {"strip": str(out / "strip.png"), "edits": [str(out / name) for name in r["outputs"]],
             "metrics": {"to_source": r["to_source"], "background": r["background"]},
             "results": str(out / "results.json"), "command": shlex.join(args + ["--out", "OUT"])}  # fmt: skip
@@ -174,6 +181,39 @@ def _float(v, name) -> float:
     return f  # finiteness and range: the settings' own checks say it, as on the command line
 
 
+def _drawn_mask(drawn, image, path: Path):
+    """The mask editor's strokes as a --mask file (white = edit, the uploaded image's size); None if nothing
+    was painted. Gradio hands over {"background", "layers", "composite"} with RGBA layers."""
+    import numpy as np  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415
+
+    layers = [np.asarray(a) for a in ((drawn or {}).get("layers") or []) if a is not None]
+    painted = [a[..., 3] > 0 if a.ndim == 3 and a.shape[2] == 4 else a.reshape(a.shape[:2] + (-1,)).max(-1) > 0
+               for a in layers]  # fmt: skip
+    if not painted or not any(p.any() for p in painted):
+        return None
+    region = np.logical_or.reduce(painted)
+    with Image.open(image) as im:
+        size = im.size
+    if region.shape[::-1] != size:
+        raise PixelDiTError(f"the drawn mask is {region.shape[1]}x{region.shape[0]} but the image is {size[0]}x{size[1]}",
+                            "upload the image again and redraw the mask")  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(region.astype(np.uint8) * 255).save(path)
+    return path
+
+
+def _bar(progress, what: str):
+    """on_step(done, total) -> Gradio's progress bar, with the step count and the ETA from the rate so far."""
+    t0 = time.perf_counter()
+
+    def on_step(done, total):
+        eta = (time.perf_counter() - t0) / done * (total - done)
+        progress((done, total), desc=f"{what}: step {done}/{total}, ETA {eta:.0f} s", unit="steps")
+
+    return on_step
+
+
 def _bbox(text):
     if not text or not str(text).strip():
         return None
@@ -193,10 +233,16 @@ def build(s: Session):
     the page's layout: one component per line, tab by tab, in the order the page shows them)."""
     import gradio as gr  # noqa: PLC0415 (optional extra: pixeldit[app])
 
-    def guard(fn):
-        def call(*args, request: gr.Request = None):
+    def guard(fn, what=None):
+        """A button's handler: the session's id first, CLI errors as the page's one line, and (`what` given)
+        Gradio's progress bar as on_step."""
+
+        def call(*args, request: gr.Request = None, progress=gr.Progress()):
+            session = request.session_hash if request is not None else "local"
             try:
-                return fn(request.session_hash if request is not None else "local", *args)
+                if what is None:
+                    return fn(session, *args)
+                return fn(session, *args, on_step=_bar(progress, what))
             except PixelDiTError as e:
                 raise gr.Error(str(e), print_exception=False) from None
 
@@ -237,11 +283,11 @@ def build(s: Session):
                     files = gr.File(label="Downloads (PNGs + results.json)", file_count="multiple", elem_id="gen-files")
                     command = gr.Code(label="Same settings as CLI", language="shell", elem_id="gen-command")
 
-            def on_generate(session, *args):
-                r = generate(s, session, *args)
+            def on_generate(session, *args, on_step=None):
+                r = generate(s, session, *args, on_step=on_step)
                 return r["images"], r["grid"], [*r["images"], r["results"]], r["command"]
 
-            go.click(guard(on_generate), [classes, prompt, negative, n, seed, solver, steps, guidance, lo, hi, shift,
+            go.click(guard(on_generate, "sampling"), [classes, prompt, negative, n, seed, solver, steps, guidance, lo, hi, shift,
                                           size, reuse, precision], [gallery, grid, files, command])  # fmt: skip
 
         with gr.Tab("Edit", elem_id="tab-edit"):
@@ -262,7 +308,11 @@ def build(s: Session):
                     e_steps = gr.Number(ec.steps, label="Steps", elem_id="edit-steps")
                     e_seed = gr.Number(0, label="Seed", precision=0, elem_id="edit-seed")
                     seeds = gr.Number(1, label="Seeds", precision=0, elem_id="edit-seeds")
-                    bbox = gr.Textbox(label="Edit box X0 Y0 X1 Y1 (background metrics outside it)", elem_id="edit-bbox")
+                    drawn = gr.ImageEditor(label="Mask: paint the region to edit (background metrics outside it)",
+                                           type="numpy", sources=(), layers=False, transforms=(),
+                                           brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
+                                           elem_id="edit-mask")  # fmt: skip
+                    bbox = gr.Textbox(label="…or a box X0 Y0 X1 Y1", elem_id="edit-bbox")
                     e_negative = gr.Textbox(label="Negative prompt", visible=s.t2i, elem_id="edit-negative")
                     e_go = gr.Button("Edit", variant="primary", elem_id="edit-go")
                 with gr.Column():
@@ -271,12 +321,14 @@ def build(s: Session):
                     e_files = gr.File(label="Downloads", file_count="multiple", elem_id="edit-files")
                     e_command = gr.Code(label="Same settings as CLI", language="shell", elem_id="edit-command")
 
-            def on_edit(session, *args):
-                r = edit(s, session, *args)
+            def on_edit(session, *args, on_step=None):
+                r = edit(s, session, *args, on_step=on_step)
                 return r["strip"], r["metrics"], [*r["edits"], r["results"]], r["command"]
 
-            e_go.click(guard(on_edit), [image, src, tgt, strength, src_cfg, tgt_cfg, e_steps, e_seed, seeds, bbox,
-                                        e_negative], [strip, metrics, e_files, e_command])  # fmt: skip
+            # the mask is painted over the uploaded image itself
+            image.change(lambda p: {"background": p, "layers": [], "composite": p} if p else None, [image], [drawn])
+            e_go.click(guard(on_edit, "editing"), [image, src, tgt, strength, src_cfg, tgt_cfg, e_steps, e_seed, seeds,
+                                                   bbox, e_negative, drawn], [strip, metrics, e_files, e_command])  # fmt: skip
 
         with gr.Tab("Compare", elem_id="tab-compare"):
             gr.Markdown("The same seeds under two settings, side by side, with the time each took.")
@@ -292,16 +344,19 @@ def build(s: Session):
             cmp_info = gr.Markdown(elem_id="cmp-info")
 
             def on_compare(session, classes, prompt, negative, n, seed, solver, steps, lo, hi, shift, size, precision,
-                           cfg_a, reuse_a, cfg_b, reuse_b):  # fmt: skip
+                           cfg_a, reuse_a, cfg_b, reuse_b, on_step=None):  # fmt: skip
                 common = (classes, prompt, negative, n, seed, solver, steps)
                 tail = (lo, hi, shift, size)
-                a = generate(s, session, *common, cfg_a, *tail, reuse_a, precision)
-                b = generate(s, session, *common, cfg_b, *tail, reuse_b, precision)
+                both = None if on_step is None else (lambda d, t, k: on_step(k * t + d, 2 * t))
+                a = generate(s, session, *common, cfg_a, *tail, reuse_a, precision,
+                             on_step=both and (lambda d, t: both(d, t, 0)))  # fmt: skip
+                b = generate(s, session, *common, cfg_b, *tail, reuse_b, precision,
+                             on_step=both and (lambda d, t: both(d, t, 1)))  # fmt: skip
                 info = (f"A: CFG {_float(cfg_a, '--cfg'):g}, K = {_int(reuse_a, 'K')} — {a['seconds']} s  \n"
                         f"B: CFG {_float(cfg_b, '--cfg'):g}, K = {_int(reuse_b, 'K')} — {b['seconds']} s")  # fmt: skip
                 return a["grid"], b["grid"], info
 
-            cmp_go.click(guard(on_compare), [classes, prompt, negative, n, seed, solver, steps, lo, hi, shift, size,
+            cmp_go.click(guard(on_compare, "A then B"), [classes, prompt, negative, n, seed, solver, steps, lo, hi, shift, size,
                                              precision, cmp_cfg_a, cmp_reuse_a, cmp_cfg_b, cmp_reuse_b],
                          [grid_a, grid_b, cmp_info])  # fmt: skip
 

@@ -280,7 +280,7 @@ def train(
     ),
     init_weights: Weights | None = typer.Option(None, "--init-weights", help="ema or raw weights of --init-from."),
     lora_rank: int | None = typer.Option(
-        None, "--lora-rank", help="Train LoRA adapters of this rank (peft), the base frozen = train.lora_rank."
+        None, "--lora-rank", help="Train LoRA adapters of this rank (peft), the base frozen = train.lora.rank."
     ),
     nproc: int = typer.Option(1, "--nproc", help="Start this many worker processes here (torchrun not needed)."),
     print_config: bool = typer.Option(
@@ -307,8 +307,10 @@ def train(
         overrides["train.repa_encoder"] = repa_encoder
     if text_encoder is not None:
         overrides["text.encoder"] = text_encoder
+    if lora_rank is not None and lora_rank < 1:  # train.lora.rank 0 is "off"; asking for LoRA of rank 0 is a slip
+        raise PixelDiTError(f"--lora-rank must be a positive integer, got {lora_rank}", "e.g. --lora-rank 16")
     for key, value in (("init_from", init_from), ("init_weights", init_weights and init_weights.value),
-                       ("lora_rank", lora_rank)):  # fmt: skip
+                       ("lora.rank", lora_rank)):  # fmt: skip
         if value is not None:
             overrides[f"train.{key}"] = value
     cfg = resolve(preset, overrides)

@@ -42,6 +42,16 @@ class DataSection:
 
 
 @dataclass(frozen=True)
+class LoraSection:
+    """train.lora: peft LoRA adapters instead of a full fine-tune (docs/fine-tuning.md)."""
+
+    rank: int = 0  # 0: train every weight; r > 0: LoRA adapters of rank r (peft), the base frozen
+    alpha: float = 0.0  # LoRA scaling alpha / r (0: alpha = r)
+    dropout: float = 0.0
+    targets: str = ""  # regex over module names (empty: attention + MLPs of both levels, models/lora.py)
+
+
+@dataclass(frozen=True)
 class TrainSection:
     steps: int = 400_000  # optimizer steps in total
     global_batch: int = 256
@@ -78,10 +88,7 @@ class TrainSection:
     tensorboard: bool = False  # also log every metrics line to OUT/tensorboard (needs tensorboard)
     init_from: str = ""  # a new run starts from these weights (any --ckpt format; docs/fine-tuning.md)
     init_weights: str = "ema"  # ema | raw: which weights of init_from
-    lora_rank: int = 0  # 0: train every weight; r > 0: LoRA adapters of rank r (peft), the base frozen
-    lora_alpha: float = 0.0  # LoRA scaling alpha / r (0: alpha = r)
-    lora_dropout: float = 0.0
-    lora_targets: str = ""  # regex over module names (empty: attention + MLPs of both levels, models/lora.py)
+    lora: LoraSection = field(default_factory=LoraSection)
 
 
 @dataclass(frozen=True)
@@ -197,7 +204,20 @@ def _build(cls, data: dict, where: str):
     return cls(**kw)
 
 
+# Keys renamed since a release, as found in a run's saved config.yaml: read under their new name.
+_RENAMED = {("train", "lora_rank"): "rank", ("train", "lora_alpha"): "alpha", ("train", "lora_dropout"): "dropout",
+            ("train", "lora_targets"): "targets"}  # fmt: skip
+
+
 def config_from_dict(data: dict) -> Config:
+    train = data.get("train") if isinstance(data, dict) else None
+    if isinstance(train, dict) and any(("train", k) in _RENAMED for k in train):
+        train = dict(train)
+        lora = dict(train.get("lora") or {})
+        for (_, old), new in _RENAMED.items():
+            if old in train:
+                lora.setdefault(new, train.pop(old))
+        data = {**data, "train": {**train, "lora": lora}}
     return _build(Config, data, "")
 
 

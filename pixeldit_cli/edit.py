@@ -78,6 +78,7 @@ def flowedit(
     autocast=None,
     strength: float = DEFAULTS["strength"],
     fast: bool = True,
+    on_step=None,
 ):
     """Edit images x_src (B, C, H, W) in [-1, 1] from condition `src` to `tgt`; returns (edited, stats).
 
@@ -87,6 +88,7 @@ def flowedit(
     src / tgt: class ids (B,) or text states for T2I; uncond: the null condition (class-conditional: the
     null class by default). Guidance is applied at every step (no interval). `fast`: the jobs' fast Linear
     path for this precision (models/packed.py: fp32 within ~1e-6, bf16 bit-identical); False: plain.
+    `on_step(done, total)`: after each of the edit's steps (a progress bar).
     """
     n_max = n_max_of(strength, steps) if n_max is None else n_max
     if not 0 <= n_min <= n_max <= steps:
@@ -101,7 +103,12 @@ def flowedit(
     ts, tv = grid.to(x_src.device), grid.tolist()
     x = x_src.float()
     z = x.clone()
-    evals = 0
+    evals, first = 0, steps - n_max  # the edit runs steps first .. steps - 1: n_max of them
+
+    def tick(k):
+        if on_step is not None:
+            on_step(k + 1 - first, n_max)
+
     precision = "bf16" if autocast == torch.bfloat16 else "fp32"
     with torch.inference_mode(), fast_linears(model, precision, enabled=fast):
         for k, k1 in pairs:
@@ -114,12 +121,14 @@ def flowedit(
                 b = a if same and torch.equal(z_tgt, z_src) else v_tgt(z_tgt, tv[k], ts[k])
                 dv = dv + (b - a)
             z = z + (ts[k1] - ts[k]) * (dv / n_avg)
+            tick(k)
         if tail:  # re-noise the edit to the switch time, then sample with the target alone
             k0 = tail[0][0]
             eps = _noise(seed, k0, n_avg, z.shape, z.device)
             z = (ts[k0] * x + (1 - ts[k0]) * eps) + (z - x)
             for k, k1 in tail:
                 z = z + (ts[k1] - ts[k]) * v_tgt(z, tv[k], ts[k])
+                tick(k)
     evals = v_src.stats.evals + v_tgt.stats.evals
     return z, {
         "network_evaluations_per_image": evals,
@@ -247,10 +256,12 @@ def run_edit(
     packed: bool = True,
     overwrite: bool = False,
     lora: tuple = (),
+    on_step=None,
 ) -> dict:
     """Edit one image file with `settings` (settings.resolve_edit); writes edited*.png, strip.png, run.json
     and results.json into `out`.
 
+    `on_step(done, total)`: after every FlowEdit step over all seeds (the app's progress bar).
     `packed`: CPU fp32 GEMMs with oneDNN-packed weights (models/packed.py; the last bits move).
     Every user error is found before the model loads, and `out` is created only when the edits are made: a
     rejected input leaves nothing behind. `out` holding another edit (other input, checkpoint or settings)
@@ -279,8 +290,7 @@ def run_edit(
     check_fits(cfg, fitted.shape[1], fitted.shape[2], 2, dev, "one guided FlowEdit step")
     x = ((fitted.float() / 255 - 0.5) / 0.5).to(dev)  # the training normalisation
 
-    runs = [flowedit(model, x[None], cond_src, cond_tgt, **es.flowedit_kwargs(), seed=es.seed + k, uncond=uncond,
-                     autocast=autocast_dtype(prec), fast=packed) for k in range(es.num_seeds)]  # fmt: skip
+    runs = _edit_seeds(model, x[None], cond_src, cond_tgt, uncond, es, prec, packed, on_step)
     edits, stats = [unfit(to_uint8(z)[0].cpu(), info, *img.shape[1:]) for z, _ in runs], runs[-1][1]
     src_shown = unfit(fitted, info, *img.shape[1:])
     _write_outputs(out, identity, overwrite, names, src_shown, edits)
@@ -377,6 +387,16 @@ def _output_names(image, out, seed: int, num_seeds: int) -> list[str]:
         if (out / n).resolve() == image.resolve():
             raise PixelDiTError(f"the output {out / n} would overwrite the input image", "choose another --out")
     return names
+
+
+def _edit_seeds(model, x, cond_src, cond_tgt, uncond, es: EditSettings, prec, packed, on_step=None):
+    """One FlowEdit per seed (seed, seed + 1, ...): [(edited, stats)], with one running step count."""
+    runs = []
+    for k in range(es.num_seeds):
+        tick = None if on_step is None else (lambda d, t, k=k: on_step(k * t + d, es.num_seeds * t))
+        runs.append(flowedit(model, x, cond_src, cond_tgt, **es.flowedit_kwargs(), seed=es.seed + k, uncond=uncond,
+                             autocast=autocast_dtype(prec), fast=packed, on_step=tick))  # fmt: skip
+    return runs
 
 
 def edit_region(img, mask=None, bbox=None):

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin, SchedulerMixin
 from diffusers.configuration_utils import register_to_config
+from diffusers.loaders import PeftAdapterMixin, SanaLoraLoaderMixin
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -53,8 +54,9 @@ PREFIX = "model."  # the network's state dict under the transformer's
 #################################################################################
 
 
-class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin):
-    """The PixelDiT network (either family) as a diffusers model; `.model` is the network itself."""
+class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
+    """The PixelDiT network (either family) as a diffusers model; `.model` is the network itself.
+    PeftAdapterMixin: diffusers' adapter API (load_lora_adapter, set_adapters, fuse_lora) on it."""
 
     config_name = "config.json"
     _supports_gradient_checkpointing = True
@@ -193,7 +195,41 @@ class _Counted(torch.nn.Module):
         return out
 
 
-class _PixelDiTBase(DiffusionPipeline):
+class PixelDiTLoraLoaderMixin(SanaLoraLoaderMixin):
+    """diffusers' LoRA API on the pipelines — load_lora_weights, set_adapters, fuse_lora, unload_lora_weights —
+    for the adapters `pixeldit train --train.lora.rank r` writes (peft's folder: adapter_config.json +
+    adapter_model.safetensors, module names the network's). diffusers' generic transformer loader does the
+    work (diffusers keeps one transformer-only loader per pipeline family; Sana's is the generic one); what is
+    ours is reading that folder: its keys under the transformer's, its rank and alpha as the LoRA config."""
+
+    @classmethod
+    def lora_state_dict(cls, pretrained_model_name_or_path_or_dict, **kwargs):
+        folder = pretrained_model_name_or_path_or_dict
+        if isinstance(folder, dict) or not (Path(folder) / "adapter_config.json").is_file():
+            return super().lora_state_dict(folder, **kwargs)  # a diffusers-format LoRA file or state dict
+        from .models.lora import read_adapters  # noqa: PLC0415 (peft: only when adapters are used)
+
+        conf, pairs = read_adapters(folder)
+        state = {f"{cls.transformer_name}.{PREFIX}{m}.lora_{ab}.weight": t
+                 for m, (a, b) in pairs.items() for ab, t in (("A", a), ("B", b))}  # fmt: skip
+        lora = {"r": conf["r"], "lora_alpha": conf.get("lora_alpha") or conf["r"],
+                "lora_dropout": conf.get("lora_dropout") or 0.0, "target_modules": sorted(PREFIX + m for m in pairs)}  # fmt: skip
+        metadata = {f"{cls.transformer_name}.{k}": v for k, v in lora.items()}  # diffusers' LoRA metadata layout
+        return (state, metadata) if kwargs.get("return_lora_metadata") else state
+
+    def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name=None, **kwargs):
+        """Adapters onto the transformer (unmerged, peft layers; `fuse_lora()` merges them). A folder of
+        adapters trained on another architecture is one line, before anything is changed."""
+        folder = pretrained_model_name_or_path_or_dict
+        if not isinstance(folder, dict) and (Path(folder) / "adapter_config.json").is_file():
+            from .models.lora import check_pairs, read_adapters  # noqa: PLC0415
+
+            conf, pairs = read_adapters(folder)
+            check_pairs(self.transformer.model, pairs, f"LoRA folder {folder}")
+        return super().load_lora_weights(folder, adapter_name=adapter_name, **kwargs)
+
+
+class _PixelDiTBase(DiffusionPipeline, PixelDiTLoraLoaderMixin):
     model_cpu_offload_seq = "transformer"
 
     @classmethod

@@ -376,13 +376,14 @@ def prepare(job: SampleJob, model=None, process=None, provenance: dict | None = 
     return Prepared(job, model, rank, world, device, choice.precision, choice.reason, provenance or {})
 
 
-def run(job: SampleJob, model=None, progress=True, provenance: dict | None = None, process=None) -> dict:
+def run(job: SampleJob, model=None, progress=True, provenance: dict | None = None, process=None, on_step=None) -> dict:
     """Run (or finish) a sampling job on this process's share; rank 0 writes grid/npz/results.json
-    (with `provenance`, e.g. the resolved config and where its defaults came from, when given)."""
-    return execute(prepare(job, model, process, provenance), progress)
+    (with `provenance`, e.g. the resolved config and where its defaults came from, when given).
+    `on_step(done, total)`: after every solver step of this rank's share (batches × steps), e.g. the app's bar."""
+    return execute(prepare(job, model, process, provenance), progress, on_step)
 
 
-def execute(p: Prepared, progress=True) -> dict:
+def execute(p: Prepared, progress=True, on_step=None) -> dict:
     """Run a prepared job: claim and lock the folder (rank 0), generate this rank's share, assemble."""
     job, model, rank, device = p.job, p.model, p.rank, p.device
     cfg = model.config
@@ -405,10 +406,10 @@ def execute(p: Prepared, progress=True) -> dict:
         claim(out, "sample", legacy=_legacy_job)  # a folder pixeldit did not make is never written to
         ensure_writable_dir(out)
     with lock(out) if rank == 0 else contextlib.nullcontext():
-        return _run_locked(p, out, fmt, identity, digest, conds, progress)
+        return _run_locked(p, out, fmt, identity, digest, conds, progress, on_step)
 
 
-def _run_locked(p: Prepared, out, fmt, identity, digest, conds, progress):
+def _run_locked(p: Prepared, out, fmt, identity, digest, conds, progress, on_step=None):
     job, model, rank, world, device = p.job, p.model, p.rank, p.world, p.device
     inv, done = _open_folder(job, out, identity, rank, world, conds.label)
     barrier(world)
@@ -430,6 +431,7 @@ def _run_locked(p: Prepared, out, fmt, identity, digest, conds, progress):
         fmt,
         writer,
         progress and rank == 0,
+        on_step,
     )
     elapsed = time.perf_counter() - t0
     made = gather((writer.entries() if writer else [], written), world)  # what each rank wrote, for rank 0
@@ -447,11 +449,12 @@ def _run_locked(p: Prepared, out, fmt, identity, digest, conds, progress):
     return result
 
 
-def _generate(job, model, conds, device, precision, mine, total, world, out, fmt, writer, show):
+def _generate(job, model, conds, device, precision, mine, total, world, out, fmt, writer, show, on_step=None):
     """Make this rank's images batch by batch; each is on disk (record and/or PNG) before the next batch."""
     net = torch.compile(model) if job.compile else model
     stats, t0, made, written = None, time.perf_counter(), 0, {}
     cfg = model.config
+    tick = _step_counter(on_step, -(-len(mine) // job.batch_size) * job.steps)
     try:
         with (
             progress_bar(show and bool(mine)) as bar,
@@ -462,7 +465,8 @@ def _generate(job, model, conds, device, precision, mine, total, world, out, fmt
                 idx = mine[b : b + job.batch_size]
                 x = noise_for(idx, job.seed, (cfg.in_channels, job.height, job.width)).to(device)
                 y, uncond = conds.batch(idx, device)
-                imgs, stats = solve(net, x, y, uncond, autocast=autocast_dtype(precision), **job.solving.kwargs())
+                imgs, stats = solve(net, x, y, uncond, autocast=autocast_dtype(precision), on_step=tick,
+                                    **job.solving.kwargs())  # fmt: skip
                 if made == 0:
                     _warn_if_nonfinite(imgs)
                 u8 = to_uint8(imgs).cpu()
@@ -480,6 +484,20 @@ def _generate(job, model, conds, device, precision, mine, total, world, out, fmt
         if writer is not None:
             writer.close()
     return stats, written
+
+
+def _step_counter(on_step, total: int):
+    """A no-argument callback for the solver that calls on_step(done, total) with a running count."""
+    if on_step is None:
+        return None
+    done = 0
+
+    def tick():
+        nonlocal done
+        done += 1
+        on_step(done, total)
+
+    return tick
 
 
 def _warn_if_nonfinite(imgs):

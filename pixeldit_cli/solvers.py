@@ -121,8 +121,10 @@ class Velocity:
     or (1, Lt, C) for T2I. `autocast` is a dtype for CUDA autocast or None (fp32).
     """
 
-    def __init__(self, model, cond, uncond=None, cfg: float = 1.0, interval=(0.0, 1.0), autocast=None, reuse=None):
+    def __init__(self, model, cond, uncond=None, cfg: float = 1.0, interval=(0.0, 1.0), autocast=None, reuse=None,
+                 on_eval=None):  # fmt: skip
         self.model, self.cfg, self.autocast, self.reuse = model, float(cfg), autocast, reuse
+        self.on_eval = on_eval  # called after every velocity evaluation (one solver step): progress bars
         if reuse is not None and not hasattr(model, "semantics"):
             raise ValueError("semantic reuse needs a PixelDiT network (one with semantics() and pixels())")
         self.family = family_of(model.config)  # the condition and the time/velocity convention
@@ -167,8 +169,12 @@ class Velocity:
         t_in = self.family.network_time(t_tensor, sigma)
         if g:
             out = self.net(torch.cat([x, x]), t_in.expand(2 * B), self.both, key="both")
-            return out[:B], out[B:]
-        return None, self.net(x, t_in.expand(B), self.cond, key="cond")
+            u, c = out[:B], out[B:]
+        else:
+            u, c = None, self.net(x, t_in.expand(B), self.cond, key="cond")
+        if self.on_eval is not None:
+            self.on_eval()
+        return u, c
 
     def __call__(self, x, t_value: float, t_tensor):
         """Guided velocity in the c2i convention."""
@@ -279,11 +285,13 @@ def solve(
     autocast=None,
     semantic_reuse: int = 1,
     reuse_schedule: str = "uniform",
+    on_step=None,
 ):
     """Integrate from noise (t = 0) to data (t = 1); returns (images in [-1, 1] unclipped, Stats).
 
     semantic_reuse K > 1 runs the patch pathway every K-th network evaluation only (SemanticReuse);
-    K = 1 is the plain forward, bit for bit."""
+    K = 1 is the plain forward, bit for bit. `on_step()` is called after each of the `steps` velocity
+    evaluations (every solver here makes exactly `steps`)."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     if steps < 1:
@@ -292,7 +300,7 @@ def solve(
     if not (0.0 <= lo <= hi <= 1.0):
         raise ValueError(f"guidance interval must satisfy 0 <= lo <= hi <= 1, got [{lo}, {hi}]")
     reuse = SemanticReuse(semantic_reuse, reuse_schedule, steps) if semantic_reuse != 1 else None
-    v = Velocity(model, cond, uncond, cfg, interval, autocast, reuse)
+    v = Velocity(model, cond, uncond, cfg, interval, autocast, reuse, on_eval=on_step)
     x = noise if noise.dtype == torch.float64 else noise.float()  # float64 only for numerical tests
     with torch.inference_mode():
         if solver == "dpm++2m":

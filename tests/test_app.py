@@ -125,3 +125,61 @@ def test_without_gradio_the_app_is_one_line(fixtures_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)
     r = runner.invoke(app, ["app", "--ckpt", str(fixtures_dir / "tiny.safetensors")])
     assert r.exit_code == 1 and "pip install 'pixeldit[app]'" in r.output and "Traceback" not in r.output
+
+
+def test_progress_counts_every_solver_step_and_edit_step(fixtures_dir, tmp_path):
+    """The page's bar is fed on_step(done, total): one call per velocity evaluation, counting up to the job's
+    batches × steps (sampling) or seeds × edited steps (FlowEdit), and the images do not change."""
+    from pixeldit_cli import load_model
+    from pixeldit_cli.app import Session, edit, generate
+
+    s = Session(load_model(fixtures_dir / "tiny.safetensors"), fixtures_dir / "tiny.safetensors", tmp_path)
+    for solver in ("euler", "heun", "flowdpm", "dpm++2m"):
+        calls = []
+        # 3 images in batches of the preset's size: one batch; CFG 2 on [0, 1]: every step guided
+        r = generate(s, "p", ["1: 1"], "", "", 3, 0, solver, 5, 2.0, 0.0, 1.0, 1.0, 8, 1, "fp32",
+                     on_step=lambda d, t: calls.append((d, t)))  # fmt: skip
+        assert calls == [(i, 5) for i in range(1, 6)], solver
+        plain = generate(s, "p", ["1: 1"], "", "", 3, 0, solver, 5, 2.0, 0.0, 1.0, 1.0, 8, 1, "fp32")
+        assert [open(a, "rb").read() for a in r["images"]] == [open(b, "rb").read() for b in plain["images"]]
+    img = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(img)
+    calls = []
+    # 10 steps at strength 0.5 edit the last 5 of them; two seeds: 10 steps counted
+    edit(s, "p", str(img), "1: 1", "3: 3", 0.5, 1.0, 3.0, 10, 0, 2, "", "", None,
+         on_step=lambda d, t: calls.append((d, t)))  # fmt: skip
+    assert calls == [(i, 10) for i in range(1, 11)]
+
+
+def test_a_drawn_mask_is_the_clis_mask(fixtures_dir, tmp_path):
+    """Strokes painted in the Edit tab (Gradio's RGBA layer) become a --mask file; the background metrics
+    equal `pixeldit edit --mask` with that file, and the command shown says --mask."""
+    from pixeldit_cli import load_model
+    from pixeldit_cli.app import Session, edit
+
+    s = Session(load_model(fixtures_dir / "tiny.safetensors"), fixtures_dir / "tiny.safetensors", tmp_path / "app")
+    img = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(img)
+    layer = np.zeros((12, 16, 4), np.uint8)
+    layer[2:7, 3:11] = (255, 0, 255, 255)  # a painted rectangle: 5 rows × 8 columns
+    drawn = {"background": None, "layers": [layer], "composite": None}
+    r = edit(s, "m", str(img), "1: 1", "3: 3", 0.5, 1.0, 3.0, 6, 0, 1, "", "", drawn)
+    mask_file = r["command"].split("--mask ")[1].split()[0]
+    m = np.asarray(Image.open(mask_file))
+    assert m.shape == (12, 16) and (m[2:7, 3:11] == 255).all() and (m > 0).sum() == 40
+    res = json.loads(open(r["results"]).read())
+    assert res["region"] == {"mask": mask_file}
+    cli = runner.invoke(app, ["edit", str(img), "--ckpt", str(fixtures_dir / "tiny.safetensors"), "--src", "1",
+                              "--tgt", "3", "--strength", "0.5", "--src-cfg", "1", "--tgt-cfg", "3", "--steps", "6",
+                              "--mask", mask_file, "--out", str(tmp_path / "cli")])  # fmt: skip
+    assert cli.exit_code == 0, cli.output
+    want = json.loads((tmp_path / "cli" / "results.json").read_text())
+    assert res["background"] == want["background"] and res["background"] is not None
+    assert res["to_source"] == want["to_source"]
+    # nothing painted: no mask, the whole image is the region; a mask of another size: one line
+    r2 = edit(s, "m", str(img), "1: 1", "3: 3", 0.5, 1.0, 3.0, 6, 0, 1, "", "", {"layers": [layer * 0]})
+    assert json.loads(open(r2["results"]).read())["region"] is None
+    with pytest.raises(PixelDiTError, match="the drawn mask is 8x4 but the image is 16x12"):
+        edit(s, "m", str(img), "1: 1", "3: 3", 0.5, 1.0, 3.0, 6, 0, 1, "", "", {"layers": [layer[:4, :8]]})
+    with pytest.raises(PixelDiTError, match="both a drawn mask and a box"):
+        edit(s, "m", str(img), "1: 1", "3: 3", 0.5, 1.0, 3.0, 6, 0, 1, "0 0 4 4", "", drawn)

@@ -87,7 +87,7 @@ def test_another_class_count_reinitialises_only_the_class_table(data, base, tmp_
 
 
 def lora_cfg(data, base, **kw):
-    settings = {"train.init_from": str(base), "train.lora_rank": 4, "train.lora_alpha": 8.0, "train.ema_decay": 0.5}
+    settings = {"train.init_from": str(base), "train.lora.rank": 4, "train.lora.alpha": 8.0, "train.ema_decay": 0.5}
     return cfg_for(data, **{**settings, **kw})
 
 
@@ -165,9 +165,77 @@ def test_sampling_with_the_adapter_scale_zero_and_merge(data, base, tmp_path):
         merge_adapters(other, folder, 1.0)
 
 
+def test_the_diffusers_pipeline_loads_the_adapters(data, base, tmp_path):
+    """`pipe.load_lora_weights(OUT/lora)` (diffusers' loader, peft layers unmerged) gives the merged network's
+    outputs within 1e-5 and `sample --lora`'s images; unloading restores the base exactly; a folder for another
+    architecture is one line and leaves the pipeline as it was."""
+    pytest.importorskip("diffusers")
+    import numpy as np
+
+    from pixeldit_cli.pipelines import PixelDiTPipeline
+
+    train(lora_cfg(data, base), tmp_path / "run", progress=False)
+    folder = tmp_path / "run" / "lora"
+    r = runner.invoke(app, ["convert", str(base), str(tmp_path / "pipe"), "--format", "diffusers"])
+    assert r.exit_code == 0, r.output
+    pipe = PixelDiTPipeline.from_pretrained(tmp_path / "pipe")
+    x, t, y = inputs(pipe.transformer.pixeldit_config)
+    with torch.no_grad():
+        plain = pipe.transformer(x, t, y).sample
+    pipe.load_lora_weights(str(folder), adapter_name="fashion")
+    merged = load_model(base)
+    merge_adapters(merged, folder, 1.0)
+    with torch.no_grad():
+        adapted, want = pipe.transformer(x, t, y).sample, merged(x, t, y)
+    torch.testing.assert_close(adapted, want, rtol=0, atol=1e-5)
+    assert (adapted - plain).abs().max() > 1e-4
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    got = pipe([1, 1], num_inference_steps=3, height=16, width=16, generator=gens, output_type="np").images
+    r = runner.invoke(app, ["sample", "--ckpt", str(base), "--class", "1", "--n", "2", "--steps", "3", "--height", "16",
+                            "--width", "16", "--format", "npz", "--precision", "fp32", "--lora", str(folder),
+                            "--out", str(tmp_path / "cli")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    cli = np.load(tmp_path / "cli" / "samples.npz")["arr_0"].astype(np.float32)
+    # merged vs unmerged weights move the last float bits: at most one uint8 level on a few pixels
+    assert np.abs(np.rint(got * 255) - cli).max() <= 1 and (np.rint(got * 255) == cli).mean() > 0.99
+    pipe.unload_lora_weights()
+    with torch.no_grad():
+        assert torch.equal(pipe.transformer(x, t, y).sample, plain)
+    other = tmp_path / "other"
+    small = build_model("PixelDiT-S/4", hidden_size=64, num_heads=4, patch_depth=2, num_classes=4)
+    from pixeldit_cli.models.lora import adapter_state, add_adapters, lora_config, save_adapters
+
+    small = add_adapters(small, lora_config(2))
+    save_adapters(adapter_state(small), lora_config(2), other)
+    with pytest.raises(PixelDiTError, match="does not fit this network"):
+        pipe.load_lora_weights(str(other))
+    with torch.no_grad():
+        assert torch.equal(pipe.transformer(x, t, y).sample, plain)
+
+
+def test_fsdp_with_lora_on_two_processes_equals_one(data, base, tmp_path):
+    """train.fsdp with LoRA: the frozen base sharded with the adapters; 2 steps then a resume to 3 on two
+    ranks equal 3 steps on one process within 1e-5 (adapters, their EMA, AdamW's moments)."""
+    from test_train import overrides_for, torchrun_train
+
+    lora = {"train.init_from": str(base), "train.lora.rank": 4, "train.lora.alpha": 8.0, "train.ema_decay": 0.5}
+    train(cfg_for(data, **{"train.steps": 3}, **lora), tmp_path / "one", progress=False)
+    for steps in (2, 3):
+        torchrun_train(tmp_path / "fsdp", overrides_for(data, **{"train.steps": steps, "train.fsdp": True}, **lora))
+    one = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)
+    two = torch.load(tmp_path / "fsdp" / "checkpoints" / "last.pt", weights_only=True)
+    assert two["step"] == 3 and all("lora_" in k for k in two["model"]) and two["model"]
+    for part in ("model", "ema"):
+        a, b = one[part], two[part]
+        assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5, part
+    sa, sb = one["optimizer"]["state"], two["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and max((sa[k]["exp_avg"] - sb[k]["exp_avg"]).abs().max().item() for k in sa) < 1e-5
+    assert max(one["model"][k].abs().max().item() for k in one["model"] if "lora_B" in k) > 0  # the adapters moved
+
+
 @pytest.mark.parametrize("kw,msg", [
-    ({"train.lora_rank": -1}, r"train.lora_rank must be 0 \(off\) or a positive rank, got -1"),
-    ({"train.lora_rank": 4, "train.lora_targets": "nothing\\.here"}, "matches no Linear of this network"),
+    ({"train.lora.rank": -1}, r"train.lora.rank must be 0 \(off\) or a positive rank, got -1"),
+    ({"train.lora.rank": 4, "train.lora.targets": "nothing\\.here"}, "matches no Linear of this network"),
     ({"train.init_from": "NOTCKPT"}, "is not a checkpoint"),
     ({"train.init_from": "MISSING"}, "does not exist"),
 ])  # fmt: skip
@@ -185,7 +253,21 @@ def test_cli_flags_and_a_bad_lora_folder(data, base, tmp_path):
                             "--lora-rank", "2", "--print-config", "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output
     tc = json.loads(r.output.strip().splitlines()[-1])["train"]
-    assert tc["init_from"] == str(base) and tc["lora_rank"] == 2
+    assert tc["init_from"] == str(base) and tc["lora"]["rank"] == 2
+    for rank in ("0", "-3"):  # asked for LoRA of no rank: one line, no run folder
+        r = runner.invoke(app, ["train", "--preset", "smoke", "--out", str(tmp_path / "y"), "--lora-rank", rank])
+        assert r.exit_code == 1 and f"--lora-rank must be a positive integer, got {rank}" in r.output
+        assert "Traceback" not in r.output and not (tmp_path / "y").exists()
+    # a saved config with the keys of before the train.lora section reads under the new names
+    from pixeldit_cli.config import config_from_dict
+
+    old = config_from_dict({"train": {"lora_rank": 8, "lora_alpha": 16.0, "lora_targets": "x"}})
+    assert (old.train.lora.rank, old.train.lora.alpha, old.train.lora.targets, old.train.lora.dropout) == (
+        8,
+        16.0,
+        "x",
+        0.0,
+    )
     (tmp_path / "notlora").mkdir()
     r = runner.invoke(app, ["sample", "--ckpt", str(base), "--lora", str(tmp_path / "notlora"), "--n", "1"])
     assert r.exit_code == 1 and "is not a peft LoRA folder" in r.output and "Traceback" not in r.output

@@ -39,11 +39,11 @@ def _peft():
 def lora_config(rank: int, alpha: float = 0.0, dropout: float = 0.0, targets: str = ""):
     """peft's LoraConfig; alpha 0 means alpha = rank (scaling 1); targets: a regex over module names."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise PixelDiTError(f"train.lora_rank must be a positive integer, got {rank!r}", "e.g. --train.lora_rank 16")
+        raise PixelDiTError(f"train.lora.rank must be a positive integer, got {rank!r}", "e.g. --train.lora.rank 16")
     if not 0.0 <= dropout < 1.0:
-        raise PixelDiTError(f"train.lora_dropout must be in [0, 1), got {dropout}")
+        raise PixelDiTError(f"train.lora.dropout must be in [0, 1), got {dropout}")
     if alpha < 0:
-        raise PixelDiTError(f"train.lora_alpha must be 0 (= rank) or positive, got {alpha}")
+        raise PixelDiTError(f"train.lora.alpha must be 0 (= rank) or positive, got {alpha}")
     return _peft().LoraConfig(r=rank, lora_alpha=alpha or rank, lora_dropout=dropout,
                               target_modules=targets or DEFAULT_TARGETS, init_lora_weights=True)  # fmt: skip
 
@@ -61,7 +61,7 @@ def add_adapters(model, config):
     hits = targets_of(model, config.target_modules)
     if not hits:
         raise PixelDiTError(
-            f"train.lora_targets {config.target_modules!r} matches no Linear of this network",
+            f"train.lora.targets {config.target_modules!r} matches no Linear of this network",
             "give a regex over module names such as patch_blocks.0.attn.qkv (empty: the default targets)",
         )
     model = _peft().inject_adapter_in_model(config, model)
@@ -70,9 +70,10 @@ def add_adapters(model, config):
     return model
 
 
-def adapter_state(model) -> dict:
-    """The adapter tensors (peft's names without the adapter name: `<module>.lora_A.weight`)."""
-    return dict(_peft().get_peft_model_state_dict(model))
+def adapter_state(model, state: dict | None = None) -> dict:
+    """The adapter tensors (peft's names without the adapter name: `<module>.lora_A.weight`), of the model or
+    of a full state dict of it (a sharded run's, gathered)."""
+    return dict(_peft().get_peft_model_state_dict(model, state_dict=state))
 
 
 def load_adapter_state(model, state: dict) -> None:
@@ -133,10 +134,9 @@ def pairs_of(state: dict) -> dict:
     return {m: (p["A"], p["B"]) for m, p in sorted(pairs.items()) if set(p) == {"A", "B"}}
 
 
-@torch.no_grad()
-def merge_pairs(model, conf: dict, pairs: dict, scale: float, what: str) -> list[str]:
+def check_pairs(model, pairs: dict, what: str) -> None:
+    """Every adapter pair names a Linear of `model` with matching shapes; else one line naming two."""
     modules = dict(model.named_modules())
-    scaling = float(conf.get("lora_alpha") or conf["r"]) / conf["r"]
     problems = []
     for name, (a, b) in pairs.items():
         lin = modules.get(name)
@@ -149,6 +149,13 @@ def merge_pairs(model, conf: dict, pairs: dict, scale: float, what: str) -> list
     if problems:
         raise PixelDiTError(f"{what} does not fit this network: {'; '.join(problems[:2])}",
                             "use adapters trained on this architecture")  # fmt: skip
+
+
+@torch.no_grad()
+def merge_pairs(model, conf: dict, pairs: dict, scale: float, what: str) -> list[str]:
+    modules = dict(model.named_modules())
+    scaling = float(conf.get("lora_alpha") or conf["r"]) / conf["r"]
+    check_pairs(model, pairs, what)
     if scale == 0:
         return []
     for name, (a, b) in pairs.items():

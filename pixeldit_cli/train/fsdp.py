@@ -3,7 +3,8 @@
 `train.fsdp: true` with more than one process shards every patch/pixel block and the network root with
 FSDP2's `fully_shard` (the EMA copy and the REPA projector likewise). Checkpoints stay in the one format
 every run writes and reads: full tensors, optimizer state keyed by parameter index — gathered here on
-all ranks (collective) before rank 0 writes, and converted back when a sharded run resumes.
+all ranks (collective) before rank 0 writes, and converted back when a sharded run resumes. With LoRA the
+frozen base is sharded like the rest and the checkpoint keeps the adapters alone, as an unsharded run's does.
 """
 
 import torch
@@ -22,7 +23,8 @@ def shard(model: nn.Module, ema: nn.Module, projector: nn.Module | None):
 
 
 def _names(mods: nn.ModuleDict) -> list[str]:
-    return [n for n, _ in mods.named_parameters()]
+    """The optimizer's parameters in order (what trains: with LoRA the adapters, as an unsharded run's index)."""
+    return [n for n, p in mods.named_parameters() if p.requires_grad]
 
 
 def index_to_names(osd: dict, names: list[str]) -> dict:

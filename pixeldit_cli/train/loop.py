@@ -201,12 +201,11 @@ def validate(cfg: Config, world: int):
         raise PixelDiTError(f"train.cond_drop must be in [0, 1), got {tc.cond_drop}")
     if tc.init_weights not in ("ema", "raw"):
         raise PixelDiTError(f"train.init_weights must be ema or raw, got {tc.init_weights!r}")
-    if isinstance(tc.lora_rank, bool) or tc.lora_rank < 0:
-        raise PixelDiTError(f"train.lora_rank must be 0 (off) or a positive rank, got {tc.lora_rank}")
-    if tc.lora_rank:
-        lora_config(tc.lora_rank, tc.lora_alpha, tc.lora_dropout, tc.lora_targets)  # the values, checked now
-        if tc.fsdp and world > 1:
-            raise PixelDiTError("LoRA with FSDP is not supported yet", "drop --train.fsdp: the adapters are small")
+    lc = tc.lora
+    if isinstance(lc.rank, bool) or lc.rank < 0:
+        raise PixelDiTError(f"train.lora.rank must be 0 (off) or a positive rank, got {lc.rank}")
+    if lc.rank:
+        lora_config(lc.rank, lc.alpha, lc.dropout, lc.targets)  # the values, checked now
 
 
 #################################################################################
@@ -252,7 +251,7 @@ class TrainRun:
     fixed: list = None  # the sample grid's conditions
     fixed_noise: torch.Tensor = None
     init: dict = None  # train.init_from: its path, SHA-256, weights and what was re-initialised
-    lora: object = None  # peft LoraConfig when train.lora_rank > 0
+    lora: object = None  # peft LoraConfig when train.lora.rank > 0
 
     def ema_pairs(self):
         """(EMA tensors, network tensors) of what trains: with LoRA the adapters only, so the frozen base of
@@ -282,8 +281,8 @@ def _check_before_building(cfg: Config, mcfg, world: int, device) -> None:
             raise PixelDiTError(f"train.init_from {path} is not a checkpoint (not a torch zip, pickle or safetensors file)",
                                 "pass a .ckpt/.pth/.pt/.safetensors file or a model folder")  # fmt: skip
     if not (tc.fsdp and world > 1):  # FSDP shards the state over the processes: each holds a part of it
-        check_train_fits(mcfg, cfg.data.resolution, tc.micro_batch, device, lora_rank=tc.lora_rank,
-                         lora_targets=tc.lora_targets)  # fmt: skip
+        check_train_fits(mcfg, cfg.data.resolution, tc.micro_batch, device, lora_rank=tc.lora.rank,
+                         lora_targets=tc.lora.targets)  # fmt: skip
 
 
 def _legacy_run(folder: Path, marker) -> bool:
@@ -406,13 +405,13 @@ def build_networks(run: TrainRun, state) -> None:
     tc = run.cfg.train
     torch.manual_seed(tc.seed)
     model = build_model(run.mcfg)
-    if tc.init_from and (state is None or tc.lora_rank):  # a LoRA run's checkpoints hold the adapters only
+    if tc.init_from and (state is None or tc.lora.rank):  # a LoRA run's checkpoints hold the adapters only
         run.init = init_weights(model, tc, run.mcfg, state, run.rank)
-    if tc.lora_rank:
+    if tc.lora.rank:
         if run.rank == 0 and state is None:
-            n = len(targets_of(model, tc.lora_targets or lora_config(tc.lora_rank).target_modules))
-            print(f"LoRA rank {tc.lora_rank} on {n} Linears; every other weight frozen", flush=True)
-        run.lora = lora_config(tc.lora_rank, tc.lora_alpha, tc.lora_dropout, tc.lora_targets)
+            n = len(targets_of(model, tc.lora.targets or lora_config(tc.lora.rank).target_modules))
+            print(f"LoRA rank {tc.lora.rank} on {n} Linears; every other weight frozen", flush=True)
+        run.lora = lora_config(tc.lora.rank, tc.lora.alpha, tc.lora.dropout, tc.lora.targets)
         model = add_adapters(model, run.lora)
     model = model.to(run.device)
     model.grad_checkpointing = tc.grad_checkpointing
@@ -421,7 +420,7 @@ def build_networks(run: TrainRun, state) -> None:
     if tc.repa_weight > 0:
         repa = run.recipe.repa_encoder(tc.repa_encoder).to(run.device)
         projector = Projector(run.mcfg.hidden_size, tc.repa_width or run.mcfg.hidden_size, repa.dim).to(run.device)
-    if state is not None and tc.lora_rank:
+    if state is not None and tc.lora.rank:
         load_adapter_state(model, state["model"])
         load_adapter_state(ema, state["ema"])
         if projector is not None and state.get("projector"):
@@ -636,6 +635,8 @@ def save(run: TrainRun) -> None:
         torch.distributed.all_gather_object(rng, torch.get_rng_state())
     if run.use_fsdp:  # gathered on every rank (collective), materialised on rank 0
         full = fsdp.full_state(run.model, run.ema, run.projector, run.opt, run.mods)
+        if run.lora is not None and run.rank == 0:  # the adapters alone, under the names an unsharded run saves
+            full["model"], full["ema"] = adapter_state(run.model, full["model"]), adapter_state(run.ema, full["ema"])
     elif run.lora is not None:  # the adapters alone: the base is init_from (or the seed's init), rebuilt on resume
         full = {
             "model": adapter_state(run.model),
