@@ -1,5 +1,7 @@
 """The measured-edit protocol: the independent classifier, the sweep's bookkeeping, the selection rule."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -94,3 +96,37 @@ def test_study_sweeps_every_setting_and_pair(tiny):
     assert ch == {k: choose(res["settings"])[k] for k in ("strength", "tgt_cfg")}
     md = table_markdown(res, ["a", "b", "c"])
     assert md.count("\n| 0.") == 4 and "| a → c |" in md and "**chosen**" in md
+
+
+def test_demo_summary_gathers_every_stage(tmp_path):
+    """scripts/demo_summary.py: the verdict files of make demo's stages -> one summary.json with the chosen
+    edit setting's numbers (found in the sweep by the study's key), stage times and the total; a stage that
+    did not run is None, not guessed."""
+    import json
+    import subprocess
+    import sys
+
+    from pixeldit_cli.io import write_json
+
+    write_json(tmp_path / "judge.json", {"agreement": 0.62, "se": 0.034, "n": 200, "per_class": {"Bag": 0.9},
+                                         "classifier_test_accuracy": 0.905})  # fmt: skip
+    sweep = [{"strength": s, "tgt_cfg": 4.0, "success": x, "kept": 0.9, "ssim": 0.5, "bg_ssim": 0.7,
+              "rows": [{"src": 7, "tgt": 9, "to_target": x}]} for s, x in ((0.8, 0.2), (0.96, 0.3))]  # fmt: skip
+    (tmp_path / "edit").mkdir()
+    write_json(tmp_path / "edit" / "edit_study.json", {"settings": {"per_pair": 10}, "baseline": {},
+                                                       "chosen": {"strength": 0.96, "tgt_cfg": 4.0}, "sweep": sweep})  # fmt: skip
+    (tmp_path / "timings.txt").write_text(
+        "flops         1 s\ntrain       301 s\nsample       12 s\ntotal       480 s\n"
+    )
+    script = Path(__file__).resolve().parents[1] / "scripts" / "demo_summary.py"
+    r = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["samples"]["agreement"] == 0.62 and s["samples"]["se"] == 0.034 and s["fid"] is None
+    assert (
+        s["edit"]["strength"] == 0.96
+        and s["edit"]["success"] == 0.3
+        and s["edit"]["to_target_per_pair"] == {"7->9": 0.3}
+    )
+    assert s["seconds"] == {"flops": 1, "train": 301, "sample": 12} and s["total_seconds"] == 480
+    assert "classifier agreement 62.0%" in r.stdout and "FID missing" in r.stdout
