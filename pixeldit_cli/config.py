@@ -78,6 +78,9 @@ class TrainSection:
     grad_checkpointing: bool = False
     fsdp: bool = False  # shard params/grads/optimizer over ranks (FSDP2); needs > 1 process
     compile: bool = False
+    compile_pixel_blocks: str = (
+        "auto"  # auto | true | false: fuse the pixel level's elementwise chain (models/compiled.py)
+    )
     seed: int = 0
     log_every: int = 100
     sample_every: int = 10_000

@@ -31,6 +31,8 @@ from ..flops import analytic_flops, matmul_rate
 from ..folders import MARKER, claim, lock, marker_format, read_marker
 from ..io import append_line, ensure_writable_dir, write_grid, write_json, write_text
 from ..memory import check_train_fits
+from ..models.compiled import CHOICES as PIXEL_COMPILE
+from ..models.compiled import compile_pixel_blocks, decide
 from ..models.loading import checkpoint_sha256, extract, kind_of_file, read_state
 from ..models.lora import adapter_state, add_adapters, load_adapter_state, lora_config, save_adapters, targets_of
 from ..models.registry import build_model, count_params, model_config
@@ -172,6 +174,8 @@ def validate(cfg: Config, world: int):
     positive("train.time_shift", tc.time_shift)
     for b in tc.betas:
         finite("train.betas", b, lo=0.0, hi=0.999999)
+    if str(tc.compile_pixel_blocks).lower() not in PIXEL_COMPILE:
+        raise PixelDiTError(f"train.compile_pixel_blocks must be auto, true or false, got {tc.compile_pixel_blocks!r}")
     if tc.precision not in PRECISIONS:
         raise PixelDiTError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {tc.precision!r}")
     if cfg.data.resolution < 1 or cfg.data.num_workers < 0:
@@ -229,6 +233,7 @@ class TrainRun:
     skipped: int = 0  # non-finite steps skipped so far
     in_a_row: int = 0
     use_fsdp: bool = False
+    pixel_compile: str = ""  # whether the pixel blocks run compiled, and why (models/compiled.py)
     # built by setup
     tb: object = None  # TensorBoard writer (train.tensorboard, rank 0)
     cond_encoder: object = None  # what turns training conditions into network inputs (T2I: Gemma-2)
@@ -433,6 +438,10 @@ def build_networks(run: TrainRun, state) -> None:
     run.use_fsdp = tc.fsdp and run.world > 1
     if run.use_fsdp:
         fsdp.shard(model, ema, projector)
+    on, run.pixel_compile = decide(tc.compile_pixel_blocks, run.device, run.cfg.data.resolution,
+                                   whole_compile=tc.compile, fsdp=run.use_fsdp, checkpointing=tc.grad_checkpointing)  # fmt: skip
+    if on:  # after the EMA copy: the EMA (and the sampled grids) stay the plain network
+        compile_pixel_blocks(model)
     run.model, run.ema, run.repa, run.projector = model, ema, repa, projector
 
 
@@ -491,7 +500,7 @@ def start_bookkeeping(run: TrainRun, resumed_from) -> None:
             f"PixelDiT {cfg.model.name}: {count_params(run.model):,} params | global batch {tc.global_batch} = "
             f"{run.world} proc × {tc.micro_batch} × {run.accum} accum | lr {tc.lr:g} | steps {run.step} -> {tc.steps} | "
             f"{'resumed from ' + str(resumed_from) if resumed_from else 'fresh'} | {run.device} "
-            f"{'bf16' if run.autocast else 'fp32'}",
+            f"{'bf16' if run.autocast else 'fp32'} | compiled pixel blocks {run.pixel_compile}",
             flush=True,
         )
     run.fixed = run.recipe.grid_conditions(run.ds, mcfg)
@@ -756,5 +765,6 @@ def _train(cfg, out, resume, progress, stack, bar_of) -> dict:
         "seconds": time.perf_counter() - t_start,
         "last": last,
         "nonfinite_skipped": run.skipped,
+        "compiled_pixel_blocks": run.pixel_compile,
         "out": str(run.out),
     }
