@@ -228,25 +228,38 @@ def _bbox(text):
 #################################################################################
 
 
+def handler(fn, n_inputs: int, what: str | None = None):
+    """A button's callback: `fn(session_id, *inputs[, on_step])` with CLI errors as the page's one line and
+    (`what` given) Gradio's progress bar fed by on_step. Gradio injects the request and the progress tracker
+    only into positional parameters it can see, so the callback's signature names the n inputs, then those
+    two — a bare *args would get neither (and every browser would share one session folder)."""
+    import inspect  # noqa: PLC0415
+
+    import gradio as gr  # noqa: PLC0415 (optional extra: pixeldit[app])
+
+    def call(*args):
+        *inputs, request, progress = args
+        session = getattr(request, "session_hash", None) or "local"
+        try:
+            if what is None:
+                return fn(session, *inputs)
+            return fn(session, *inputs, on_step=_bar(progress, what))
+        except PixelDiTError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+
+    P = inspect.Parameter
+    params = [P(f"input{i}", P.POSITIONAL_OR_KEYWORD) for i in range(n_inputs)]
+    params += [P("request", P.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request),
+               P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress())]  # fmt: skip
+    call.__signature__ = inspect.Signature(params)
+    call.__annotations__ = {"request": gr.Request}
+    return call
+
+
 def build(s: Session):
     """The Gradio Blocks of the app (the browser test drives these by their element ids; long because it is
     the page's layout: one component per line, tab by tab, in the order the page shows them)."""
     import gradio as gr  # noqa: PLC0415 (optional extra: pixeldit[app])
-
-    def guard(fn, what=None):
-        """A button's handler: the session's id first, CLI errors as the page's one line, and (`what` given)
-        Gradio's progress bar as on_step."""
-
-        def call(*args, request: gr.Request = None, progress=gr.Progress()):
-            session = request.session_hash if request is not None else "local"
-            try:
-                if what is None:
-                    return fn(session, *args)
-                return fn(session, *args, on_step=_bar(progress, what))
-            except PixelDiTError as e:
-                raise gr.Error(str(e), print_exception=False) from None
-
-        return call
 
     sc, cfg = s.config.sample, s.model.config
     res = sc.height or s.config.data.resolution
@@ -287,8 +300,23 @@ def build(s: Session):
                 r = generate(s, session, *args, on_step=on_step)
                 return r["images"], r["grid"], [*r["images"], r["results"]], r["command"]
 
-            go.click(guard(on_generate, "sampling"), [classes, prompt, negative, n, seed, solver, steps, guidance, lo, hi, shift,
-                                          size, reuse, precision], [gallery, grid, files, command])  # fmt: skip
+            gen_in = [
+                classes,
+                prompt,
+                negative,
+                n,
+                seed,
+                solver,
+                steps,
+                guidance,
+                lo,
+                hi,
+                shift,
+                size,
+                reuse,
+                precision,
+            ]
+            go.click(handler(on_generate, len(gen_in), "sampling"), gen_in, [gallery, grid, files, command])
 
         with gr.Tab("Edit", elem_id="tab-edit"):
             ec = s.config.edit
@@ -310,7 +338,7 @@ def build(s: Session):
                     seeds = gr.Number(1, label="Seeds", precision=0, elem_id="edit-seeds")
                     drawn = gr.ImageEditor(label="Mask: paint the region to edit (background metrics outside it)",
                                            type="numpy", sources=(), layers=False, transforms=(),
-                                           brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
+                                           brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=2),
                                            elem_id="edit-mask")  # fmt: skip
                     bbox = gr.Textbox(label="…or a box X0 Y0 X1 Y1", elem_id="edit-bbox")
                     e_negative = gr.Textbox(label="Negative prompt", visible=s.t2i, elem_id="edit-negative")
@@ -327,8 +355,8 @@ def build(s: Session):
 
             # the mask is painted over the uploaded image itself
             image.change(lambda p: {"background": p, "layers": [], "composite": p} if p else None, [image], [drawn])
-            e_go.click(guard(on_edit, "editing"), [image, src, tgt, strength, src_cfg, tgt_cfg, e_steps, e_seed, seeds,
-                                                   bbox, e_negative, drawn], [strip, metrics, e_files, e_command])  # fmt: skip
+            edit_in = [image, src, tgt, strength, src_cfg, tgt_cfg, e_steps, e_seed, seeds, bbox, e_negative, drawn]
+            e_go.click(handler(on_edit, len(edit_in), "editing"), edit_in, [strip, metrics, e_files, e_command])
 
         with gr.Tab("Compare", elem_id="tab-compare"):
             gr.Markdown("The same seeds under two settings, side by side, with the time each took.")
@@ -356,15 +384,15 @@ def build(s: Session):
                         f"B: CFG {_float(cfg_b, '--cfg'):g}, K = {_int(reuse_b, 'K')} — {b['seconds']} s")  # fmt: skip
                 return a["grid"], b["grid"], info
 
-            cmp_go.click(guard(on_compare, "A then B"), [classes, prompt, negative, n, seed, solver, steps, lo, hi, shift, size,
-                                             precision, cmp_cfg_a, cmp_reuse_a, cmp_cfg_b, cmp_reuse_b],
-                         [grid_a, grid_b, cmp_info])  # fmt: skip
+            cmp_in = [classes, prompt, negative, n, seed, solver, steps, lo, hi, shift, size, precision,
+                      cmp_cfg_a, cmp_reuse_a, cmp_cfg_b, cmp_reuse_b]  # fmt: skip
+            cmp_go.click(handler(on_compare, len(cmp_in), "A then B"), cmp_in, [grid_a, grid_b, cmp_info])
 
         with gr.Tab("Model", elem_id="tab-model"):
             m_size = gr.Number(res, label="Resolution", elem_id="model-size")
             m_go = gr.Button("Show", elem_id="model-go")
             card = gr.JSON(value=model_card(s, res), label="Checkpoint", elem_id="model-card")
-            m_go.click(guard(lambda session, size: model_card(s, size)), [m_size], [card])
+            m_go.click(handler(lambda session, size: model_card(s, size), 1), [m_size], [card])
     return demo
 
 

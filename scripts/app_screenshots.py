@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from app_browser import browser_page, choose, fill, generate, running_app  # noqa: E402
+from app_browser import browser_page, choose, fill, generate, paint, running_app  # noqa: E402
 
 
 def main():
@@ -34,6 +34,8 @@ def main():
         page.click("#tab-edit-button")
         if a.image:
             page.set_input_files("#edit-image input[type=file]", a.image)
+            page.wait_for_timeout(1000)
+            paint(page, "edit-mask", (0.4, 0.45), (0.6, 0.45))  # a stroke: the drawn mask of the metrics
             if a.src:
                 choose(page, "edit-src", a.src)
             if a.tgt:

@@ -93,3 +93,18 @@ def error_shown(page, message: str, timeout=60000) -> str:
     toast = page.locator(".toast-body", has_text=message).first
     toast.wait_for(state="visible", timeout=timeout)
     return toast.inner_text()
+
+
+def paint(page, elem_id: str, start=(0.45, 0.5), end=(0.55, 0.5), steps: int = 10) -> None:
+    """Draw one brush stroke on a Gradio ImageEditor, from and to fractions of its canvas."""
+    page.click(f"#{elem_id} button[aria-label=Brush]")
+    box = max((c.bounding_box() for c in page.query_selector_all(f"#{elem_id} canvas")),
+              key=lambda b: b["width"] * b["height"])  # fmt: skip
+    at = lambda f: (box["x"] + box["width"] * f[0], box["y"] + box["height"] * f[1])  # noqa: E731
+    page.mouse.move(*at(start))
+    page.mouse.down()
+    for i in range(1, steps + 1):
+        f = i / steps
+        page.mouse.move(*at((start[0] + (end[0] - start[0]) * f, start[1] + (end[1] - start[1]) * f)), steps=2)
+    page.mouse.up()
+    page.wait_for_timeout(300)

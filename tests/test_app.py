@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from app_browser import CHROMIUM, browser_page, choose, error_shown, fill, generate, running_app
+from app_browser import CHROMIUM, browser_page, choose, error_shown, fill, generate, paint, running_app
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -91,12 +91,22 @@ def test_edit_in_the_browser_makes_a_strip(page_and_out, tmp_path):
     page.click("#edit-go")
     page.wait_for_selector("#edit-strip img", timeout=120000)
     folder = sorted(p.parent for p in out.rglob("strip.png"))[-1]
+    assert folder.parent.name != "local"  # the browser session's own folder (Gradio's session hash)
     res = json.loads((folder / "results.json").read_text())
     assert res["source"]["class"] == 1 and res["target"]["class"] == 3 and res["steps"] == 4
     assert Image.open(folder / res["outputs"][0]).size == (16, 16)
     strip = Image.open(folder / "strip.png")
     assert strip.size[0] >= 2 * strip.size[1]  # source | edit, side by side
-    assert "pixeldit edit" in page.inner_text("#edit-command")
+    assert "pixeldit edit" in page.inner_text("#edit-command") and res["region"] is None
+    # a stroke painted over the image: the edit's mask (the CLI's --mask file), background metrics outside it
+    paint(page, "edit-mask")
+    page.click("#edit-go")
+    page.wait_for_function("document.querySelector('#edit-command').innerText.includes('--mask')", timeout=120000)
+    folder = sorted(p.parent for p in out.rglob("strip.png"))[-1]
+    res = json.loads((folder / "results.json").read_text())
+    mask = np.asarray(Image.open(res["region"]["mask"]))
+    assert mask.shape == (16, 16) and 0 < (mask > 0).sum() < 16 * 16
+    assert res["background"][0]["background_fraction"] == pytest.approx(1 - (mask > 0).mean())
     # a 1×1 upload is the CLI's line, no new edit folder
     folders = sorted(p.parent for p in out.rglob("strip.png"))
     page.set_input_files("#edit-image input[type=file]", str(tmp_path / "dot.png"))
@@ -104,6 +114,38 @@ def test_edit_in_the_browser_makes_a_strip(page_and_out, tmp_path):
     assert "smaller than one 2x2 patch" in error_shown(page, "smaller than one 2x2 patch")
     assert sorted(p.parent for p in out.rglob("strip.png")) == folders
     page.click("#tab-generate-button")
+
+
+def test_buttons_get_gradios_request_and_progress_bar():
+    """Gradio's own injection (helpers.special_args) fills the handler's request and progress slots: the
+    session folder is the browser session's, and on_step drives the bar with the step count and the ETA."""
+    import types
+
+    from gradio.helpers import special_args
+
+    from pixeldit_cli.app import handler
+
+    seen = {}
+
+    def fn(session, a, b, on_step=None):
+        seen.update(session=session, a=a, b=b)
+        on_step(1, 4)
+        on_step(4, 4)
+        return "ok"
+
+    call = handler(fn, 2, "sampling")
+    inputs, progress_index, *_ = special_args(call, ["A", "B"], request=types.SimpleNamespace(session_hash="s3ss"))
+    assert progress_index == 3 and isinstance(inputs[3], gr.Progress) and inputs[2].session_hash == "s3ss"
+    ticks = []
+    inputs[3] = lambda p, desc=None, unit=None: ticks.append((p, desc, unit))  # the tracker Gradio swaps in
+    assert call(*inputs) == "ok" and seen == {"session": "s3ss", "a": "A", "b": "B"}
+    assert ticks[0][0] == (1, 4) and ticks[0][1].startswith("sampling: step 1/4, ETA ") and ticks[-1][0] == (4, 4)
+
+    def bad(session, a, b):
+        raise PixelDiTError("--steps must be at least 1, got 0")
+
+    with pytest.raises(gr.Error, match="--steps must be at least 1, got 0"):
+        handler(bad, 2)("A", "B", None, None)
 
 
 def test_the_calls_behind_the_buttons(fixtures_dir, tmp_path):
