@@ -78,6 +78,20 @@ def test_bad_values_show_the_clis_line_and_no_output(page_and_out, field, value,
 
 
 @needs_browser
+def test_the_page_shows_the_step_count_and_eta(page_and_out):
+    """A long job shows Gradio's bar with our text ("sampling: step i/N, ETA s") while it runs."""
+    page, _ = page_and_out
+    for elem, value in (("gen-n", 8), ("gen-steps", 1500), ("gen-size", 16)):
+        fill(page, elem, value)
+    page.click("#gen-go")
+    bar = page.get_by_text("sampling: step", exact=False).first
+    bar.wait_for(timeout=60000)
+    assert "/1500, ETA " in bar.inner_text()
+    page.wait_for_function("document.querySelectorAll('#gen-gallery img').length >= 8", timeout=180000)
+    fill(page, "gen-steps", 3)
+
+
+@needs_browser
 def test_edit_in_the_browser_makes_a_strip(page_and_out, tmp_path):
     page, out = page_and_out
     rng = np.random.default_rng(0)
