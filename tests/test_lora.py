@@ -213,6 +213,19 @@ def test_the_diffusers_pipeline_loads_the_adapters(data, base, tmp_path):
         assert torch.equal(pipe.transformer(x, t, y).sample, plain)
 
 
+def test_lora_with_gradient_checkpointing_equals_without(data, base, tmp_path, monkeypatch):
+    """Recomputing the blocks in backward (train.grad_checkpointing) trains the same adapters."""
+    train(lora_cfg(data, base), tmp_path / "plain", progress=False)
+    calls, real = [], torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    train(lora_cfg(data, base, **{"train.grad_checkpointing": True}), tmp_path / "ckpt", progress=False)
+    assert calls  # the blocks really were recomputed
+    a, b = (torch.load(tmp_path / n / "checkpoints" / "last.pt", weights_only=True) for n in ("plain", "ckpt"))
+    assert a["model"].keys() == b["model"].keys() and all("lora_" in k for k in b["model"])
+    assert max((a["model"][k] - b["model"][k]).abs().max().item() for k in a["model"]) < 1e-6
+    assert max(b["model"][k].abs().max().item() for k in b["model"] if "lora_B" in k) > 0
+
+
 def test_fsdp_with_lora_on_two_processes_equals_one(data, base, tmp_path):
     """train.fsdp with LoRA: the frozen base sharded with the adapters; 2 steps then a resume to 3 on two
     ranks equal 3 steps on one process within 1e-5 (adapters, their EMA, AdamW's moments)."""
