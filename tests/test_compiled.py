@@ -43,6 +43,33 @@ def test_the_auto_rule():
     assert decide("False", cpu, 256, **kw)[0] is False  # YAML's `false` arrives as a bool, read as text
 
 
+def test_without_a_compiler_auto_is_off_and_true_is_one_line(monkeypatch, tmp_path):
+    import pixeldit_cli.models.compiled as compiled
+
+    kw = dict(whole_compile=False, fsdp=False, checkpointing=False)
+    monkeypatch.setattr(compiled, "cpu_compiler", lambda: None)
+    on, why = decide("auto", torch.device("cpu"), 256, **kw)
+    assert not on and "no C++ compiler" in why
+    with pytest.raises(PixelDiTError, match="train.compile_pixel_blocks true: no C\\+\\+ compiler"):
+        decide("true", torch.device("cpu"), 256, **kw)
+    assert decide("false", torch.device("cpu"), 256, **kw)[0] is False
+    monkeypatch.setattr(compiled, "cpu_compiler", lambda: "g++")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(blocker / "cache"))  # under a file: not creatable
+    on, why = decide("auto", torch.device("cpu"), 256, **kw)
+    assert not on and "not writable" in why
+
+
+def test_true_without_a_compiler_stops_before_the_run_folder(data, tmp_path, monkeypatch):
+    import pixeldit_cli.models.compiled as compiled
+
+    monkeypatch.setattr(compiled, "cpu_compiler", lambda: None)
+    with pytest.raises(PixelDiTError, match="no C\\+\\+ compiler"):
+        train(cfg_for(data, **ON), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_gradients_equal_the_plain_network():
     torch.manual_seed(0)
     plain = build_model("PixelDiT-XS/4", num_classes=4)

@@ -233,7 +233,8 @@ class TrainRun:
     skipped: int = 0  # non-finite steps skipped so far
     in_a_row: int = 0
     use_fsdp: bool = False
-    pixel_compile: str = ""  # whether the pixel blocks run compiled, and why (models/compiled.py)
+    pixel_compile_on: bool = False  # the pixel blocks run compiled (models/compiled.py) ...
+    pixel_compile: str = ""  # ... and why
     # built by setup
     tb: object = None  # TensorBoard writer (train.tensorboard, rank 0)
     cond_encoder: object = None  # what turns training conditions into network inputs (T2I: Gemma-2)
@@ -327,6 +328,8 @@ def setup(cfg: Config, out: Path, resume: str, stack=None) -> tuple[TrainRun, ob
     if tc.repa_weight > 0 and not 1 <= tc.repa_block <= mcfg.patch_depth:
         raise PixelDiTError(f"train.repa_block {tc.repa_block} is outside 1..{mcfg.patch_depth}")
     _check_before_building(cfg, mcfg, world, device)
+    pixel = decide(tc.compile_pixel_blocks, device, cfg.data.resolution, whole_compile=tc.compile,
+                   fsdp=tc.fsdp and world > 1, checkpointing=tc.grad_checkpointing)  # fmt: skip
     run = TrainRun(
         cfg,
         out,
@@ -337,6 +340,7 @@ def setup(cfg: Config, out: Path, resume: str, stack=None) -> tuple[TrainRun, ob
         recipe_for(mcfg),
         autocast=autocast_dtype(choose(tc.precision, device).precision),
     )
+    run.pixel_compile_on, run.pixel_compile = pixel
     if resume in ("", "none") and (out / "checkpoints" / "last.pt").exists():
         raise PixelDiTError(
             f"{out} already holds a training run", "continue it with --resume auto, or choose another --out"
@@ -438,9 +442,7 @@ def build_networks(run: TrainRun, state) -> None:
     run.use_fsdp = tc.fsdp and run.world > 1
     if run.use_fsdp:
         fsdp.shard(model, ema, projector)
-    on, run.pixel_compile = decide(tc.compile_pixel_blocks, run.device, run.cfg.data.resolution,
-                                   whole_compile=tc.compile, fsdp=run.use_fsdp, checkpointing=tc.grad_checkpointing)  # fmt: skip
-    if on:  # after the EMA copy: the EMA (and the sampled grids) stay the plain network
+    if run.pixel_compile_on:  # after the EMA copy: the EMA (and the sampled grids) stay the plain network
         compile_pixel_blocks(model)
     run.model, run.ema, run.repa, run.projector = model, ema, repa, projector
 
