@@ -19,10 +19,13 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no telemetry
 
+import torch  # noqa: E402
+
 from .config import command_config  # noqa: E402
 from .errors import PixelDiTError  # noqa: E402
 from .families import family_of  # noqa: E402
 from .flops import analytic_flops  # noqa: E402
+from .io import write_png  # noqa: E402
 from .labels import class_names_of  # noqa: E402
 from .models.registry import count_params  # noqa: E402
 from .sampling import job_for, png_name, run  # noqa: E402
@@ -199,7 +202,7 @@ def _drawn_mask(drawn, image, path: Path):
         raise PixelDiTError(f"the drawn mask is {region.shape[1]}x{region.shape[0]} but the image is {size[0]}x{size[1]}",
                             "upload the image again and redraw the mask")  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(region.astype(np.uint8) * 255).save(path)
+    write_png(torch.from_numpy(region.astype(np.uint8) * 255)[None], path)  # the library's atomic write
     return path
 
 
