@@ -9,6 +9,7 @@ step is two network evaluations), four variants interleaved in one process on th
   fp32 ours    oneDNN-packed Linear weights (the default of `sample`, `edit` and `pixeldit.sample`)
   bf16 plain   bf16 autocast, the release's recipe, weights cast on every call
   bf16 ours    bf16 autocast with the Linear weights cast once (bit-identical to bf16 plain)
+  fp32 compiled  with --compile: `pixeldit.sample(..., compile=True)`, inductor with weight freezing
 
 Each variant's achieved GFLOP/s (analytic FLOPs) is given as a share of the matching GEMM rate measured in
 the same process (a 2048³ fp32 matmul for fp32, bf16 for bf16). `auto` names what `--precision auto`
@@ -41,6 +42,7 @@ VARIANTS = {  # label: (autocast, fast)
     "bf16 plain": (torch.bfloat16, False),
     "bf16 ours": (torch.bfloat16, True),
 }
+COMPILED = ("fp32 compiled", (None, "compile"))  # --compile: pixeldit.sample(..., compile=True), frozen
 
 
 def inputs(model, name, batch):
@@ -58,20 +60,28 @@ def network_evaluations(solver, steps, cfg) -> int:
     return st.evals
 
 
-def bench(name, res, batch, steps, rounds=2):
+def bench(name, res, batch, steps, rounds=2, compiled=False):
     torch.manual_seed(0)
     kw = {} if "T2I" in name else {"num_classes": 10 if "S/" in name else 1000}
     model = build_model(name, init=False, **kw).eval()
     x = noise_for(range(batch), 0, (3, res, res))
     y, u, solver, cfg = inputs(model, name, batch)
     args = dict(solver=solver, steps=steps, cfg=cfg, interval=(0.0, 1.0))
-    for autocast, fast in VARIANTS.values():  # warm-up
-        sample(model, x, y, u, **{**args, "steps": 1}, autocast=autocast, fast=fast)
+    variants = {**VARIANTS, **dict([COMPILED])} if compiled else VARIANTS
+
+    def call(autocast, fast, **kw):
+        extra = {"compile": True} if fast == "compile" else {"fast": fast}
+        return sample(model, x, y, u, **{**args, **kw}, autocast=autocast, **extra)
+
+    compile_s = time.perf_counter()
+    for autocast, fast in variants.values():  # warm-up (the compiled variant: its compilation)
+        call(autocast, fast, steps=1)
+    compile_s = time.perf_counter() - compile_s
     best = {}
     for _ in range(rounds):  # interleaved, best of `rounds`
-        for label, (autocast, fast) in VARIANTS.items():
+        for label, (autocast, fast) in variants.items():
             t0 = time.perf_counter()
-            sample(model, x, y, u, **args, autocast=autocast, fast=fast)
+            call(autocast, fast)
             best[label] = min(best.get(label, float("inf")), time.perf_counter() - t0)
     rates = {"fp32": matmul_rate(), "bf16": matmul_rate(dtype=torch.bfloat16)}
     evals = network_evaluations(solver, steps, cfg) * batch
@@ -84,6 +94,9 @@ def bench(name, res, batch, steps, rounds=2):
     row["fp32 ours/plain"] = round(best["fp32 plain"] / best["fp32 ours"], 3)
     row["bf16 ours/plain"] = round(best["bf16 plain"] / best["bf16 ours"], 3)
     row["auto_vs_fp32"] = round(best["fp32 ours"] / best[f"{auto} ours"], 3)
+    if compiled:
+        row["fp32 compiled/plain"] = round(best["fp32 plain"] / best["fp32 compiled"], 3)
+        row["warm-up s (with the compile)"] = round(compile_s, 1)
     row["gemm gflop/s fp32, bf16"] = [round(rates["fp32"], 1), round(rates["bf16"], 1)]
     return row
 
@@ -92,10 +105,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="the two tiny models only")
     ap.add_argument("--case", type=int, default=None, help="one case by index")
+    ap.add_argument("--compile", action="store_true", help="also the frozen compiled network (about a minute each)")
     a = ap.parse_args()
     cases = [CASES[a.case]] if a.case is not None else CASES[:2] if a.quick else CASES
     for case in cases:
-        print(json.dumps(bench(*case)), flush=True)
+        print(json.dumps(bench(*case, compiled=a.compile)), flush=True)
 
 
 if __name__ == "__main__":

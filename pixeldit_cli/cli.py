@@ -485,7 +485,12 @@ def sample(
         rich_help_panel="Distributed",
     ),
     compile: bool = typer.Option(
-        False, "--compile", metavar="", help="torch.compile the network.", rich_help_panel="Distributed"
+        False,
+        "--compile",
+        metavar="",
+        help="torch.compile the network (CPU fp32: with weight freezing, ~1.2x on XL/16 after ~1 min of compiling "
+        "per batch shape: for long jobs).",
+        rich_help_panel="Distributed",
     ),
     packed: bool = typer.Option(
         True,

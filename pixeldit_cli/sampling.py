@@ -38,6 +38,7 @@ from .folders import MARKER, claim, differences, lock, marker_format, read_marke
 from .io import ensure_writable_dir, to_channels, write_grid, write_json, write_png
 from .labels import CLASS_MODES, aspect_bucket
 from .memory import check_fits
+from .models.compiled import cached_for_inference, for_inference
 from .models.loading import checkpoint_sha256, load_model
 from .models.lora import apply_loras
 from .models.packed import fast_linears
@@ -76,6 +77,7 @@ def sample(
     reuse_schedule="uniform",
     precision: str | None = None,
     fast: bool = True,
+    compile: bool = False,
 ):
     """Images in [-1, 1] (unclipped) from `noise` for either model. interval/shift in the c2i convention.
     semantic_reuse K recomputes the patch pathway every K-th evaluation (docs/semantic-reuse.md).
@@ -83,7 +85,9 @@ def sample(
     precision: "fp32" (the default), "bf16" or "auto" (chosen from the hardware, precision.choose); the
     older `autocast=torch.bfloat16` means "bf16". fast: the jobs' fast Linear path (oneDNN-packed fp32
     weights, within ~1e-6 of the plain path; bf16 weight copies, bit-identical to plain autocast);
-    fast=False runs the network's plain forward."""
+    fast=False runs the network's plain forward. compile: the frozen compiled network (models/compiled.py:
+    on a CPU in fp32 XL/16 samples 1.22–1.26× faster after about a minute of compilation per batch shape;
+    kept across calls while the weights are unchanged)."""
     settings = SolveSettings(
         solver=solver,
         steps=steps,
@@ -95,8 +99,10 @@ def sample(
     )
     if precision is not None:
         autocast = autocast_dtype(choose(precision, noise.device).precision)
-    with fast_linears(model, "bf16" if autocast == torch.bfloat16 else "fp32", enabled=fast):
-        return solve(model, noise, cond, uncond, autocast=autocast, **settings.kwargs())[0]
+    prec = "bf16" if autocast == torch.bfloat16 else "fp32"
+    net = cached_for_inference(model, prec) if compile else model
+    with fast_linears(model, prec, enabled=fast and not compile):
+        return solve(net, noise, cond, uncond, autocast=autocast, **settings.kwargs())[0]
 
 
 #################################################################################
@@ -451,7 +457,7 @@ def _run_locked(p: Prepared, out, fmt, identity, digest, conds, progress, on_ste
 
 def _generate(job, model, conds, device, precision, mine, total, world, out, fmt, writer, show, on_step=None):
     """Make this rank's images batch by batch; each is on disk (record and/or PNG) before the next batch."""
-    net = torch.compile(model) if job.compile else model
+    net = for_inference(model, precision) if job.compile else model
     stats, t0, made, written = None, time.perf_counter(), 0, {}
     cfg = model.config
     tick = _step_counter(on_step, -(-len(mine) // job.batch_size) * job.steps)

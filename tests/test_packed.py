@@ -119,3 +119,39 @@ def test_layers_seeing_few_rows_are_never_packed():
         torch.testing.assert_close(out, torch.nn.functional.linear(big, lin.weight, lin.bias), rtol=0, atol=1e-4)
         fwd(big)
         assert fwd.weight is packed_weight
+
+
+def test_bf16_copies_are_kept_across_calls_renewed_after_a_change_and_do_not_keep_the_network():
+    """bf16_linears keeps each Linear's bf16 copy between blocks (the library enters one per call) while the
+    weights are unchanged; a change in place makes a new copy (outputs = plain autocast's, bit for bit); the
+    copies never keep a network alive."""
+    import gc
+    import weakref
+
+    from pixeldit_cli import build_model
+    from pixeldit_cli.models.packed import bf16_linears
+
+    torch.manual_seed(0)
+    net = build_model("PixelDiT-XS/4", num_classes=4).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([0.3, 0.7]), torch.tensor([1, 2])
+
+    def run(m, fast):
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16), bf16_linears(m, fast):
+            return m(x, t, y)
+
+    lin = net.final_layer.linear
+    first = run(net, True)
+    copy_id = id(packed._BF16[lin].weight)
+    assert torch.equal(run(net, True), first) and id(packed._BF16[lin].weight) == copy_id  # kept, not remade
+    assert torch.equal(first, run(net, False))  # = plain autocast
+    with torch.no_grad():
+        lin.weight.mul_(2.0)
+    assert id(packed._BF16.get(lin).weight) == copy_id  # still the old copy until the next block...
+    assert torch.equal(run(net, True), run(net, False)) and id(packed._BF16[lin].weight) != copy_id  # ...renewed
+    ref = weakref.ref(net)
+    del net, lin
+    gc.collect()
+    assert ref() is None

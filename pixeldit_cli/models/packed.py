@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import time
+import weakref
 from pathlib import Path
 
 import torch
@@ -183,20 +184,34 @@ def packed_linears(model: nn.Module, enabled: bool = True):
 
 class _Bf16Forward:
     """One Linear under bf16 autocast with its weight cast to bf16 once: autocast would cast the fp32 weight
-    on every call (a copy of every weight per network evaluation); the product is the same, bit for bit."""
+    on every call (a copy of every weight per network evaluation); the product is the same, bit for bit.
+    Holds the Linear weakly: the copies are kept per Linear (_BF16) and must not keep the network alive."""
 
     def __init__(self, linear: nn.Linear):
-        self.linear = linear
+        self.linear = weakref.ref(linear)
+        self.key = _weights_key(linear)
         self.weight = linear.weight.detach().to(torch.bfloat16)
         self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
 
     def __call__(self, x):
-        lin = self.linear
+        lin = self.linear()
         if not torch.is_autocast_enabled(x.device.type) or torch.get_autocast_dtype(x.device.type) != torch.bfloat16:
             return F.linear(x, lin.weight, lin.bias)
         if torch.is_grad_enabled() and (x.requires_grad or lin.weight.requires_grad):
             return F.linear(x, lin.weight, lin.bias)
         return F.linear(x, self.weight, self.bias)
+
+
+def _weights_key(linear: nn.Linear) -> tuple:
+    """Which tensors, at which versions: a copy made from them is current while this is unchanged."""
+    return tuple((t.data_ptr(), t._version, t.device) for t in (linear.weight, linear.bias) if t is not None)
+
+
+# Linear -> its bf16 copy, kept across `with bf16_linears(...)` blocks while the weights are unchanged: the
+# library's `sample()` enters the block per call, and making 1.6 GB of copies (XL/16) per call cost more than
+# the two network evaluations of a short call. The price: the copies (half the fp32 weights) stay in memory
+# while the network lives; `fast=False` never makes them.
+_BF16 = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
@@ -207,7 +222,10 @@ def bf16_linears(model: nn.Module, enabled: bool = True):
         if enabled:
             for mod in model.modules():
                 if isinstance(mod, nn.Linear) and "forward" not in mod.__dict__ and mod.weight.dtype == torch.float32:
-                    mod.forward = _Bf16Forward(mod)
+                    fwd = _BF16.get(mod)
+                    if fwd is None or fwd.key != _weights_key(mod):
+                        fwd = _BF16[mod] = _Bf16Forward(mod)
+                    mod.forward = fwd
                     patched.append(mod)
         yield model
     finally:
