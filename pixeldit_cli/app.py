@@ -129,7 +129,7 @@ def edit(s: Session, session_id: str, image, src, tgt, strength, src_cfg, tgt_cf
     if not image:
         raise PixelDiTError("no image uploaded", "upload a PNG or JPEG first")
     box = _bbox(bbox)
-    mask = _drawn_mask(drawn, image, s.folder(session_id, "mask").with_suffix(".png"))
+    mask = _drawn_mask(drawn, image, lambda: s.folder(session_id, "mask").with_suffix(".png"))
     if mask is not None and box is not None:
         raise PixelDiTError("both a drawn mask and a box were given", "clear one of them")
     settings = resolve_edit(s.config, strength=_float(strength, "--strength"), src_cfg=_float(src_cfg, "--src-cfg"),
@@ -184,9 +184,9 @@ def _float(v, name) -> float:
     return f  # finiteness and range: the settings' own checks say it, as on the command line
 
 
-def _drawn_mask(drawn, image, path: Path):
-    """The mask editor's strokes as a --mask file (white = edit, the uploaded image's size); None if nothing
-    was painted. Gradio hands over {"background", "layers", "composite"} with RGBA layers."""
+def _drawn_mask(drawn, image, where):
+    """The mask editor's strokes as a --mask file at `where()` (white = edit, the uploaded image's size); None
+    if nothing was painted. Gradio hands over {"background", "layers", "composite"} with RGBA layers."""
     import numpy as np  # noqa: PLC0415
     from PIL import Image  # noqa: PLC0415
 
@@ -201,6 +201,7 @@ def _drawn_mask(drawn, image, path: Path):
     if region.shape[::-1] != size:
         raise PixelDiTError(f"the drawn mask is {region.shape[1]}x{region.shape[0]} but the image is {size[0]}x{size[1]}",
                             "upload the image again and redraw the mask")  # fmt: skip
+    path = where()
     path.parent.mkdir(parents=True, exist_ok=True)
     write_png(torch.from_numpy(region.astype(np.uint8) * 255)[None], path)  # the library's atomic write
     return path
@@ -303,22 +304,8 @@ def build(s: Session):
                 r = generate(s, session, *args, on_step=on_step)
                 return r["images"], r["grid"], [*r["images"], r["results"]], r["command"]
 
-            gen_in = [
-                classes,
-                prompt,
-                negative,
-                n,
-                seed,
-                solver,
-                steps,
-                guidance,
-                lo,
-                hi,
-                shift,
-                size,
-                reuse,
-                precision,
-            ]
+            gen_in = [classes, prompt, negative, n, seed, solver, steps, guidance, lo, hi, shift, size, reuse,
+                      precision]  # fmt: skip
             go.click(handler(on_generate, len(gen_in), "sampling"), gen_in, [gallery, grid, files, command])
 
         with gr.Tab("Edit", elem_id="tab-edit"):
@@ -378,11 +365,9 @@ def build(s: Session):
                            cfg_a, reuse_a, cfg_b, reuse_b, on_step=None):  # fmt: skip
                 common = (classes, prompt, negative, n, seed, solver, steps)
                 tail = (lo, hi, shift, size)
-                both = None if on_step is None else (lambda d, t, k: on_step(k * t + d, 2 * t))
-                a = generate(s, session, *common, cfg_a, *tail, reuse_a, precision,
-                             on_step=both and (lambda d, t: both(d, t, 0)))  # fmt: skip
-                b = generate(s, session, *common, cfg_b, *tail, reuse_b, precision,
-                             on_step=both and (lambda d, t: both(d, t, 1)))  # fmt: skip
+                half = lambda k: None if on_step is None else (lambda d, t: on_step(k * t + d, 2 * t))  # noqa: E731
+                a = generate(s, session, *common, cfg_a, *tail, reuse_a, precision, on_step=half(0))
+                b = generate(s, session, *common, cfg_b, *tail, reuse_b, precision, on_step=half(1))
                 info = (f"A: CFG {_float(cfg_a, '--cfg'):g}, K = {_int(reuse_a, 'K')} — {a['seconds']} s  \n"
                         f"B: CFG {_float(cfg_b, '--cfg'):g}, K = {_int(reuse_b, 'K')} — {b['seconds']} s")  # fmt: skip
                 return a["grid"], b["grid"], info

@@ -78,9 +78,7 @@ class TrainSection:
     grad_checkpointing: bool = False
     fsdp: bool = False  # shard params/grads/optimizer over ranks (FSDP2); needs > 1 process
     compile: bool = False
-    compile_pixel_blocks: str = (
-        "auto"  # auto | true | false: fuse the pixel level's elementwise chain (models/compiled.py)
-    )
+    compile_pixel_blocks: str = "auto"  # auto | true | false (models/compiled.py)
     seed: int = 0
     log_every: int = 100
     sample_every: int = 10_000
@@ -207,17 +205,16 @@ def _build(cls, data: dict, where: str):
     return cls(**kw)
 
 
-# Keys renamed since a release, as found in a run's saved config.yaml: read under their new name.
-_RENAMED = {("train", "lora_rank"): "rank", ("train", "lora_alpha"): "alpha", ("train", "lora_dropout"): "dropout",
-            ("train", "lora_targets"): "targets"}  # fmt: skip
+# train keys renamed since a release, as found in a run's saved config.yaml: read as train.lora.<new>.
+_LORA_RENAMED = {"lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout", "lora_targets": "targets"}
 
 
 def config_from_dict(data: dict) -> Config:
     train = data.get("train") if isinstance(data, dict) else None
-    if isinstance(train, dict) and any(("train", k) in _RENAMED for k in train):
+    if isinstance(train, dict) and any(k in _LORA_RENAMED for k in train):
         train = dict(train)
         lora = dict(train.get("lora") or {})
-        for (_, old), new in _RENAMED.items():
+        for old, new in _LORA_RENAMED.items():
             if old in train:
                 lora.setdefault(new, train.pop(old))
         data = {**data, "train": {**train, "lora": lora}}

@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from ..errors import PixelDiTError
+from .packed import weights_key
 
 CHOICES = ("auto", "true", "false")
 MIN_PIXELS = 64 * 64  # auto: per image
@@ -65,6 +66,13 @@ def _cache_writable() -> bool:
         return os.access(cache_dir(), os.W_OK)
     except OSError:
         return False
+
+
+def _inductor_setup() -> None:
+    """Before any compile here: the persistent kernel cache, and quiet about RoPE's complex multiply (it
+    stays an eager op inside the graph; inductor would say so once per compile)."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir()))
+    warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
 
 
 def decide(choice: str, device, resolution: int, *, whole_compile: bool, fsdp: bool, checkpointing: bool):
@@ -97,9 +105,7 @@ def decide(choice: str, device, resolution: int, *, whole_compile: bool, fsdp: b
 
 def compile_pixel_blocks(model) -> int:
     """Replace each pixel block's forward by its compiled version, in place; the number of blocks."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir()))
-    # RoPE's complex multiply stays an eager op inside the graph; inductor says so once per compile
-    warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
+    _inductor_setup()
     blocks = list(getattr(model, "pixel_blocks", []))
     for block in blocks:
         block.forward = torch.compile(block.forward, dynamic=False)
@@ -108,8 +114,7 @@ def compile_pixel_blocks(model) -> int:
 
 def for_inference(model, precision: str = "fp32"):
     """The network compiled for sampling: frozen on a CPU in fp32 (see above), plain torch.compile elsewhere."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir()))
-    warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
+    _inductor_setup()
     compiled = torch.compile(model, dynamic=False)
     if next(model.parameters()).device.type != "cpu" or precision != "fp32":
         return compiled
@@ -140,7 +145,7 @@ def cached_for_inference(model, precision: str = "fp32"):
     the same versions. After a change in place (a merge, an optimizer step) the frozen graphs hold the old
     weights as constants and dynamo would reuse them for this network, even through a new torch.compile
     (tested): its caches are reset first, which makes every compiled function in the process compile again."""
-    key = (precision, tuple((p.data_ptr(), p._version) for p in model.parameters()))
+    key = (precision, weights_key(model.parameters()))
     hit = _LIBRARY.get(model)
     if hit is not None and hit[0] == key:
         return hit[1]

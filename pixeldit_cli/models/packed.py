@@ -189,7 +189,7 @@ class _Bf16Forward:
 
     def __init__(self, linear: nn.Linear):
         self.linear = weakref.ref(linear)
-        self.key = _weights_key(linear)
+        self.key = weights_key([linear.weight, linear.bias])
         self.weight = linear.weight.detach().to(torch.bfloat16)
         self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
 
@@ -202,9 +202,10 @@ class _Bf16Forward:
         return F.linear(x, self.weight, self.bias)
 
 
-def _weights_key(linear: nn.Linear) -> tuple:
-    """Which tensors, at which versions: a copy made from them is current while this is unchanged."""
-    return tuple((t.data_ptr(), t._version, t.device) for t in (linear.weight, linear.bias) if t is not None)
+def weights_key(tensors) -> tuple:
+    """Which tensors, at which versions: anything made from them (a copy, a frozen graph) is current while
+    this is unchanged — an in-place change moves the version, a move or reload the storage."""
+    return tuple((t.data_ptr(), t._version, t.device) for t in tensors if t is not None)
 
 
 # Linear -> its bf16 copy, kept across `with bf16_linears(...)` blocks while the weights are unchanged: the
@@ -223,7 +224,7 @@ def bf16_linears(model: nn.Module, enabled: bool = True):
             for mod in model.modules():
                 if isinstance(mod, nn.Linear) and "forward" not in mod.__dict__ and mod.weight.dtype == torch.float32:
                     fwd = _BF16.get(mod)
-                    if fwd is None or fwd.key != _weights_key(mod):
+                    if fwd is None or fwd.key != weights_key([mod.weight, mod.bias]):
                         fwd = _BF16[mod] = _Bf16Forward(mod)
                     mod.forward = fwd
                     patched.append(mod)
