@@ -2,13 +2,17 @@
 
     .venv/bin/python benchmarks/bench_sample.py [--quick] [--case N]
 
-For the demo model (S/4 at 32²), a tiny T2I, B/16 and XL/16 at 256², with CFG on every step (a guided
-step is two network evaluations), four variants interleaved in one process on the same weights and noise:
+For the demo model (S/4 at 32²), a tiny T2I, B/16 and XL/16 at 256², with CFG on every step after the
+first (a guided step is two network evaluations), the variants interleaved call by call on the same weights
+and noise — the plain ones in a child process of their own (benchmarks/isolated.py), because the fast path
+makes its process keep freed memory in the heap, which would speed up a plain call in the same process:
 
   fp32 plain   PyTorch's Linear (`pixeldit.sample(..., fast=False)`, the official network's structure)
-  fp32 ours    oneDNN-packed Linear weights (the default of `sample`, `edit` and `pixeldit.sample`)
+  fp32 ours    the CPU fast path: packed Linear weights (MKL or oneDNN, as the probe found), the pixel
+               MLP's GELU fused, freed memory kept in the heap (the default of `sample`, `edit` and
+               `pixeldit.sample`)
   bf16 plain   bf16 autocast, the release's recipe, weights cast on every call
-  bf16 ours    bf16 autocast with the Linear weights cast once (bit-identical to bf16 plain)
+  bf16 ours    bf16 autocast with the Linear weights cast once (bit-identical to bf16 plain), heap kept
   fp32 compiled  with --compile: `pixeldit.sample(..., compile=True)`, inductor with weight freezing
 
 Each variant's achieved GFLOP/s (analytic FLOPs) is given as a share of the matching GEMM rate measured in
@@ -18,10 +22,12 @@ over `sample --precision fp32` (both with the jobs' fast path).
 """
 
 import argparse
+import functools
 import json
 import time
 
 import torch
+from isolated import Isolated  # benchmarks/: the plain variants in a process of their own
 
 from pixeldit_cli.flops import analytic_flops, matmul_rate
 from pixeldit_cli.models import build_model
@@ -34,8 +40,11 @@ CASES = [
     ("PixelDiT-S/4", 32, 16, 20),
     ("PixelDiT-T2I-S/16", 64, 2, 25),
     ("PixelDiT-B/16", 256, 2, 4),
-    ("PixelDiT-XL/16", 256, 1, 2),
+    ("PixelDiT-XL/16", 256, 1, 4),
 ]
+# Guidance on 0 < t < 1 as the release samples ImageNet: the first step (t = 0) is unguided, a single
+# evaluation; every other one evaluates the [uncond; cond] pair.
+INTERVAL = (0.0, 1.0)
 VARIANTS = {  # label: (autocast, fast)
     "fp32 plain": (None, False),
     "fp32 ours": (None, True),
@@ -60,29 +69,59 @@ def network_evaluations(solver, steps, cfg) -> int:
     return st.evals
 
 
-def bench(name, res, batch, steps, rounds=2, compiled=False):
+def setup(name, res, batch, steps):
+    """The network (seed 0: the same weights in every process), noise, conditions and solver arguments."""
     torch.manual_seed(0)
     kw = {} if "T2I" in name else {"num_classes": 10 if "S/" in name else 1000}
     model = build_model(name, init=False, **kw).eval()
     x = noise_for(range(batch), 0, (3, res, res))
     y, u, solver, cfg = inputs(model, name, batch)
-    args = dict(solver=solver, steps=steps, cfg=cfg, interval=(0.0, 1.0))
-    variants = {**VARIANTS, **dict([COMPILED])} if compiled else VARIANTS
+    return model, x, y, u, dict(solver=solver, steps=steps, cfg=cfg, interval=INTERVAL)
 
+
+def caller(model, x, y, u, args):
     def call(autocast, fast, **kw):
         extra = {"compile": True} if fast == "compile" else {"fast": fast}
-        return sample(model, x, y, u, **{**args, **kw}, autocast=autocast, **extra)
+        sample(model, x, y, u, **{**args, **kw}, autocast=autocast, **extra)
 
-    compile_s = time.perf_counter()
-    for autocast, fast in variants.values():  # warm-up (the compiled variant: its compilation)
-        call(autocast, fast, steps=1)
-    compile_s = time.perf_counter() - compile_s
+    return call
+
+
+def plain_calls(name, res, batch, steps):
+    """The plain variants, for the child process (benchmarks/isolated.py): one warm-up each here."""
+    call = caller(*setup(name, res, batch, steps))
+    calls = {label: functools.partial(call, *v) for label, v in VARIANTS.items() if v[1] is False}
+    for autocast, fast in VARIANTS.values():
+        if fast is False:
+            call(autocast, fast, steps=1)
+    return calls
+
+
+def bench(name, res, batch, steps, rounds=2, compiled=False):
+    model, x, y, u, args = setup(name, res, batch, steps)
+    solver, cfg = args["solver"], args["cfg"]
+    ours = {k: v for k, v in VARIANTS.items() if v[1] is not False}
+    ours = {**ours, **dict([COMPILED])} if compiled else ours
+    call = caller(model, x, y, u, args)
     best = {}
-    for _ in range(rounds):  # interleaved, best of `rounds`
-        for label, (autocast, fast) in variants.items():
-            t0 = time.perf_counter()
-            call(autocast, fast)
-            best[label] = min(best.get(label, float("inf")), time.perf_counter() - t0)
+    with Isolated(plain_calls, name, res, batch, steps) as plain:
+        compile_s = time.perf_counter()
+        for autocast, fast in ours.values():  # warm-up (the compiled variant: its compilation)
+            call(autocast, fast, steps=1)
+        compile_s = time.perf_counter() - compile_s
+        for _ in range(rounds):  # interleaved (plain ones in the child), best of `rounds`
+            for label, (autocast, fast) in VARIANTS.items():
+                if fast is False:
+                    s = plain(label)[0]
+                else:
+                    t0 = time.perf_counter()
+                    call(autocast, fast)
+                    s = time.perf_counter() - t0
+                best[label] = min(best.get(label, float("inf")), s)
+            if compiled:
+                t0 = time.perf_counter()
+                call(*COMPILED[1])
+                best[COMPILED[0]] = min(best.get(COMPILED[0], float("inf")), time.perf_counter() - t0)
     rates = {"fp32": matmul_rate(), "bf16": matmul_rate(dtype=torch.bfloat16)}
     evals = network_evaluations(solver, steps, cfg) * batch
     flops = analytic_flops(model.config, res, res, 1)["total"] * evals

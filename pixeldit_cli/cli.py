@@ -495,7 +495,7 @@ def sample(
     packed: bool = typer.Option(
         True,
         "--packed/--no-packed",
-        help="CPU fp32: oneDNN-packed Linear weights (~1.2x on XL/16; last bits differ). --no-packed: PyTorch's own Linear, bit-identical to the library forward.",
+        help="CPU fast path: packed Linear weights (MKL or oneDNN, as measured on this CPU), fused pixel-level ops, freed memory kept in the heap (~1.2x on XL/16 fp32; last bits differ). --no-packed: PyTorch's own Linear, bit-identical to the library forward.",
         rich_help_panel="Distributed",
     ),
     lora: list[Path] | None = typer.Option(

@@ -262,7 +262,7 @@ def run_edit(
     and results.json into `out`.
 
     `on_step(done, total)`: after every FlowEdit step over all seeds (the app's progress bar).
-    `packed`: CPU fp32 GEMMs with oneDNN-packed weights (models/packed.py; the last bits move).
+    `packed`: the CPU fast path (models/packed.py: packed fp32 weights, fused pixel-level ops; the last bits move).
     Every user error is found before the model loads, and `out` is created only when the edits are made: a
     rejected input leaves nothing behind. `out` holding another edit (other input, checkpoint or settings)
     is refused unless `overwrite`; a folder pixeldit did not make is always refused."""

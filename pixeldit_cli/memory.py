@@ -19,6 +19,7 @@ import torch
 
 from .errors import PixelDiTError
 from .families import family_of
+from .heap import mem_available
 from .models.registry import build_model
 
 MARGIN = 2.0  # 1.5 was exceeded on a fresh clone (S/4 128², batch 2: 109 MB measured vs 102 MB)
@@ -40,14 +41,7 @@ def available_bytes(device) -> int | None:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return mem_available()
 
 
 def check_fits(cfg, height: int, width: int, batch: int, device, what: str = "one forward") -> int:

@@ -83,9 +83,10 @@ def sample(
     semantic_reuse K recomputes the patch pathway every K-th evaluation (docs/semantic-reuse.md).
 
     precision: "fp32" (the default), "bf16" or "auto" (chosen from the hardware, precision.choose); the
-    older `autocast=torch.bfloat16` means "bf16". fast: the jobs' fast Linear path (oneDNN-packed fp32
-    weights, within ~1e-6 of the plain path; bf16 weight copies, bit-identical to plain autocast);
-    fast=False runs the network's plain forward. compile: the frozen compiled network (models/compiled.py:
+    older `autocast=torch.bfloat16` means "bf16". fast: the jobs' CPU fast path (models/packed.py: packed
+    fp32 weights and fused pixel-level ops, within ~1e-6 of the plain path; bf16 weight copies,
+    bit-identical to plain autocast; freed memory kept in the process heap); fast=False runs the
+    network's plain forward. compile: the frozen compiled network (models/compiled.py:
     on a CPU in fp32 XL/16 samples 1.22–1.26× faster after about a minute of compilation per batch shape;
     kept across calls while the weights are unchanged)."""
     settings = SolveSettings(
@@ -137,7 +138,7 @@ class SampleJob:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     semantic_reuse: int = 1  # run the patch pathway every K-th evaluation (1: always, the release's sampler)
     reuse_schedule: str = "uniform"  # uniform | ends (also every evaluation of the first and last 10%)
-    packed: bool = True  # CPU fp32: oneDNN-packed Linear weights (models/packed.py); last bits only
+    packed: bool = True  # CPU: the fast path (models/packed.py: packed weights, fused ops); last bits only
     lora: tuple = ()  # ((folder, scale, sha256), ...): peft LoRA adapters merged into the weights (models/lora.py)
 
     overwrite: bool = False  # replace the outputs of another job in --out (pixeldit's own files only)
@@ -198,7 +199,7 @@ class SampleJob:
         return d
 
     def packs(self, device_type: str, precision: str) -> bool:
-        """Whether the job runs oneDNN-packed GEMMs (CPU fp32 only; see models/packed.py)."""
+        """Whether the job runs packed GEMMs (CPU fp32 only; see models/packed.py)."""
         return self.packed and not self.compile and device_type == "cpu" and precision == "fp32"
 
     def resolved_format(self) -> str:

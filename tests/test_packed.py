@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from pixeldit_cli import load_model
@@ -27,8 +28,12 @@ pytestmark = pytest.mark.skipif(not available(), reason="this torch build has no
         ("official_t2i_small.pth", "official_t2i_small_io.safetensors", ("x", "t", "y", "out")),
     ],
 )
-def test_packed_forward_meets_the_official_fixture_tolerance(fixtures, monkeypatch, name, io_name, keys):
+@pytest.mark.parametrize("kernel", ["mkl", "onednn"])
+def test_packed_forward_meets_the_official_fixture_tolerance(fixtures, monkeypatch, name, io_name, keys, kernel):
+    if kernel == "mkl" and not packed._mkl_available():
+        pytest.skip("this torch build has no MKL")
     monkeypatch.setattr(packed, "MIN_MACS", 0)  # the fixtures' layers are small: pack them all the same
+    monkeypatch.setattr(packed, "patch_kernel", lambda: (kernel, "the test says so"))
     io = load_file(fixtures / io_name)
     m = load_model(fixtures / name)
     x, t, y, want = (io[k] for k in keys)
@@ -63,44 +68,119 @@ def test_packed_sampling_stays_within_the_parity_tolerance(c2i, monkeypatch):
     assert 0 < (fast - plain).abs().max() <= 1e-5
 
 
-def _fresh_probe(monkeypatch, tmp_path, ratio):
-    """patch_packing() on a simulated CPU whose packed/plain ratio is `ratio`, with an empty cache."""
+def _fresh_probe(monkeypatch, tmp_path, ratios):
+    """patch_kernel() on a simulated CPU whose packed/plain ratios are `ratios`, with an empty cache."""
     monkeypatch.delenv("PIXELDIT_PACK", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls = []
-    monkeypatch.setattr(packed, "_probe_ratio", lambda *shape: calls.append(shape) or ratio)
-    packed.patch_packing.cache_clear()
+    monkeypatch.setattr(packed, "_probe_ratios", lambda *shape: calls.append(shape) or dict(ratios))
+    packed.patch_kernel.cache_clear()
     return calls
 
 
-@pytest.mark.parametrize("ratio,wins", [(1.3, True), (1.0, False)])
-def test_patch_level_packing_follows_the_probe_and_is_kept_per_machine(monkeypatch, tmp_path, ratio, wins):
-    calls = _fresh_probe(monkeypatch, tmp_path, ratio)
+@pytest.mark.parametrize(
+    "ratios,kernel",
+    [
+        ({"mkl": 1.12, "onednn": 0.99}, "mkl"),  # the Intel Xeon with AMX of this project
+        ({"mkl": 1.02, "onednn": 1.25}, "onednn"),  # the AMD EPYC
+        ({"mkl": 1.03, "onednn": 1.01}, None),  # neither pays for its copy
+    ],
+)
+def test_patch_level_kernel_follows_the_probe_and_is_kept_per_machine(monkeypatch, tmp_path, ratios, kernel):
+    calls = _fresh_probe(monkeypatch, tmp_path, ratios)
     try:
         patch_level, pixel_level = torch.nn.Linear(1152, 3072), torch.nn.Linear(16, 64)
-        assert packed.worth_packing(patch_level) is wins
-        assert packed.worth_packing(pixel_level)  # per-pixel layers gain on every CPU measured
-        assert not packed.worth_packing(torch.nn.Linear(1152, 24576))  # ties at best, costly reorder
+        expansion, tiny_patch = torch.nn.Linear(1152, 24576), torch.nn.Linear(128, 384)
+        assert packed.kernel_for(patch_level) == kernel
+        assert packed.kernel_for(pixel_level) == "onednn"  # per-pixel layers gain with oneDNN on every CPU
+        assert packed.kernel_for(expansion) == (kernel if kernel == "mkl" else None)  # oneDNN only ties there
+        assert packed.kernel_for(tiny_patch) is None  # K = 128: packing loses
         assert calls == [packed.PROBE_SHAPE]
         table = json.loads((tmp_path / "pixeldit" / "packing.json").read_text())
-        assert list(table.values()) == [{"ratio": ratio}]
+        assert list(table.values()) == [ratios]
         # a later process on this machine reads the answer instead of timing again (same choice, same sums)
-        packed.patch_packing.cache_clear()
-        assert packed.patch_packing()[0] is wins and len(calls) == 1
+        packed.patch_kernel.cache_clear()
+        assert packed.patch_kernel()[0] == kernel and len(calls) == 1
     finally:
-        packed.patch_packing.cache_clear()
+        packed.patch_kernel.cache_clear()
+
+
+def test_an_older_cache_entry_is_measured_again(monkeypatch, tmp_path):
+    """Before MKL's packed sgemm was a candidate the cache held one oneDNN ratio: that answer is incomplete."""
+    calls = _fresh_probe(monkeypatch, tmp_path, {"mkl": 1.1, "onednn": 1.0})
+    (tmp_path / "pixeldit").mkdir()
+    (tmp_path / "pixeldit" / "packing.json").write_text(json.dumps({packed._machine_key(): {"ratio": 1.06}}))
+    try:
+        assert packed.patch_kernel()[0] == "mkl" and len(calls) == 1
+        assert json.loads((tmp_path / "pixeldit" / "packing.json").read_text()) == {
+            packed._machine_key(): {"mkl": 1.1, "onednn": 1.0}
+        }
+    finally:
+        packed.patch_kernel.cache_clear()
 
 
 def test_pack_override_and_an_unwritable_cache(monkeypatch, tmp_path):
-    calls = _fresh_probe(monkeypatch, tmp_path / "file", 1.5)
+    calls = _fresh_probe(monkeypatch, tmp_path / "file", {"mkl": 1.5, "onednn": 1.2})
     (tmp_path / "file").write_text("not a folder")  # the cache cannot be written: measured, not fatal
     try:
-        assert packed.patch_packing() == (True, "packed/plain GEMM 1.50x on this CPU (probe)")
-        monkeypatch.setenv("PIXELDIT_PACK", "0")
-        packed.patch_packing.cache_clear()
-        assert packed.patch_packing() == (False, "PIXELDIT_PACK=0 says so") and len(calls) == 1
+        assert packed.patch_kernel() == ("mkl", "packed/plain GEMM on this CPU (probe): mkl 1.50x, onednn 1.20x")
+        for value, kernel in (("0", None), ("1", "onednn"), ("onednn", "onednn"), ("MKL", "mkl")):
+            monkeypatch.setenv("PIXELDIT_PACK", value)
+            packed.patch_kernel.cache_clear()
+            assert packed.patch_kernel() == (kernel, f"PIXELDIT_PACK={value.lower()} says so")
+        assert len(calls) == 1
     finally:
-        packed.patch_packing.cache_clear()
+        packed.patch_kernel.cache_clear()
+
+
+@pytest.mark.skipif(not packed._mkl_available(), reason="this torch build has no MKL")
+def test_mkl_packing_is_made_for_the_most_rows_and_fewer_rows_run_plain():
+    """A guided step evaluates 2B rows, an unguided one B: the packing is for the larger count (re-packing
+    whenever the count alternated was slower than plain), the smaller runs F.linear exactly."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(1152, 1536).eval()
+    fwd = packed._PackedForward(lin, "mkl")
+    small, big = torch.randn(2, 32, 1152), torch.randn(4, 32, 1152)
+    with torch.inference_mode():
+        first = fwd(small)
+        assert fwd.rows == 64 and (first - F.linear(small, lin.weight, lin.bias)).abs().max() <= 1e-5
+        out = fwd(big)
+        assert fwd.rows == 128 and (out - F.linear(big, lin.weight, lin.bias)).abs().max() <= 1e-5
+        kept = fwd.weight
+        assert torch.equal(fwd(small), F.linear(small, lin.weight, lin.bias)) and fwd.weight is kept
+        assert torch.equal(fwd(big), out)  # deterministic
+
+
+@pytest.mark.parametrize("kernel", ["mkl", "onednn"])
+def test_the_fast_path_forward_equals_the_plain_one(monkeypatch, kernel):
+    """With either patch-level kernel, the PiT block's fewer-pass chain and the MLP's fused GELU, the whole
+    forward is the plain one within fp32 rounding; the model is left as it was; autograd gets the plain path."""
+    from pixeldit_cli import build_model
+
+    if kernel == "mkl" and not packed._mkl_available():
+        pytest.skip("this torch build has no MKL")
+    monkeypatch.setattr(packed, "MIN_MACS", 0)
+    monkeypatch.setattr(packed, "patch_kernel", lambda: (kernel, "the test says so"))
+    torch.manual_seed(0)
+    net = build_model("PixelDiT-XS/4", num_classes=4, hidden_size=256, num_heads=4, pixel_attn_hidden=256,
+                      pixel_heads=4).eval()  # fmt: skip
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # the official init zeroes the AdaLN: make it matter
+    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([0.3, 0.7]), torch.tensor([1, 2])
+    with torch.inference_mode():
+        plain = net(x, t, y)
+        with packed_linears(net):
+            assert isinstance(net.pixel_blocks[0].__dict__["forward"], packed._FusedPiTBlock)
+            assert isinstance(net.pixel_blocks[0].mlp.__dict__["forward"], packed._FusedPixelMLP)
+            qkv = net.patch_blocks[0].attn.qkv.__dict__["forward"]
+            fast = net(x, t, y)
+            assert qkv.kernel == kernel and qkv.weight is not None  # the patch level really ran packed
+    assert 0 < (fast - plain).abs().max() <= 1e-5
+    assert not any("forward" in m.__dict__ for m in net.modules())
+    with packed_linears(net):
+        out = net(x, t, y)  # autograd: the block's own forward, the plain Linear
+    assert out.requires_grad and torch.equal(out.detach(), plain)
 
 
 def test_layers_seeing_few_rows_are_never_packed():

@@ -1,20 +1,26 @@
-"""Inference on CPU with oneDNN-packed Linear weights: the same network, its GEMMs faster where the CPU allows.
+"""Inference on CPU with packed Linear weights: the same network, its GEMMs faster where the CPU allows.
 
-PyTorch's CPU `F.linear` hands fp32 GEMMs to MKL. oneDNN with the weight reordered once into its blocked
-layout (`mkldnn._reorder_linear_weight`, what torch.compile's CPU freezing pass emits) ran PixelDiT's
-patch-level products 1.2–1.3× faster on one AMD EPYC, and tied or lost on an Intel Xeon of the same
-machine type; the per-pixel layers (width ≤ 64, H·W rows) gained on both. So the per-pixel layers are
-always packed and the patch-level ones where a short probe, kept per machine, says it pays
-(`patch_packing`). `packed_linears(model)` swaps each chosen Linear's forward for the packed call for the
-duration of a `with` block and restores it after; nothing in the state dict changes.
+PyTorch's CPU `F.linear` hands fp32 GEMMs to MKL, which re-packs the weight into its panel layout on every
+call. Two ways to pack it once, both what torch.compile's CPU freezing pass emits:
+  mkl     `mkl._mkl_reorder_linear_weight` + `mkl._mkl_linear`: MKL's own packed sgemm, the same kernel
+          minus the per-call packing. Packed for one row count (a batch size), re-packed when it changes;
+          the packed copy takes ~2× the weight's memory (measured). 1.08–1.15× on an Intel Xeon with AMX.
+  onednn  `mkldnn._reorder_linear_weight` + `mkldnn._linear_pointwise`: oneDNN's blocked layout, one
+          packing for every row count, with fused post-ops (the pixel MLP's exact GELU). 1.2–1.3× on an
+          AMD EPYC; ties MKL on the Xeon.
+The per-pixel layers (width ≤ 64, H·W rows) gain with oneDNN on every CPU measured and always use it; the
+patch-level ones use whichever kernel a short probe, kept per machine, finds faster (`patch_kernel`), or
+stay plain. `packed_linears(model)` swaps each chosen Linear's forward for the packed call for the duration
+of a `with` block and restores it after; nothing in the state dict changes.
 
 The sums are accumulated in another order, so outputs move in the last bits (max |Δ| ~1e-6 on the
 XL/16 forward, well inside the 1e-5 parity contract; tests/test_packed.py). It is deterministic run to
 run. It applies only where it can: CPU, fp32, no autograd, no autocast, oneDNN present; elsewhere (and
 for any call that needs gradients) the ordinary Linear runs. Under bf16 autocast the fast path is a bf16
 copy of each Linear weight made once (`bf16_linears`), the same numbers autocast makes on every call.
-`fast_linears` picks one per precision; the jobs, `pixeldit.sample` and `flowedit` use it by default
-(`fast=False` for the plain path); the network's own forward (`model(x, t, y)`) is always plain.
+`fast_linears` picks one per precision and has the process keep freed memory in its heap (heap.py); the
+jobs, `pixeldit.sample` and `flowedit` use it by default (`fast=False` for the plain path); the network's
+own forward (`model(x, t, y)`) is always plain.
 """
 
 import contextlib
@@ -30,45 +36,91 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..heap import keep_freed_memory, mem_available
+from .layers import PiTBlock, PixelMLP
+
 # Below ~50M multiply-adds per call the packed kernel's fixed cost wins over its faster inner loop (the
 # tiny CPU models' layers measured 0.6–0.95×): those calls keep F.linear.
 MIN_MACS = 50_000_000
 # oneDNN picks its blocking from a typical row count; 256 (one 256² image's patch tokens) measured as good
 # as the true count or better at every shape tried, and it is one primitive per layer shape.
 ROWS_HINT = 256
+MKL_COPY = 2.0  # an MKL-packed weight takes about this many times the weight's bytes (measured: 1.95×)
 
 
 def available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def _mkl_available() -> bool:
+    return torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_linear")
+
+
 class _PackedForward:
     """The packed call for one Linear; falls back to F.linear whenever the packed kernel does not apply.
 
-    The weight is packed on the first call that is big enough to gain (`MIN_MACS`), with `ROWS_HINT` as
-    oneDNN's blocking hint: layers that only ever see a few rows (the AdaLN modulations and the
-    timestep MLP get one row per image) are never packed, which saves their reorder (on XL/16 a third of
-    all packing time) for no loss."""
+    The weight is packed on the first call that is big enough to gain (`MIN_MACS`): layers that only ever
+    see a few rows (the AdaLN modulations and the timestep MLP get one row per image) are never packed,
+    which saves their reorder (on XL/16 a third of all packing time) for no loss. An MKL packing holds for
+    one row count: it is made for the most rows seen (a guided step's [uncond; cond] pair), and calls with
+    fewer rows (unguided steps, a job's last batch) run plain — re-packing whenever the count alternated
+    cost more than it gained. It is skipped (plain call) when the machine has no room for the copy."""
 
-    def __init__(self, linear: nn.Linear):
-        self.linear = linear
-        self.weight = None
+    def __init__(self, linear: nn.Linear, kernel: str = "onednn"):
+        self.ref, self.kernel = weakref.ref(linear), kernel  # weakly: kept per Linear (_PACKED)
+        self.key = weights_key([linear.weight, linear.bias])
+        self.weight, self.rows = None, None
         self.bias = None if linear.bias is None else linear.bias.detach()
 
-    def __call__(self, x):
+    @property
+    def linear(self) -> nn.Linear:
+        return self.ref()
+
+    def applies(self, x) -> bool:
         lin = self.linear
         rows = x.numel() // max(1, x.shape[-1])
-        if (
+        return not (
             rows * lin.in_features * lin.out_features < MIN_MACS
             or x.dtype != torch.float32
             or x.device.type != "cpu"
             or torch.is_autocast_enabled("cpu")
             or (torch.is_grad_enabled() and (x.requires_grad or lin.weight.requires_grad))
-        ):
-            return F.linear(x, lin.weight, lin.bias)
+        )
+
+    def __call__(self, x):
+        return self.packed(x) if self.applies(x) else F.linear(x, self.linear.weight, self.linear.bias)
+
+    def packed(self, x, post: str = "none"):
+        """The packed product (call only where `applies`); post "gelu" fuses exact GELU (oneDNN only)."""
+        lin = self.linear
+        if self.kernel == "mkl":
+            rows = x.numel() // x.shape[-1]
+            if self.rows is None or rows > self.rows:
+                room = mem_available()
+                if room is not None and room < 1.5 * MKL_COPY * lin.weight.numel() * 4:
+                    return F.linear(x, lin.weight, lin.bias)
+                self.weight = None  # the old packing goes first: never two copies at once
+                self.weight, self.rows = torch.ops.mkl._mkl_reorder_linear_weight(lin.weight.detach(), rows), rows
+            if rows != self.rows:  # MKL's packing holds for one row count: fewer rows run plain
+                return F.linear(x, lin.weight, lin.bias)
+            return torch.ops.mkl._mkl_linear(x, self.weight, lin.weight, self.bias, rows)
         if self.weight is None:
             self.weight = torch.ops.mkldnn._reorder_linear_weight(lin.weight.detach(), ROWS_HINT)
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, post, [], "none" if post == "gelu" else "")
+
+
+class _FusedPixelMLP:
+    """The pixel MLP with its exact GELU fused into fc1's oneDNN call: one pass over the H·W × 4d hidden
+    units instead of three (write, read for erf, write) — the GELU was 5% of an XL/16 forward."""
+
+    def __init__(self, mlp: PixelMLP):
+        self.mlp = mlp
+
+    def __call__(self, x):
+        fc1 = self.mlp.fc1.__dict__.get("forward")
+        if isinstance(fc1, _PackedForward) and fc1.kernel == "onednn" and fc1.applies(x):
+            return self.mlp.fc2(fc1.packed(x, post="gelu"))
+        return self.mlp.fc2(F.gelu(self.mlp.fc1(x)))
 
 
 def usable(model: nn.Module) -> bool:
@@ -77,26 +129,34 @@ def usable(model: nn.Module) -> bool:
     return available() and p is not None and p.device.type == "cpu" and p.dtype == torch.float32
 
 
-PACK_GAIN = 1.1  # the patch-level Linears are packed where the probe measures at least this speed-up
+PACK_GAIN = 1.05  # the patch-level Linears are packed where the probe measures at least this speed-up
 PROBE_SHAPE = (512, 1152, 3072)  # rows, in, out: an XL/16 MLP at a CFG pair of 256² images
+PROBE_WEIGHTS = 4  # cycled, as a forward streams each weight from memory once
 
 
-def _probe_ratio(rows: int, k: int, n: int) -> float:
-    """plain / packed time of one Linear shape on this CPU (best of 5, interleaved)."""
+def _probe_ratios(rows: int, k: int, n: int) -> dict[str, float]:
+    """plain / packed time of one Linear shape on this CPU, per packed kernel (best of 5, interleaved)."""
     g = torch.Generator().manual_seed(0)
-    x, w, b = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
-    pw = torch.ops.mkldnn._reorder_linear_weight(w, ROWS_HINT)
-    calls = (lambda: F.linear(x, w, b), lambda: torch.ops.mkldnn._linear_pointwise(x, pw, b, "none", [], ""))
-    best = [float("inf")] * 2
+    x, b = torch.randn(rows, k, generator=g), torch.randn(n, generator=g)
+    ws = [torch.randn(n, k, generator=g) for _ in range(PROBE_WEIGHTS)]
+    calls = {"plain": [functools.partial(F.linear, x, w, b) for w in ws]}
+    if available():
+        pw = [torch.ops.mkldnn._reorder_linear_weight(w, ROWS_HINT) for w in ws]
+        calls["onednn"] = [functools.partial(torch.ops.mkldnn._linear_pointwise, x, p, b, "none", [], "") for p in pw]
+    if _mkl_available():
+        pm = [torch.ops.mkl._mkl_reorder_linear_weight(w, rows) for w in ws]
+        calls["mkl"] = [functools.partial(torch.ops.mkl._mkl_linear, x, p, w, b, rows) for p, w in zip(pm, ws)]
+    best = dict.fromkeys(calls, float("inf"))
     with torch.inference_mode():
-        for f in calls:
-            f()
+        for fs in calls.values():
+            fs[0]()
         for _ in range(5):
-            for i, f in enumerate(calls):
+            for name, fs in calls.items():
                 t0 = time.perf_counter()
-                f()
-                best[i] = min(best[i], time.perf_counter() - t0)
-    return best[0] / best[1]
+                for f in fs:
+                    f()
+                best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: best["plain"] / t for name, t in best.items() if name != "plain"}
 
 
 def _cache_file() -> Path:
@@ -115,56 +175,107 @@ def _cpuinfo() -> list[str]:
         return []
 
 
-@functools.lru_cache(maxsize=1)
-def patch_packing() -> tuple[bool, str]:
-    """Whether packing the patch-level Linears (K ≥ 256) pays on this machine, and why.
-
-    CPUs of one machine type differ here: on one AMD EPYC the packed GEMM ran 1.2–1.3× the plain one, on
-    an Intel Xeon it tied or lost at a CFG pair's row count. So it is measured — a ~0.3 s probe of one
-    such GEMM — and the answer is kept per machine (CPU model, torch version, threads) in
-    ~/.cache/pixeldit/packing.json, so that every later process on this machine makes the same choice
-    and runs the same summation order (a resumed job's images match an uninterrupted run's).
-    PIXELDIT_PACK=1 or 0 overrides."""
-    forced = os.environ.get("PIXELDIT_PACK", "").strip()
-    if forced in ("0", "1"):
-        return forced == "1", f"PIXELDIT_PACK={forced} says so"
+def _measured_ratios() -> dict[str, float]:
+    """This machine's probe answer: read from the cache, or measured once and written there."""
     key, path = _machine_key(), _cache_file()
     try:
         cached = json.loads(path.read_text()).get(key)
     except (OSError, ValueError, AttributeError):
         cached = None
-    if isinstance(cached, dict) and isinstance(cached.get("ratio"), (int, float)):
-        ratio = float(cached["ratio"])
-    else:
-        ratio = _probe_ratio(*PROBE_SHAPE)
-        try:
-            table = json.loads(path.read_text()) if path.exists() else {}
-            table = table if isinstance(table, dict) else {}
-            table[key] = {"ratio": round(ratio, 3)}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(table, indent=1))
-            os.replace(tmp, path)
-        except (OSError, ValueError):
-            pass  # a read-only home: measured again by the next process
-    return ratio >= PACK_GAIN, f"packed/plain GEMM {ratio:.2f}x on this CPU (probe)"
+    if isinstance(cached, dict) and cached and all(isinstance(v, (int, float)) for v in cached.values()):
+        if set(cached) <= {"mkl", "onednn"}:  # an older cache held one oneDNN "ratio": measured again
+            return {k: float(v) for k, v in cached.items()}
+    ratios = _probe_ratios(*PROBE_SHAPE)
+    try:
+        table = json.loads(path.read_text()) if path.exists() else {}
+        table = table if isinstance(table, dict) else {}
+        table[key] = {k: round(v, 3) for k, v in ratios.items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=1))
+        os.replace(tmp, path)
+    except (OSError, ValueError):
+        pass  # a read-only home: measured again by the next process
+    return ratios
 
 
-def worth_packing(linear: nn.Linear) -> bool:
-    """Where oneDNN's packed GEMM wins on the project's CPUs (measured on AMD EPYC and Intel Xeon, M =
-    256–131072 rows): K ≥ 256 (the patch-level Linears: 1.05–1.25×) and the per-pixel layers of width ≤ 64,
-    which see H·W rows (1.1–2.3×). At K = 128 with a few hundred rows (the tiny CPU models' patch level) it
-    loses 10–15%; past N = 16384 outputs (XL/16's patch-to-pixel expansion, N = 24576) it only ties, and its
-    reorder costs more than a forward of that layer. Whether the patch-level ones gain at all depends on the
-    CPU: patch_packing() measures it."""
+@functools.lru_cache(maxsize=1)
+def patch_kernel() -> tuple[str | None, str]:
+    """Which packed kernel the patch-level Linears (K ≥ 256) use on this machine — "mkl", "onednn" or None
+    (plain F.linear) — and why.
+
+    CPUs of one machine type differ here: on one AMD EPYC oneDNN's packed GEMM ran 1.2–1.3× the plain one;
+    on an Intel Xeon with AMX oneDNN tied and MKL's packed sgemm ran 1.08–1.15×. So it is measured — a
+    ~0.5 s probe of one such GEMM shape, both kernels against plain — and the answer is kept per machine
+    (CPU model, torch version, threads) in ~/.cache/pixeldit/packing.json, so that every later process on
+    this machine makes the same choice and runs the same summation order (a resumed job's images match an
+    uninterrupted run's). PIXELDIT_PACK=mkl|onednn|0 overrides (1 means onednn)."""
+    forced = os.environ.get("PIXELDIT_PACK", "").strip().lower()
+    if forced in ("0", "1", "mkl", "onednn"):
+        kernel = {"0": None, "1": "onednn"}.get(forced, forced)
+        return kernel, f"PIXELDIT_PACK={forced} says so"
+    ratios = _measured_ratios()
+    said = ", ".join(f"{k} {v:.2f}x" for k, v in sorted(ratios.items()))
+    best = max(ratios, key=ratios.get, default=None)
+    if best is None or ratios[best] < PACK_GAIN:
+        return None, f"packed/plain GEMM on this CPU (probe): {said or 'no packed kernel'}; below {PACK_GAIN}x"
+    return best, f"packed/plain GEMM on this CPU (probe): {said}"
+
+
+def kernel_for(linear: nn.Linear) -> str | None:
+    """The packed kernel for one Linear, or None to keep F.linear. Measured on AMD EPYC and Intel Xeon, M =
+    256–131072 rows: the per-pixel layers of width ≤ 64, which see H·W rows, gain with oneDNN everywhere
+    (1.1–2.3×); K ≥ 256 (the patch level) gains with the kernel patch_kernel() finds, if any. At K = 128 with
+    a few hundred rows (the tiny CPU models' patch level) packing loses 10–15%. Past N = 16384 outputs
+    (XL/16's patch-to-pixel expansion, N = 24576) oneDNN only ties and its reorder costs more than a forward
+    of that layer; MKL's packed sgemm gains 1.15× there."""
     if max(linear.in_features, linear.out_features) <= 64:
-        return True
-    return linear.in_features >= 256 and linear.out_features <= 16384 and patch_packing()[0]
+        return "onednn" if available() else None
+    if linear.in_features < 256:
+        return None
+    kernel = patch_kernel()[0]
+    if kernel == "mkl" and not _mkl_available():
+        return None
+    return None if kernel == "onednn" and linear.out_features > 16384 else kernel
+
+
+class _FusedPiTBlock:
+    """PiTBlock.forward with its per-pixel elementwise chain in fewer passes over the H·W·d values: the
+    two `1 + scale` in one in-place add on the fresh AdaLN table, each modulate one addcmul (was a mul, an
+    add and a temporary), each gated residual one addcmul (was a mul and an add). Same operations, last
+    bits only (an addcmul may fuse its multiply-add); ~3% of an XL/16 forward. Autograd calls run the
+    block's own forward (the in-place add would be an error there)."""
+
+    def __init__(self, block: PiTBlock):
+        self.block = block
+
+    def __call__(self, X, s_cond, B: int, freqs_cis):
+        blk = self.block
+        if torch.is_grad_enabled() or X.device.type != "cpu":
+            return PiTBlock.forward(blk, X, s_cond, B, freqs_cis)
+        BL, P, d = X.shape
+        mod = blk.adaLN_modulation(s_cond).view(BL, P, 6, d)  # [pixel][shift1 scale1 gate1 shift2 scale2 gate2][d]
+        mod[:, :, 1].add_(1)
+        mod[:, :, 4].add_(1)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(2)
+        h = torch.addcmul(shift1, blk.norm1(X), scale1).reshape(B, BL // B, P * d)
+        h = blk.attn(blk.compress_to_attn(h), freqs_cis)
+        X = torch.addcmul(X, gate1, blk.expand_from_attn(h).view(BL, P, d))
+        return torch.addcmul(X, gate2, blk.mlp(torch.addcmul(shift2, blk.norm2(X), scale2)))
+
+
+# Linear -> its packed forward, kept across `with packed_linears(...)` blocks while the weights are unchanged
+# (as the bf16 copies below): the library enters a block per `sample()` call, and re-packing XL/16 costs
+# about a forward. The price: the packed copies stay in memory while the network lives; `fast=False` never
+# makes them.
+_PACKED = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
 def packed_linears(model: nn.Module, enabled: bool = True):
-    """Within the block, every nn.Linear of `model` runs with oneDNN-packed weights (when usable).
+    """Within the block, the nn.Linear layers of `model` run with packed weights where that gains
+    (`kernel_for`), each pixel MLP fuses its GELU into the packed fc1, and each PiT block runs its
+    elementwise chain in fewer passes.
 
     Weights must not change inside the block: each is packed on its first qualifying call."""
     if not (enabled and usable(model)):
@@ -173,8 +284,16 @@ def packed_linears(model: nn.Module, enabled: bool = True):
     patched = []
     try:
         for mod in model.modules():
-            if isinstance(mod, nn.Linear) and "forward" not in mod.__dict__ and worth_packing(mod):
-                mod.forward = _PackedForward(mod)
+            if isinstance(mod, nn.Linear) and "forward" not in mod.__dict__ and (kernel := kernel_for(mod)):
+                fwd = _PACKED.get(mod)
+                if fwd is None or fwd.kernel != kernel or fwd.key != weights_key([mod.weight, mod.bias]):
+                    fwd = _PACKED[mod] = _PackedForward(mod, kernel)
+                mod.forward = fwd
+                patched.append(mod)
+        for mod in model.modules():
+            fused = {PixelMLP: _FusedPixelMLP, PiTBlock: _FusedPiTBlock}.get(type(mod))
+            if fused is not None and "forward" not in mod.__dict__:
+                mod.forward = fused(mod)
                 patched.append(mod)
         yield model
     finally:
@@ -234,7 +353,13 @@ def bf16_linears(model: nn.Module, enabled: bool = True):
             del mod.forward
 
 
+@contextlib.contextmanager
 def fast_linears(model: nn.Module, precision: str = "fp32", enabled: bool = True):
-    """The inference fast path for a resolved precision: oneDNN-packed weights in fp32 (the last bits move,
-    ~1e-6), bf16 weight copies in bf16 (bit-identical to plain autocast). Elsewhere the plain Linear runs."""
-    return bf16_linears(model, enabled) if precision == "bf16" else packed_linears(model, enabled)
+    """The inference fast path for a resolved precision: packed weights in fp32 (the last bits move, ~1e-6),
+    bf16 weight copies in bf16 (bit-identical to plain autocast); on a CPU, the process keeps freed memory in
+    its heap from then on (heap.py: no page faults after the first evaluation). Elsewhere the plain Linear runs."""
+    p = next(model.parameters(), None)
+    if enabled and p is not None and p.device.type == "cpu":
+        keep_freed_memory()
+    with bf16_linears(model, enabled) if precision == "bf16" else packed_linears(model, enabled):
+        yield model
