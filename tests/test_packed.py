@@ -134,21 +134,29 @@ def test_pack_override_and_an_unwritable_cache(monkeypatch, tmp_path):
 
 
 @pytest.mark.skipif(not packed._mkl_available(), reason="this torch build has no MKL")
-def test_mkl_packing_is_made_for_the_most_rows_and_fewer_rows_run_plain():
-    """A guided step evaluates 2B rows, an unguided one B: the packing is for the larger count (re-packing
-    whenever the count alternated was slower than plain), the smaller runs F.linear exactly."""
+def test_one_mkl_packing_serves_every_row_count_and_a_disagreeing_count_runs_plain(monkeypatch):
+    """An unguided step evaluates B rows, a guided one 2B: one packing serves both, and a row's result does
+    not depend on the rows beside it (an image's sums do not depend on its batch). Each new count is checked
+    once against F.linear; where MKL disagreed, that count would run plain."""
     torch.manual_seed(0)
     lin = torch.nn.Linear(1152, 1536).eval()
     fwd = packed._PackedForward(lin, "mkl")
-    small, big = torch.randn(2, 32, 1152), torch.randn(4, 32, 1152)
+    big = torch.randn(4, 32, 1152)
+    small = big[:2].clone()
     with torch.inference_mode():
         first = fwd(small)
-        assert fwd.rows == 64 and (first - F.linear(small, lin.weight, lin.bias)).abs().max() <= 1e-5
-        out = fwd(big)
-        assert fwd.rows == 128 and (out - F.linear(big, lin.weight, lin.bias)).abs().max() <= 1e-5
         kept = fwd.weight
-        assert torch.equal(fwd(small), F.linear(small, lin.weight, lin.bias)) and fwd.weight is kept
-        assert torch.equal(fwd(big), out)  # deterministic
+        assert fwd.rows == {64} and (first - F.linear(small, lin.weight, lin.bias)).abs().max() <= 1e-5
+        out = fwd(big)
+        assert fwd.weight is kept and fwd.rows == {64, 128}  # not packed again
+        assert (out - F.linear(big, lin.weight, lin.bias)).abs().max() <= 1e-5
+        assert torch.equal(out[:2], first)  # the first two images: the same sums in a batch of four
+        assert torch.equal(fwd(big), out) and torch.equal(fwd(small), first)  # deterministic
+        real = packed._mkl_linear
+        monkeypatch.setattr(packed, "_mkl_linear", lambda x, *a: real(x, *a) if x.shape[0] != 3 else x.new_zeros(1))
+        odd = torch.randn(3, 32, 1152)
+        assert torch.equal(fwd(odd), F.linear(odd, lin.weight, lin.bias)) and fwd.plain_rows == {96}
+        assert torch.equal(fwd(odd), F.linear(odd, lin.weight, lin.bias))  # plain from then on
 
 
 @pytest.mark.parametrize("kernel", ["mkl", "onednn"])

@@ -3,8 +3,8 @@
 PyTorch's CPU `F.linear` hands fp32 GEMMs to MKL, which re-packs the weight into its panel layout on every
 call. Two ways to pack it once, both what torch.compile's CPU freezing pass emits:
   mkl     `mkl._mkl_reorder_linear_weight` + `mkl._mkl_linear`: MKL's own packed sgemm, the same kernel
-          minus the per-call packing. Packed for one row count (a batch size), re-packed when it changes;
-          the packed copy takes ~2× the weight's memory (measured). 1.08–1.15× on an Intel Xeon with AMX.
+          minus the per-call packing; one packing for every row count (checked), the copy ~2× the
+          weight's memory (measured). 1.1–1.3× on an Intel Xeon with AMX (more at fewer rows).
   onednn  `mkldnn._reorder_linear_weight` + `mkldnn._linear_pointwise`: oneDNN's blocked layout, one
           packing for every row count, with fused post-ops (the pixel MLP's exact GELU). 1.2–1.3× on an
           AMD EPYC; ties MKL on the Xeon.
@@ -56,20 +56,27 @@ def _mkl_available() -> bool:
     return torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_linear")
 
 
+def _mkl_linear(x, packed, weight, bias, rows: int):
+    return torch.ops.mkl._mkl_linear(x, packed, weight, bias, rows)
+
+
 class _PackedForward:
     """The packed call for one Linear; falls back to F.linear whenever the packed kernel does not apply.
 
     The weight is packed on the first call that is big enough to gain (`MIN_MACS`): layers that only ever
     see a few rows (the AdaLN modulations and the timestep MLP get one row per image) are never packed,
-    which saves their reorder (on XL/16 a third of all packing time) for no loss. An MKL packing holds for
-    one row count: it is made for the most rows seen (a guided step's [uncond; cond] pair), and calls with
-    fewer rows (unguided steps, a job's last batch) run plain — re-packing whenever the count alternated
-    cost more than it gained. It is skipped (plain call) when the machine has no room for the copy."""
+    which saves their reorder (on XL/16 a third of all packing time) for no loss. MKL's packing API takes
+    the row count, but its packed B serves every row count (measured: the same bytes whatever count it
+    was made for; a row's result independent of the rows beside it) — so one packing serves the unguided
+    (B rows) and guided (2B rows) steps alike, and an image's sums do not depend on its batch. That is
+    MKL's behaviour, not its promise: each new row count is checked once against F.linear, and one that
+    disagrees runs plain from then on. It is skipped (plain call) when the machine has no room for the
+    copy."""
 
     def __init__(self, linear: nn.Linear, kernel: str = "onednn"):
         self.ref, self.kernel = weakref.ref(linear), kernel  # weakly: kept per Linear (_PACKED)
         self.key = weights_key([linear.weight, linear.bias])
-        self.weight, self.rows = None, None
+        self.weight, self.rows, self.plain_rows = None, set(), set()
         self.bias = None if linear.bias is None else linear.bias.detach()
 
     @property
@@ -95,15 +102,21 @@ class _PackedForward:
         lin = self.linear
         if self.kernel == "mkl":
             rows = x.numel() // x.shape[-1]
-            if self.rows is None or rows > self.rows:
+            if rows in self.plain_rows:
+                return F.linear(x, lin.weight, lin.bias)
+            if self.weight is None:
                 room = mem_available()
                 if room is not None and room < 1.5 * MKL_COPY * lin.weight.numel() * 4:
                     return F.linear(x, lin.weight, lin.bias)
-                self.weight = None  # the old packing goes first: never two copies at once
-                self.weight, self.rows = torch.ops.mkl._mkl_reorder_linear_weight(lin.weight.detach(), rows), rows
-            if rows != self.rows:  # MKL's packing holds for one row count: fewer rows run plain
-                return F.linear(x, lin.weight, lin.bias)
-            return torch.ops.mkl._mkl_linear(x, self.weight, lin.weight, self.bias, rows)
+                self.weight, self.rows = torch.ops.mkl._mkl_reorder_linear_weight(lin.weight.detach(), rows), {rows}
+            out = _mkl_linear(x, self.weight, lin.weight, self.bias, rows)
+            if rows not in self.rows:  # packed for another row count: checked once against F.linear
+                ref = F.linear(x, lin.weight, lin.bias)
+                if not torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * (1 + float(ref.abs().max()))):
+                    self.plain_rows.add(rows)
+                    return ref
+                self.rows.add(rows)
+            return out
         if self.weight is None:
             self.weight = torch.ops.mkldnn._reorder_linear_weight(lin.weight.detach(), ROWS_HINT)
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, post, [], "none" if post == "gelu" else "")
