@@ -146,10 +146,11 @@ def main():
     ap.add_argument("--case", type=int, default=None, help="one case by index")
     ap.add_argument("--compile", action="store_true", help="also the frozen compiled network (about a minute each)")
     ap.add_argument("--steps", type=int, default=None, help="solver steps instead of each case's own")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each variant's best is kept")
     a = ap.parse_args()
     cases = [CASES[a.case]] if a.case is not None else CASES[:2] if a.quick else CASES
     for name, res, batch, steps in cases:
-        print(json.dumps(bench(name, res, batch, a.steps or steps, compiled=a.compile)), flush=True)
+        print(json.dumps(bench(name, res, batch, a.steps or steps, a.rounds, compiled=a.compile)), flush=True)
 
 
 if __name__ == "__main__":

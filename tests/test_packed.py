@@ -181,6 +181,7 @@ def test_the_fast_path_forward_equals_the_plain_one(monkeypatch, kernel):
         with packed_linears(net):
             assert isinstance(net.pixel_blocks[0].__dict__["forward"], packed._FusedPiTBlock)
             assert isinstance(net.pixel_blocks[0].mlp.__dict__["forward"], packed._FusedPixelMLP)
+            assert isinstance(net.patch_blocks[0].__dict__["forward"], packed._FusedDiTBlock)
             qkv = net.patch_blocks[0].attn.qkv.__dict__["forward"]
             fast = net(x, t, y)
             assert qkv.kernel == kernel and qkv.weight is not None  # the patch level really ran packed
