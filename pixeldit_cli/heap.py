@@ -58,6 +58,11 @@ def keep_freed_memory() -> bool:
     return _kept
 
 
+def kept() -> bool:
+    """Whether this process keeps freed memory in its heap (keep_freed_memory ran and took effect)."""
+    return _kept
+
+
 def release() -> None:
     """Give the heap's free memory back to the kernel now (it stays kept: later blocks fault it in again)."""
     if _libc() is not None:

@@ -42,6 +42,7 @@ from .models.compiled import cached_for_inference, for_inference
 from .models.loading import checkpoint_sha256, load_model
 from .models.lora import apply_loras
 from .models.packed import fast_linears
+from .models.packed import report as fast_path_report
 from .npz import NpzWriter
 from .precision import autocast_dtype, choose
 from .progress import progress as progress_bar
@@ -594,6 +595,7 @@ def _report(p: Prepared, stats, todo, done, elapsed, out, fmt, conds, digest) ->
         "checkpoint_sha256": digest,  # of the file, or of a folder's config, index and shards
         "dtype": precision,
         **device_report(device, precision, p.precision_reason),
+        "fast_path": fast_path_report(p.model) if job.packed and not job.compile and device.type == "cpu" else None,
         "versions": versions(),
     }
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from pixeldit_cli import load_model
+from pixeldit_cli import heap, load_model
 from pixeldit_cli.models import packed
 from pixeldit_cli.models.packed import available, packed_linears
 from pixeldit_cli.solvers import solve
@@ -244,3 +244,28 @@ def test_bf16_copies_are_kept_across_calls_renewed_after_a_change_and_do_not_kee
     del net, lin
     gc.collect()
     assert ref() is None
+
+
+def test_results_json_says_what_the_fast_path_did(tmp_path, monkeypatch):
+    """A sample job's results.json names the packed Linears per kernel, the patch level's kernel and why,
+    and whether the heap is kept; with --no-packed it says nothing ran."""
+    from safetensors.torch import save_file
+
+    from pixeldit_cli import build_model
+    from pixeldit_cli.sampling import SampleJob, run
+
+    monkeypatch.setattr(packed, "MIN_MACS", 0)
+    monkeypatch.setattr(packed, "patch_kernel", lambda: ("mkl", "the test says so"))
+    net = build_model("PixelDiT-XS/4", num_classes=4, hidden_size=256, num_heads=4, pixel_attn_hidden=256,
+                      pixel_heads=4)  # fmt: skip
+    path = tmp_path / "net.safetensors"
+    save_file(net.state_dict(), str(path), metadata={"pixeldit_config": json.dumps(net.config.to_dict())})
+    base = dict(ckpt=str(path), n=2, solver="euler", steps=2, cfg=2.0, height=16, width=16, format="npz",
+                precision="fp32")  # fmt: skip
+    fast = run(SampleJob(**base, out=str(tmp_path / "fast")), progress=False)["fast_path"]
+    mkl = sum(isinstance(m, torch.nn.Linear) and m.in_features >= 256 for m in net.modules())
+    pixel = sum(isinstance(m, torch.nn.Linear) and max(m.in_features, m.out_features) <= 64 for m in net.modules())
+    assert fast["linears"] == {"mkl": mkl, "onednn": pixel}  # MIN_MACS 0: every layer packs, by its kind
+    assert fast["patch_kernel"] == "mkl" and fast["why"] == "the test says so"
+    assert fast["heap_kept"] is heap.kept()
+    assert run(SampleJob(**base, out=str(tmp_path / "plain"), packed=False), progress=False)["fast_path"] is None

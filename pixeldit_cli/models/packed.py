@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..heap import keep_freed_memory, mem_available
+from ..heap import keep_freed_memory, kept, mem_available
 from .layers import PiTBlock, PixelMLP
 from .pixeldit import DiTBlock
 
@@ -46,7 +46,7 @@ MIN_MACS = 50_000_000
 # oneDNN picks its blocking from a typical row count; 256 (one 256² image's patch tokens) measured as good
 # as the true count or better at every shape tried, and it is one primitive per layer shape.
 ROWS_HINT = 256
-MKL_COPY = 2.0  # an MKL-packed weight takes about this many times the weight's bytes (measured: 1.95×)
+MKL_COPY = 2.0  # an MKL-packed weight is allocated at ~1.95× the weight's bytes (XL/16 touches ~1.25×)
 
 
 def available() -> bool:
@@ -67,8 +67,8 @@ class _PackedForward:
     The weight is packed on the first call that is big enough to gain (`MIN_MACS`): layers that only ever
     see a few rows (the AdaLN modulations and the timestep MLP get one row per image) are never packed,
     which saves their reorder (on XL/16 a third of all packing time) for no loss. MKL's packing API takes
-    the row count, but its packed B serves every row count (measured: the same bytes whatever count it
-    was made for; a row's result independent of the rows beside it) — so one packing serves the unguided
+    the row count, but its packed B serves every row count (measured: the same size and bit-identical
+    results whatever count it was made for; a row's result independent of the rows beside it) — so one packing serves the unguided
     (B rows) and guided (2B rows) steps alike, and an image's sums do not depend on its batch. That is
     MKL's behaviour, not its promise: each new row count is checked once against F.linear, and one that
     disagrees runs plain from then on. It is skipped (plain call) when the machine has no room for the
@@ -396,3 +396,22 @@ def fast_linears(model: nn.Module, precision: str = "fp32", enabled: bool = True
         keep_freed_memory()
     with bf16_linears(model, enabled) if precision == "bf16" else packed_linears(model, enabled):
         yield model
+
+
+def report(model: nn.Module) -> dict:
+    """What the CPU fast path has done for `model` (a results.json field): how many Linears run packed, per
+    kernel, or with a bf16 copy; why the patch level got its kernel (when the probe was asked); and whether
+    the process keeps freed memory."""
+    counts = {}
+    for mod in model.modules():
+        if isinstance(mod, nn.Linear):
+            fwd = _PACKED.get(mod)
+            if fwd is not None and fwd.weight is not None:
+                counts[fwd.kernel] = counts.get(fwd.kernel, 0) + 1
+            if mod in _BF16:
+                counts["bf16 copy"] = counts.get("bf16 copy", 0) + 1
+    rep = {"linears": counts, "heap_kept": kept()}
+    info = getattr(patch_kernel, "cache_info", None)
+    if info is None or info().currsize:  # never probes just to report
+        rep["patch_kernel"], rep["why"] = patch_kernel()
+    return rep
