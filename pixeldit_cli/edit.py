@@ -32,6 +32,7 @@ from .memory import check_fits
 from .models.loading import checkpoint_sha256, load_model
 from .models.lora import apply_loras
 from .models.packed import fast_linears
+from .models.packed import report as fast_path_report
 from .precision import autocast_dtype, choose
 from .settings import EditSettings, n_max_of
 from .solvers import Velocity, c2i_grid, to_uint8
@@ -314,6 +315,7 @@ def run_edit(
         "background": _background(region, info, fitted, src_shown, edits, es.seed),
         "to_source": [dict(seed=es.seed + k, **change_metrics(src_shown, e)) for k, e in enumerate(edits)],
         **device_report(dev, prec, choice.reason),
+        "fast_path": fast_path_report(model) if packed and dev.type == "cpu" else None,
         **(provenance or {}),
     }
     write_json(out / "results.json", result)

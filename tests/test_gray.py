@@ -134,7 +134,7 @@ def test_edit_of_a_colour_file_runs_on_its_luma(gray_run, tmp_path):
     Image.fromarray(rgb).save(tmp_path / "in.png")
     es = EditSettings(steps=4, n_max=3, src_cfg=1.0, tgt_cfg=2.0, seed=3)
     res = run_edit(tmp_path / "in.png", str(ckpt), "0", "1", tmp_path / "e", es, packed=False)
-    assert "gray (ITU-R 601 luma)" in res["input_note"]
+    assert "gray (ITU-R 601 luma)" in res["input_note"] and res["fast_path"] is None  # packed=False
     out = np.asarray(Image.open(tmp_path / "e" / "edited.png"))
     assert out.shape == (16, 16) and Image.open(tmp_path / "e" / "strip.png").mode == "L"
 

@@ -8,6 +8,7 @@ plain solver (images in [-1, 1]).
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -269,3 +270,12 @@ def test_results_json_says_what_the_fast_path_did(tmp_path, monkeypatch):
     assert fast["patch_kernel"] == "mkl" and fast["why"] == "the test says so"
     assert fast["heap_kept"] is heap.kept()
     assert run(SampleJob(**base, out=str(tmp_path / "plain"), packed=False), progress=False)["fast_path"] is None
+    from PIL import Image
+
+    from pixeldit_cli.edit import run_edit
+    from pixeldit_cli.settings import EditSettings
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    es = EditSettings(steps=2, n_max=2, src_cfg=1.0, tgt_cfg=2.0, seed=0)
+    edit = run_edit(tmp_path / "in.png", str(path), "0", "1", tmp_path / "e", es, precision="fp32")["fast_path"]
+    assert edit["linears"] == {"mkl": mkl, "onednn": pixel} and edit["patch_kernel"] == "mkl"
