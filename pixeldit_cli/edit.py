@@ -290,7 +290,6 @@ def run_edit(
     fitted, info = fit_image(img, cfg.patch_size, fit)
     check_fits(cfg, fitted.shape[1], fitted.shape[2], 2, dev, "one guided FlowEdit step")
     x = ((fitted.float() / 255 - 0.5) / 0.5).to(dev)  # the training normalisation
-
     runs = _edit_seeds(model, x[None], cond_src, cond_tgt, uncond, es, prec, packed, on_step)
     edits, stats = [unfit(to_uint8(z)[0].cpu(), info, *img.shape[1:]) for z, _ in runs], runs[-1][1]
     src_shown = unfit(fitted, info, *img.shape[1:])
