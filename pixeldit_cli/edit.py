@@ -314,7 +314,7 @@ def run_edit(
         "background": _background(region, info, fitted, src_shown, edits, es.seed),
         "to_source": [dict(seed=es.seed + k, **change_metrics(src_shown, e)) for k, e in enumerate(edits)],
         **device_report(dev, prec, choice.reason),
-        "fast_path": fast_path_report(model) if packed and dev.type == "cpu" else None,
+        "fast_path": fast_path_report(model, enabled=packed),
         **(provenance or {}),
     }
     write_json(out / "results.json", result)

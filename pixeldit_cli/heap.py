@@ -12,8 +12,7 @@ heap's top) a forward faults nothing once the first has run. This is what jemall
 `keep_freed_memory()` switches it on for the rest of the process — the fast path (models/packed.py
 `fast_linears`: the jobs, `pixeldit.sample`, `flowedit`) and `train` call it on a CPU (a B/16 training
 step faulted 120K–145K pages per step: 2–10% of its time). The cost is the caching
-allocator's: the process's resident memory stays near its peak until it exits (`release()` gives the free
-part back). It is for the process because it only pays across calls: given back after every call, the next
+allocator's: the process's resident memory stays near its peak until it exits. It is for the process because it only pays across calls: given back after every call, the next
 one faults its working set in again (measured: slower than never keeping it). Numerics are untouched: only
 where memory comes from changes. No-op on a libc without `mallopt` (musl, macOS) and with
 PIXELDIT_KEEP_HEAP=0.
@@ -34,15 +33,13 @@ _kept = False
 
 @functools.lru_cache(maxsize=1)
 def _libc():
-    """glibc's mallopt / malloc_trim, or None where they do not exist."""
+    """glibc's mallopt, or None where it does not exist."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt, trim = libc.mallopt, libc.malloc_trim
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):
         return None
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return mallopt, trim
+    return mallopt
 
 
 def keep_freed_memory() -> bool:
@@ -53,7 +50,7 @@ def keep_freed_memory() -> bool:
         return False
     with _lock:
         if not _kept:
-            mallopt, _ = _libc()
+            mallopt = _libc()
             _kept = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD))
     return _kept
 
@@ -61,12 +58,6 @@ def keep_freed_memory() -> bool:
 def kept() -> bool:
     """Whether this process keeps freed memory in its heap (keep_freed_memory ran and took effect)."""
     return _kept
-
-
-def release() -> None:
-    """Give the heap's free memory back to the kernel now (it stays kept: later blocks fault it in again)."""
-    if _libc() is not None:
-        _libc()[1](0)
 
 
 def mem_available() -> int | None:

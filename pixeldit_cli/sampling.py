@@ -595,7 +595,7 @@ def _report(p: Prepared, stats, todo, done, elapsed, out, fmt, conds, digest) ->
         "checkpoint_sha256": digest,  # of the file, or of a folder's config, index and shards
         "dtype": precision,
         **device_report(device, precision, p.precision_reason),
-        "fast_path": fast_path_report(p.model) if job.packed and not job.compile and device.type == "cpu" else None,
+        "fast_path": fast_path_report(p.model, enabled=job.packed and not job.compile),
         "versions": versions(),
     }
 

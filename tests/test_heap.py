@@ -45,8 +45,3 @@ def test_a_forward_stops_faulting_its_memory_in_once_the_heap_is_kept():
     assert kept == "True" and n <= default / 4  # measured: 0–6K against 41K
     kept, n = faults("keep", PIXELDIT_KEEP_HEAP="0")  # the opt-out
     assert kept == "False" and n >= TABLE_PAGES
-
-
-def test_mem_available_reads_the_kernel():
-    room = heap.mem_available()
-    assert room is None or room > 0

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from pixeldit_cli import heap, load_model
+from pixeldit_cli.errors import PixelDiTError
 from pixeldit_cli.models import packed
 from pixeldit_cli.models.packed import available, packed_linears
 from pixeldit_cli.solvers import solve
@@ -130,6 +131,10 @@ def test_pack_override_and_an_unwritable_cache(monkeypatch, tmp_path):
             packed.patch_kernel.cache_clear()
             assert packed.patch_kernel() == (kernel, f"PIXELDIT_PACK={value.lower()} says so")
         assert len(calls) == 1
+        monkeypatch.setenv("PIXELDIT_PACK", "yes")
+        packed.patch_kernel.cache_clear()
+        with pytest.raises(PixelDiTError, match="PIXELDIT_PACK must be mkl, onednn, 0 or 1, got 'yes'"):
+            packed.patch_kernel()
     finally:
         packed.patch_kernel.cache_clear()
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import PixelDiTError
 from ..heap import keep_freed_memory, kept, mem_available
 from .layers import PiTBlock, PixelMLP
 from .pixeldit import DiTBlock
@@ -228,6 +229,10 @@ def patch_kernel() -> tuple[str | None, str]:
     if forced in ("0", "1", "mkl", "onednn"):
         kernel = {"0": None, "1": "onednn"}.get(forced, forced)
         return kernel, f"PIXELDIT_PACK={forced} says so"
+    if forced:
+        raise PixelDiTError(
+            f"PIXELDIT_PACK must be mkl, onednn, 0 or 1, got {forced!r}", "unset it to let the probe choose"
+        )
     ratios = _measured_ratios()
     said = ", ".join(f"{k} {v:.2f}x" for k, v in sorted(ratios.items()))
     best = max(ratios, key=ratios.get, default=None)
@@ -318,10 +323,7 @@ def packed_linears(model: nn.Module, enabled: bool = True):
     try:
         for mod in model.modules():
             if isinstance(mod, nn.Linear) and "forward" not in mod.__dict__ and (kernel := kernel_for(mod)):
-                fwd = _PACKED.get(mod)
-                if fwd is None or fwd.kernel != kernel or fwd.key != weights_key([mod.weight, mod.bias]):
-                    fwd = _PACKED[mod] = _PackedForward(mod, kernel)
-                mod.forward = fwd
+                mod.forward = _kept_forward(_PACKED, mod, lambda m, k=kernel: _PackedForward(m, k), kernel)
                 patched.append(mod)
         for mod in model.modules():
             fused = {PixelMLP: _FusedPixelMLP, PiTBlock: _FusedPiTBlock, DiTBlock: _FusedDiTBlock}.get(type(mod))
@@ -360,6 +362,15 @@ def weights_key(tensors) -> tuple:
     return tuple((t.data_ptr(), t._version, t.device) for t in tensors if t is not None)
 
 
+def _kept_forward(cache, linear: nn.Linear, make, kernel=None):
+    """The forward `cache` keeps for `linear`, made again (`make(linear)`) when its weights changed or it was
+    made for another kernel."""
+    fwd = cache.get(linear)
+    if fwd is None or getattr(fwd, "kernel", None) != kernel or fwd.key != weights_key([linear.weight, linear.bias]):
+        fwd = cache[linear] = make(linear)
+    return fwd
+
+
 # Linear -> its bf16 copy, kept across `with bf16_linears(...)` blocks while the weights are unchanged: the
 # library's `sample()` enters the block per call, and making 1.6 GB of copies (XL/16) per call cost more than
 # the two network evaluations of a short call. The price: the copies (half the fp32 weights) stay in memory
@@ -375,10 +386,7 @@ def bf16_linears(model: nn.Module, enabled: bool = True):
         if enabled:
             for mod in model.modules():
                 if isinstance(mod, nn.Linear) and "forward" not in mod.__dict__ and mod.weight.dtype == torch.float32:
-                    fwd = _BF16.get(mod)
-                    if fwd is None or fwd.key != weights_key([mod.weight, mod.bias]):
-                        fwd = _BF16[mod] = _Bf16Forward(mod)
-                    mod.forward = fwd
+                    mod.forward = _kept_forward(_BF16, mod, _Bf16Forward)
                     patched.append(mod)
         yield model
     finally:
@@ -398,10 +406,13 @@ def fast_linears(model: nn.Module, precision: str = "fp32", enabled: bool = True
         yield model
 
 
-def report(model: nn.Module) -> dict:
-    """What the CPU fast path has done for `model` (a results.json field): how many Linears run packed, per
-    kernel, or with a bf16 copy; why the patch level got its kernel (when the probe was asked); and whether
-    the process keeps freed memory."""
+def report(model: nn.Module, enabled: bool = True) -> dict | None:
+    """What the CPU fast path has done for `model` (a results.json field; None where it did not run): how many
+    Linears run packed, per kernel, or with a bf16 copy; why the patch level got its kernel (when the probe
+    was asked); and whether the process keeps freed memory."""
+    p = next(model.parameters(), None)
+    if not enabled or p is None or p.device.type != "cpu":
+        return None
     counts = {}
     for mod in model.modules():
         if isinstance(mod, nn.Linear):
