@@ -16,7 +16,7 @@ For each case: achieved GFLOP/s (paper-convention FLOPs / best wall time) of
 calls interleaved, plain / ours / plain / ours ..., so that machine noise hits both alike, and each
 against the 2048³ fp32 matmul rate measured in the same run. Prints the speed-up and max |Δ| between
 the two outputs (random weights of the released scale). Then the same under bf16 autocast (plain: the
-weights cast on every call; ours: cast once), against the bf16 matmul rate.
+weights cast on every call; ours: cast once, packed for oneDNN, the fused blocks), against the bf16 matmul rate.
 """
 
 import argparse

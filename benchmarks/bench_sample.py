@@ -12,7 +12,8 @@ makes its process keep freed memory in the heap, which would speed up a plain ca
                MLP's GELU fused, freed memory kept in the heap (the default of `sample`, `edit` and
                `pixeldit.sample`)
   bf16 plain   bf16 autocast, the release's recipe, weights cast on every call
-  bf16 ours    bf16 autocast with the Linear weights cast once (bit-identical to bf16 plain), heap kept
+  bf16 ours    bf16 autocast with the Linear weights cast once and packed for oneDNN, the fused pixel MLP
+               and blocks (within bf16 rounding of bf16 plain), heap kept
   fp32 compiled  with --compile: `pixeldit.sample(..., compile=True)`, inductor with weight freezing
 
 Each variant's achieved GFLOP/s (analytic FLOPs) is given as a share of the matching GEMM rate measured in

@@ -88,7 +88,7 @@ def flowedit(
 
     src / tgt: class ids (B,) or text states for T2I; uncond: the null condition (class-conditional: the
     null class by default). Guidance is applied at every step (no interval). `fast`: the jobs' fast Linear
-    path for this precision (models/packed.py: fp32 within ~1e-6, bf16 bit-identical); False: plain.
+    path for this precision (models/packed.py: fp32 within ~1e-6, bf16 within bf16 rounding); False: plain.
     `on_step(done, total)`: after each of the edit's steps (a progress bar).
     """
     n_max = n_max_of(strength, steps) if n_max is None else n_max

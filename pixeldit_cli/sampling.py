@@ -85,8 +85,9 @@ def sample(
 
     precision: "fp32" (the default), "bf16" or "auto" (chosen from the hardware, precision.choose); the
     older `autocast=torch.bfloat16` means "bf16". fast: the jobs' CPU fast path (models/packed.py: packed
-    fp32 weights and fused pixel-level ops, within ~1e-6 of the plain path; bf16 weight copies,
-    bit-identical to plain autocast; freed memory kept in the process heap); fast=False runs the
+    fp32 weights and fused pixel-level ops, within ~1e-6 of the plain path; in bf16 the weights copied
+    once and packed for oneDNN, the same fused ops, within bf16 rounding of plain autocast; freed memory
+    kept in the process heap); fast=False runs the
     network's plain forward. compile: the frozen compiled network (models/compiled.py:
     on a CPU in fp32 XL/16 samples 1.22–1.26× faster after about a minute of compilation per batch shape;
     kept across calls while the weights are unchanged)."""

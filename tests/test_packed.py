@@ -92,10 +92,10 @@ def test_patch_level_kernel_follows_the_probe_and_is_kept_per_machine(monkeypatc
     calls = _fresh_probe(monkeypatch, tmp_path, ratios)
     try:
         patch_level, pixel_level = torch.nn.Linear(1152, 3072), torch.nn.Linear(16, 64)
-        expansion, tiny_patch = torch.nn.Linear(1152, 24576), torch.nn.Linear(128, 384)
+        pixel_adaln, tiny_patch = torch.nn.Linear(1152, 24576), torch.nn.Linear(128, 384)
         assert packed.kernel_for(patch_level) == kernel
         assert packed.kernel_for(pixel_level) == "onednn"  # per-pixel layers gain with oneDNN on every CPU
-        assert packed.kernel_for(expansion) == (kernel if kernel == "mkl" else None)  # oneDNN only ties there
+        assert packed.kernel_for(pixel_adaln) == kernel  # the 24,576-wide pixel AdaLN gains with either kernel
         assert packed.kernel_for(tiny_patch) is None  # K = 128: packing loses
         assert calls == [packed.PROBE_SHAPE]
         table = json.loads((tmp_path / "pixeldit" / "packing.json").read_text())
@@ -284,3 +284,54 @@ def test_results_json_says_what_the_fast_path_did(tmp_path, monkeypatch):
     es = EditSettings(steps=2, n_max=2, src_cfg=1.0, tgt_cfg=2.0, seed=0)
     edit = run_edit(tmp_path / "in.png", str(path), "0", "1", tmp_path / "e", es, precision="fp32")["fast_path"]
     assert edit["linears"] == {"mkl": mkl, "onednn": pixel} and edit["patch_kernel"] == "mkl"
+
+
+def test_bf16_linears_pack_big_calls_for_onednn_and_keep_one_copy():
+    """Under bf16 autocast a call big enough to gain runs oneDNN's packed bf16 GEMM: the same bf16 operands
+    with fp32 sums as autocast's F.linear, so within one bf16 rounding of the exact product of those operands
+    (rounded itself: |Δ| ≤ 2 units of 2^-8, relative); the packed weight replaces the plain copy (one copy in
+    memory) and serves small calls from then on; GELU fuses onto the fp32 sums; small calls before packing,
+    calls outside autocast and autograd calls take the copy, fp32 and plain autocast paths unchanged."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(384, 1536).eval()
+    fwd = packed._Bf16Forward(lin)
+    bf = torch.bfloat16
+    small, big = torch.randn(4, 384), torch.randn(3, 40, 384)  # 2.4M and 71M multiply-adds
+
+    def exact(x):  # the product of the bf16 operands, in float64, rounded once to bf16
+        w, b = lin.weight.to(bf).double(), lin.bias.to(bf).double()
+        return (x.to(bf).double() @ w.T + b).float()
+
+    with torch.inference_mode():
+        assert torch.equal(fwd(small), F.linear(small, lin.weight, lin.bias))  # no autocast: fp32, untouched
+        with torch.autocast("cpu", bf):
+            assert torch.equal(fwd(small), F.linear(small, lin.weight, lin.bias))  # = plain autocast, bit for bit
+            assert fwd.packed_weight is None and fwd.weight is not None
+            out = fwd(big)
+            assert out.dtype == bf and fwd.packed_weight is not None and fwd.weight is None  # packed: one copy
+            ref = exact(big)
+            torch.testing.assert_close(out.float(), ref.to(bf).float(), rtol=2 * 2**-8, atol=1e-6)
+            assert torch.equal(fwd(big), out)  # deterministic
+            torch.testing.assert_close(fwd(small).float(), exact(small), rtol=2 * 2**-8, atol=1e-6)  # packed now
+            gelu = fwd.packed(big, post="gelu")
+            torch.testing.assert_close(gelu.float(), F.gelu(ref), rtol=2 * 2**-8, atol=2 * 2**-8 * 0.2)
+    x = big.clone().requires_grad_(True)
+    with torch.autocast("cpu", bf):
+        y = fwd(x)  # autograd: autocast's own F.linear on the fp32 weight
+    y.float().sum().backward()
+    assert y.dtype == bf and x.grad is not None and lin.weight.grad is not None
+
+
+def test_the_bf16_fast_path_fuses_the_blocks_and_restores_them(c2i):
+    from pixeldit_cli.models.layers import PiTBlock
+    from pixeldit_cli.models.packed import fast_linears
+    from pixeldit_cli.models.pixeldit import DiTBlock
+
+    with fast_linears(c2i, "bf16"):
+        assert all(isinstance(m.__dict__.get("forward"), packed._FusedPiTBlock) for m in c2i.modules()
+                   if isinstance(m, PiTBlock))  # fmt: skip
+        assert all(isinstance(m.__dict__.get("forward"), packed._FusedDiTBlock) for m in c2i.modules()
+                   if isinstance(m, DiTBlock))  # fmt: skip
+        assert all(isinstance(m.__dict__.get("forward"), packed._Bf16Forward) for m in c2i.modules()
+                   if isinstance(m, torch.nn.Linear))  # fmt: skip
+    assert not any("forward" in m.__dict__ for m in c2i.modules())

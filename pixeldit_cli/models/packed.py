@@ -17,8 +17,10 @@ The sums are accumulated in another order, so outputs move in the last bits (max
 XL/16 forward, well inside the 1e-5 parity contract; tests/test_packed.py). It is deterministic run to
 run. It applies only where it can: CPU, fp32, no autograd, no autocast, oneDNN present; elsewhere (and
 for any call that needs gradients) the ordinary Linear runs. Under bf16 autocast the fast path is a bf16
-copy of each Linear weight made once (`bf16_linears`), the same numbers autocast makes on every call.
-`fast_linears` picks one per precision and has the process keep freed memory in its heap (heap.py); the
+copy of each Linear weight made once (`bf16_linears`) instead of autocast's cast on every call — packed
+for oneDNN's bf16 GEMM on a CPU where the layer is big enough — with the same fused pixel MLP and blocks:
+the same bf16 operands and fp32 accumulation, the last bf16 bits move (tests/test_precision.py bounds it
+against fp32 as plain autocast is bounded). `fast_linears` picks one per precision and has the process keep freed memory in its heap (heap.py); the
 jobs, `pixeldit.sample` and `flowedit` use it by default (`fast=False` for the plain path); the network's
 own forward (`model(x, t, y)`) is always plain.
 """
@@ -96,6 +98,9 @@ class _PackedForward:
             or (torch.is_grad_enabled() and (x.requires_grad or lin.weight.requires_grad))
         )
 
+    def fuses_gelu(self, x) -> bool:
+        return self.kernel == "onednn" and self.applies(x)
+
     def __call__(self, x):
         return self.packed(x) if self.applies(x) else F.linear(x, self.linear.weight, self.linear.bias)
 
@@ -133,7 +138,7 @@ class _FusedPixelMLP:
 
     def __call__(self, x):
         fc1 = self.mlp.fc1.__dict__.get("forward")
-        if isinstance(fc1, _PackedForward) and fc1.kernel == "onednn" and fc1.applies(x):
+        if getattr(fc1, "fuses_gelu", None) and fc1.fuses_gelu(x):  # a packed oneDNN call, fp32 or bf16
             return self.mlp.fc2(fc1.packed(x, post="gelu"))
         return self.mlp.fc2(F.gelu(self.mlp.fc1(x)))
 
@@ -245,9 +250,10 @@ def kernel_for(linear: nn.Linear) -> str | None:
     """The packed kernel for one Linear, or None to keep F.linear. Measured on AMD EPYC and Intel Xeon, M =
     256–131072 rows: the per-pixel layers of width ≤ 64, which see H·W rows, gain with oneDNN everywhere
     (1.1–2.3×); K ≥ 256 (the patch level) gains with the kernel patch_kernel() finds, if any. At K = 128 with
-    a few hundred rows (the tiny CPU models' patch level) packing loses 10–15%. Past N = 16384 outputs
-    (XL/16's patch-to-pixel expansion, N = 24576) oneDNN only ties and its reorder costs more than a forward
-    of that layer; MKL's packed sgemm gains 1.15× there."""
+    a few hundred rows (the tiny CPU models' patch level) packing loses 10–15%. The widest layer, XL/16's
+    pixel-wise AdaLN (N = 24576 outputs), gains with either kernel where the probe chose it: oneDNN 1.23× at
+    512 rows and 1.53× at 256 on an AMD EPYC, MKL 1.15× on the Xeon; its reorder costs about one call of
+    that layer, once per network (the packing is kept across calls)."""
     if max(linear.in_features, linear.out_features) <= 64:
         return "onednn" if available() else None
     if linear.in_features < 256:
@@ -255,7 +261,7 @@ def kernel_for(linear: nn.Linear) -> str | None:
     kernel = patch_kernel()[0]
     if kernel == "mkl" and not _mkl_available():
         return None
-    return None if kernel == "onednn" and linear.out_features > 16384 else kernel
+    return kernel
 
 
 class _FusedPiTBlock:
@@ -325,35 +331,73 @@ def packed_linears(model: nn.Module, enabled: bool = True):
             if isinstance(mod, nn.Linear) and "forward" not in mod.__dict__ and (kernel := kernel_for(mod)):
                 mod.forward = _kept_forward(_PACKED, mod, lambda m, k=kernel: _PackedForward(m, k), kernel)
                 patched.append(mod)
-        for mod in model.modules():
-            fused = {PixelMLP: _FusedPixelMLP, PiTBlock: _FusedPiTBlock, DiTBlock: _FusedDiTBlock}.get(type(mod))
-            if fused is not None and "forward" not in mod.__dict__:
-                mod.forward = fused(mod)
-                patched.append(mod)
+        patched += _fuse_blocks(model)
         yield model
     finally:
         for mod in patched:
             del mod.forward
 
 
+def _fuse_blocks(model: nn.Module) -> list[nn.Module]:
+    """Each pixel MLP, PiT and DiT block runs its fused forward (restored by deleting `forward`); returns them.
+    The fused forwards fall back to the block's own off the CPU and under autograd."""
+    patched = []
+    for mod in model.modules():
+        fused = {PixelMLP: _FusedPixelMLP, PiTBlock: _FusedPiTBlock, DiTBlock: _FusedDiTBlock}.get(type(mod))
+        if fused is not None and "forward" not in mod.__dict__:
+            mod.forward = fused(mod)
+            patched.append(mod)
+    return patched
+
+
 class _Bf16Forward:
     """One Linear under bf16 autocast with its weight cast to bf16 once: autocast would cast the fp32 weight
-    on every call (a copy of every weight per network evaluation); the product is the same, bit for bit.
+    on every call (a copy of every weight per network evaluation). On a CPU with oneDNN, calls big enough to
+    gain (`MIN_MACS`) run oneDNN's packed bf16 GEMM, packed from that copy on the first such call; the packed
+    weight then replaces the copy (it serves every row count, so the memory stays one bf16 copy). Measured on
+    an AMD EPYC with avx512_bf16, XL/16 shapes: 1.05–1.15× the plain bf16 GEMM. The products are the same bf16
+    operands with fp32 accumulation as autocast's, summed in another order (the last bf16 bits move).
     Holds the Linear weakly: the copies are kept per Linear (_BF16) and must not keep the network alive."""
 
     def __init__(self, linear: nn.Linear):
         self.linear = weakref.ref(linear)
         self.key = weights_key([linear.weight, linear.bias])
-        self.weight = linear.weight.detach().to(torch.bfloat16)
+        self.weight = linear.weight.detach().to(torch.bfloat16)  # None once packed
         self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
+        self.packed_weight = None
+
+    def _inference_bf16(self, x, lin) -> bool:
+        dev = x.device.type
+        if not torch.is_autocast_enabled(dev) or torch.get_autocast_dtype(dev) != torch.bfloat16:
+            return False
+        return not (torch.is_grad_enabled() and (x.requires_grad or lin.weight.requires_grad))
+
+    def packs(self, x) -> bool:
+        """Whether this call runs the packed bf16 GEMM: bf16 autocast inference on a CPU with oneDNN, once
+        packed or when big enough to gain."""
+        lin = self.linear()
+        if x.device.type != "cpu" or not available() or not self._inference_bf16(x, lin):
+            return False
+        rows = x.numel() // max(1, x.shape[-1])
+        return self.packed_weight is not None or rows * lin.in_features * lin.out_features >= MIN_MACS
+
+    fuses_gelu = packs
 
     def __call__(self, x):
         lin = self.linear()
-        if not torch.is_autocast_enabled(x.device.type) or torch.get_autocast_dtype(x.device.type) != torch.bfloat16:
-            return F.linear(x, lin.weight, lin.bias)
-        if torch.is_grad_enabled() and (x.requires_grad or lin.weight.requires_grad):
+        if self.packs(x):
+            return self.packed(x)
+        if not self._inference_bf16(x, lin):
             return F.linear(x, lin.weight, lin.bias)
         return F.linear(x, self.weight, self.bias)
+
+    def packed(self, x, post: str = "none"):
+        """The packed bf16 product (call only where `packs`); post "gelu" fuses exact GELU on the fp32 sums."""
+        if self.packed_weight is None:
+            self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, ROWS_HINT)
+            self.weight = None
+        algo = "none" if post == "gelu" else ""
+        return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.packed_weight, self.bias, post, [], algo)
 
 
 def weights_key(tensors) -> tuple:
@@ -397,13 +441,23 @@ def bf16_linears(model: nn.Module, enabled: bool = True):
 @contextlib.contextmanager
 def fast_linears(model: nn.Module, precision: str = "fp32", enabled: bool = True):
     """The inference fast path for a resolved precision: packed weights in fp32 (the last bits move, ~1e-6),
-    bf16 weight copies in bf16 (bit-identical to plain autocast); on a CPU, the process keeps freed memory in
-    its heap from then on (heap.py: no page faults after the first evaluation). Elsewhere the plain Linear runs."""
+    bf16 weight copies in bf16 (packed for oneDNN on a CPU; the last bf16 bits move); on a CPU the fused
+    pixel MLP and blocks in both, and the process keeps freed memory in its heap from then on (heap.py: no
+    page faults after the first evaluation). Elsewhere the plain Linear runs."""
     p = next(model.parameters(), None)
     if enabled and p is not None and p.device.type == "cpu":
         keep_freed_memory()
-    with bf16_linears(model, enabled) if precision == "bf16" else packed_linears(model, enabled):
-        yield model
+    if precision != "bf16":
+        with packed_linears(model, enabled):
+            yield model
+        return
+    patched = _fuse_blocks(model) if enabled and p is not None and p.device.type == "cpu" else []
+    try:
+        with bf16_linears(model, enabled):
+            yield model
+    finally:
+        for mod in patched:
+            del mod.forward
 
 
 def report(model: nn.Module, enabled: bool = True) -> dict | None:
@@ -419,8 +473,9 @@ def report(model: nn.Module, enabled: bool = True) -> dict | None:
             fwd = _PACKED.get(mod)
             if fwd is not None and fwd.weight is not None:
                 counts[fwd.kernel] = counts.get(fwd.kernel, 0) + 1
-            if mod in _BF16:
-                counts["bf16 copy"] = counts.get("bf16 copy", 0) + 1
+            if (b := _BF16.get(mod)) is not None:
+                what = "bf16 onednn" if b.packed_weight is not None else "bf16 copy"
+                counts[what] = counts.get(what, 0) + 1
     rep = {"linears": counts, "heap_kept": kept()}
     info = getattr(patch_kernel, "cache_info", None)
     if info is None or info().currsize:  # never probes just to report
